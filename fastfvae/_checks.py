@@ -1,0 +1,54 @@
+"""Input validation shared by the public functions (DESIGN.md §7).
+
+Every check raises TypeError (wrong type or dtype) or ValueError (wrong shape, size, device or
+value) naming the argument, what was expected and what was given. They run on the eager hot
+path, so they only read tensor metadata.
+"""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_float_tensor(name: str, value, ranks: tuple[int, ...]) -> None:
+    """``value`` is a floating tensor whose rank is in ``ranks`` and whose dimensions are all
+    non-empty (so B >= 1)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name}: expected a floating dtype (float16, bfloat16, float32, float64), got {value.dtype}"
+        )
+    if value.dim() not in ranks:
+        shapes = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(f"{name}: expected a {shapes} tensor, got shape {tuple(value.shape)}")
+    if value.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty tensor (B >= 1), got shape {tuple(value.shape)}")
+
+
+def check_like(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """``value`` has ``ref``'s shape, dtype and device."""
+    if value.shape != ref.shape:
+        raise ValueError(
+            f"{name}: expected the shape of {ref_name} {tuple(ref.shape)}, got {tuple(value.shape)}"
+        )
+    if value.device != ref.device:
+        raise ValueError(f"{name}: expected a tensor on {ref_name}'s device {ref.device}, got {value.device}")
+    if value.dtype != ref.dtype:
+        raise TypeError(f"{name}: expected {ref_name}'s dtype {ref.dtype}, got {value.dtype}")
+
+
+def check_logits(name: str, logits) -> None:
+    """Discriminator logits: (B, 2), (B, 1) or (B,)."""
+    check_float_tensor(name, logits, ranks=(1, 2))
+    if logits.dim() == 2 and logits.shape[1] not in (1, 2):
+        raise ValueError(
+            f"{name}: expected discriminator logits of shape (B, 2), (B, 1) or (B,), "
+            f"got {tuple(logits.shape)}"
+        )
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")

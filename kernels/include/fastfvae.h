@@ -1,0 +1,139 @@
+/* fastfvae native ABI: flat extern "C" entry points, no torch headers (DESIGN.md §3, §10.5).
+ *
+ * Conventions
+ * - Every entry returns an ffv_status; on failure ffv_last_error() gives a message for the
+ *   calling thread (thread-local, valid until the next failing call on that thread).
+ * - Tensors are raw pointers; sizes are int64; every *input* tensor comes with its strides in
+ *   elements (any strides, including 0 for an expanded gradient); every *output* is a fresh
+ *   contiguous buffer. Element type: one ffv_dtype code per call, shared by every floating
+ *   tensor of that call. Arithmetic is float32 for float16/bfloat16/float32 and float64 for
+ *   float64; outputs are rounded once to the dtype.
+ * - Seeds are read from memory (int64[1], on the tensors' device) so that CUDA graph replays
+ *   draw fresh numbers and nothing synchronises the host.
+ * - Random numbers: Philox4x32-10 exactly as Triton's tl.randint4x / tl.randn (see
+ *   fastfvae/reference.py: philox_randint4x, philox_randn, philox_permutation).
+ * - The CPU library (libfastfvae_cpu) and the CUDA library (libfastfvae_cuda) export the same
+ *   names; `stream` is a cudaStream_t for CUDA and ignored (pass NULL) on the CPU.
+ */
+#ifndef FASTFVAE_H
+#define FASTFVAE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define FFV_API __declspec(dllexport)
+#else
+#define FFV_API __attribute__((visibility("default")))
+#endif
+
+typedef enum ffv_status {
+  FFV_OK = 0,
+  FFV_ERR_INVALID_ARGUMENT = 1,
+  FFV_ERR_UNSUPPORTED_DTYPE = 2,
+  FFV_ERR_OUT_OF_MEMORY = 3,
+  FFV_ERR_CUDA = 4,
+  FFV_ERR_INTERNAL = 5,
+} ffv_status;
+
+typedef enum ffv_dtype {
+  FFV_FLOAT32 = 0,
+  FFV_FLOAT64 = 1,
+  FFV_FLOAT16 = 2,
+  FFV_BFLOAT16 = 3,
+} ffv_dtype;
+
+/* Message of the last failure on this thread ("" if none). */
+FFV_API const char* ffv_last_error(void);
+/* ABI version: bumped whenever an entry point's signature changes. */
+FFV_API int32_t ffv_abi_version(void);
+
+typedef enum ffv_reduction {
+  FFV_REDUCTION_NONE = 0,
+  FFV_REDUCTION_MEAN = 1,
+  FFV_REDUCTION_SUM = 2,
+} ffv_reduction;
+
+/* ---- reparameterize_kl -------------------------------------------------------------------
+ * forward: z[i,d] = mu[i,d] + exp(0.5*logvar[i,d]) * eps[i,d],
+ *          eps = given, or (eps == NULL) philox_randn(seed, offset = i*D + d) in float32;
+ *          kl_i = 0.5 * sum_d (mu^2 + exp(logvar) - logvar - 1);
+ *          kl = kl_i [B] (NONE) | mean_i kl_i [1] (MEAN) | sum_i kl_i [1] (SUM).
+ * backward: gkl_i = grad_kl[i] (NONE) | grad_kl[0]/B (MEAN) | grad_kl[0] (SUM);
+ *          grad_mu = gz + gkl_i*mu; grad_logvar = 0.5*gz*(z - mu) + 0.5*gkl_i*(exp(logvar) - 1);
+ *          grad_eps = gz * exp(0.5*logvar) (only when grad_eps != NULL). */
+FFV_API ffv_status ffv_reparameterize_kl_forward(
+    ffv_dtype dtype, int64_t B, int64_t D,
+    const void* mu, int64_t mu_s0, int64_t mu_s1,
+    const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
+    const void* eps, int64_t eps_s0, int64_t eps_s1, /* eps may be NULL */
+    const int64_t* seed, int32_t reduction,
+    void* z /* [B, D] */, void* kl /* [B] or [1] */, void* stream);
+
+FFV_API ffv_status ffv_reparameterize_kl_backward(
+    ffv_dtype dtype, int64_t B, int64_t D,
+    const void* grad_z, int64_t grad_z_s0, int64_t grad_z_s1,
+    const void* grad_kl, int64_t grad_kl_s0, /* [B] for NONE, [1] otherwise */
+    int32_t reduction,
+    const void* mu, int64_t mu_s0, int64_t mu_s1,
+    const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
+    const void* z, int64_t z_s0, int64_t z_s1,
+    void* grad_mu /* [B, D] */, void* grad_logvar /* [B, D] */, void* grad_eps /* [B, D] or NULL */,
+    void* stream);
+
+/* ---- permute_dims ------------------------------------------------------------------------
+ * forward: for every group g and column d, P[g,:,d] is the permutation of reference.py's
+ *          philox_permutation (sort of 63-bit keys from philox(seed, (g*B + i)*D + d));
+ *          out[g,i,d] = z[g, P[g,i,d], d]; index[g,i,d] = P[g,i,d] (int32) when index != NULL.
+ * backward: grad_z[g, index[g,i,d], d] = grad_out[g,i,d]. */
+FFV_API ffv_status ffv_permute_dims_forward(
+    ffv_dtype dtype, int64_t G, int64_t B, int64_t D,
+    const void* z, int64_t z_s0, int64_t z_s1, int64_t z_s2,
+    const int64_t* seed,
+    void* out /* [G, B, D] */, int32_t* index /* [G, B, D] or NULL */, void* stream);
+
+FFV_API ffv_status ffv_permute_dims_backward(
+    ffv_dtype dtype, int64_t G, int64_t B, int64_t D,
+    const void* grad_out, int64_t grad_out_s0, int64_t grad_out_s1, int64_t grad_out_s2,
+    const int32_t* index /* contiguous [G, B, D] */,
+    void* grad_z /* [G, B, D] */, void* stream);
+
+/* ---- tc_loss (K = 2: tc = mean_i (l_i0 - l_i1); K = 1: tc = mean_i l_i) -----------------
+ * backward: K = 2: grad[i,0] = g/B, grad[i,1] = -g/B; K = 1: grad[i,0] = g/B. */
+FFV_API ffv_status ffv_tc_loss_forward(
+    ffv_dtype dtype, int64_t B, int64_t K,
+    const void* logits, int64_t logits_s0, int64_t logits_s1,
+    void* tc /* [1] */, void* stream);
+
+FFV_API ffv_status ffv_tc_loss_backward(
+    ffv_dtype dtype, int64_t B, int64_t K,
+    const void* grad_tc /* [1] */,
+    void* grad_logits /* [B, K] */, void* stream);
+
+/* ---- discriminator_loss ------------------------------------------------------------------
+ * K = 2: loss = 0.5 * (mean_i CE(real_i, class 0) + mean_i CE(perm_i, class 1));
+ * K = 1: loss = 0.5 * (mean_i softplus(-real_i) + mean_i softplus(perm_i)).
+ * backward: grad_real = g*0.5/B * (softmax(real_i) - e0) | g*0.5/B * (sigmoid(real_i) - 1);
+ *           grad_perm = g*0.5/B * (softmax(perm_i) - e1) | g*0.5/B * sigmoid(perm_i). */
+FFV_API ffv_status ffv_discriminator_loss_forward(
+    ffv_dtype dtype, int64_t B, int64_t K,
+    const void* d_real, int64_t d_real_s0, int64_t d_real_s1,
+    const void* d_perm, int64_t d_perm_s0, int64_t d_perm_s1,
+    void* loss /* [1] */, void* stream);
+
+FFV_API ffv_status ffv_discriminator_loss_backward(
+    ffv_dtype dtype, int64_t B, int64_t K,
+    const void* grad_loss /* [1] */,
+    const void* d_real, int64_t d_real_s0, int64_t d_real_s1,
+    const void* d_perm, int64_t d_perm_s0, int64_t d_perm_s1,
+    void* grad_real /* [B, K] */, void* grad_perm /* [B, K] */, void* stream);
+
+/* ---- log_qz: declared below by its own section (see kernels/cpu/log_qz.cpp) ------------- */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FASTFVAE_H */
