@@ -1,0 +1,90 @@
+"""The baselines fastfvae is measured against, in one place (DESIGN.md §9).
+
+Benchmarks and tests import these; nothing else defines them. "1Konny-style" follows the
+widely used public FactorVAE implementation (github.com/1Konny/FactorVAE): eager PyTorch,
+per-column ``randperm`` for permute_dims, slicing for the TC term, two cross-entropies.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastfvae import reference
+
+
+def konny_reparametrize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    std = logvar.div(2).exp()
+    eps = std.data.new(std.size()).normal_()
+    return eps.mul(std).add_(mu)
+
+
+def konny_kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    kld = -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1).mean()
+    return kld
+
+
+def konny_permute_dims(z: torch.Tensor) -> torch.Tensor:
+    """Per-column randperm loop on (B, D)."""
+    assert z.dim() == 2
+    B, _ = z.size()
+    perm_z = []
+    for z_j in z.split(1, 1):
+        perm = torch.randperm(B, device=z.device)
+        perm_z.append(z_j[perm])
+    return torch.cat(perm_z, 1)
+
+
+def argsort_permute_dims(z: torch.Tensor) -> torch.Tensor:
+    """rand(B, D).argsort(0) + gather: the common vectorised alternative (any leading dims)."""
+    index = torch.rand(z.shape, device=z.device).argsort(dim=-2)
+    return torch.gather(z, -2, index)
+
+
+def konny_tc(d_z: torch.Tensor) -> torch.Tensor:
+    return (d_z[:, :1] - d_z[:, 1:]).mean()
+
+
+def konny_discriminator_loss(d_z: torch.Tensor, d_z_pperm: torch.Tensor) -> torch.Tensor:
+    ones = torch.ones(d_z.size(0), dtype=torch.long, device=d_z.device)
+    zeros = torch.zeros(d_z.size(0), dtype=torch.long, device=d_z.device)
+    return 0.5 * (F.cross_entropy(d_z, zeros) + F.cross_entropy(d_z_pperm, ones))
+
+
+def konny_loss_head(mu, logvar, mu2, logvar2, d_logits_fn):
+    """Everything one FactorVAE step computes outside the networks, 1Konny-style.
+
+    mu, logvar: (B, D) encoder outputs of batch 1; mu2, logvar2: of batch 2.
+    d_logits_fn: (B, D) -> (B, 2) stands in for the discriminator (e.g. a fixed linear map).
+    Returns (vae_loss_without_recon, d_loss) ready for backward.
+    """
+    z = konny_reparametrize(mu, logvar)
+    kld = konny_kl_divergence(mu, logvar)
+    d_z = d_logits_fn(z)
+    vae_tc = konny_tc(d_z)
+    z_prime = konny_reparametrize(mu2, logvar2)
+    z_pperm = konny_permute_dims(z_prime).detach()
+    d_loss = konny_discriminator_loss(d_logits_fn(z.detach()), d_logits_fn(z_pperm))
+    return kld + vae_tc, d_loss
+
+
+def fastfvae_loss_head(mu, logvar, mu2, logvar2, d_logits_fn, backend: str = "auto"):
+    """The same computation on fastfvae's fused ops (for like-with-like comparisons)."""
+    from fastfvae import functional as ffv
+
+    z, kl = ffv.reparameterize_kl(mu, logvar, backend=backend)
+    vae_tc = ffv.tc_loss(d_logits_fn(z), backend=backend)
+    z_prime, _ = ffv.reparameterize_kl(mu2, logvar2, backend=backend)
+    z_pperm = ffv.permute_dims(z_prime.detach(), backend=backend)
+    d_loss = ffv.discriminator_loss(d_logits_fn(z.detach()), d_logits_fn(z_pperm), backend=backend)
+    return kl + vae_tc, d_loss
+
+
+def reference_loss_head(mu, logvar, mu2, logvar2, d_logits_fn):
+    """The reference formulas with torch RNG: what ``torch.compile`` of the reference compiles."""
+    z = reference.reparameterize(mu, logvar, torch.randn_like(mu))
+    kl = reference.gaussian_kl(mu, logvar)
+    vae_tc = reference.tc_loss(d_logits_fn(z))
+    z_prime = reference.reparameterize(mu2, logvar2, torch.randn_like(mu2))
+    z_pperm = argsort_permute_dims(z_prime.detach())
+    d_loss = reference.discriminator_loss(d_logits_fn(z.detach()), d_logits_fn(z_pperm))
+    return kl + vae_tc, d_loss
