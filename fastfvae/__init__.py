@@ -1,7 +1,10 @@
 """fastfvae: fused, tested FactorVAE loss ops for PyTorch (see README.md and DESIGN.md)."""
+from fastfvae import losses
 from fastfvae.functional import (
     discriminator_accuracy,
     discriminator_loss,
+    log_qz,
+    log_qz_marginals,
     permute_dims,
     reparameterize_kl,
     tc_loss,
@@ -10,8 +13,11 @@ from fastfvae.functional import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "losses",
     "discriminator_accuracy",
     "discriminator_loss",
+    "log_qz",
+    "log_qz_marginals",
     "permute_dims",
     "reparameterize_kl",
     "tc_loss",

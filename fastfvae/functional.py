@@ -344,3 +344,148 @@ def discriminator_accuracy(d_real: Tensor, d_perm: Tensor) -> Tensor:
     check_like("d_perm", d_perm, "d_real", d_real)
     with torch.no_grad():
         return reference.discriminator_accuracy(d_real, d_perm)
+
+
+# =============================================================================================
+# log_qz: log q(z) and log q(z_d) of the aggregate posterior, as beta-TCVAE estimates them
+# (reference.py derives the weights; the kernels never materialise the (M, K, D) tensor)
+# =============================================================================================
+class _LogQz(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, mu, logvar, dataset_size, method, impl):
+        log_qz_joint, log_qzj = impl.log_qz_forward(z, mu, logvar, dataset_size, method)
+        ctx.save_for_backward(z, mu, logvar, log_qz_joint, log_qzj)
+        ctx.dataset_size, ctx.method, ctx.impl = dataset_size, method, impl
+        return log_qz_joint, log_qzj
+
+    @staticmethod
+    def backward(ctx, grad_log_qz, grad_log_qzj):
+        z, mu, logvar, log_qz_joint, log_qzj = ctx.saved_tensors
+        grad_z, grad_mu, grad_logvar = ctx.impl.log_qz_backward(
+            grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz_joint, log_qzj, ctx.dataset_size, ctx.method
+        )
+        return grad_z, grad_mu, grad_logvar, None, None, None
+
+
+def _log_qz_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("fastfvae::log_qz", mutates_args=())
+def _log_qz_op(
+    z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, method: str, backend: str
+) -> tuple[Tensor, Tensor]:
+    """(log_qz (M,), log_qzj (M, D)) in the compute dtype."""
+    return get_backend(backend).log_qz_forward(z, mu, logvar, dataset_size, method)
+
+
+@_log_qz_op.register_fake
+def _(z, mu, logvar, dataset_size, method, backend):
+    acc = _log_qz_compute_dtype(z.dtype)
+    return z.new_empty((z.shape[0],), dtype=acc), z.new_empty(z.shape, dtype=acc)
+
+
+@torch.library.custom_op("fastfvae::log_qz_backward", mutates_args=())
+def _log_qz_backward_op(
+    grad_log_qz: Tensor, grad_log_qzj: Tensor, z: Tensor, mu: Tensor, logvar: Tensor,
+    log_qz: Tensor, log_qzj: Tensor, dataset_size: int, method: str, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return get_backend(backend).log_qz_backward(
+        grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, dataset_size, method
+    )
+
+
+@_log_qz_backward_op.register_fake
+def _(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, dataset_size, method, backend):
+    return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
+
+
+def _log_qz_setup(ctx, inputs, output):
+    z, mu, logvar, dataset_size, method, backend = inputs
+    ctx.save_for_backward(z, mu, logvar, output[0], output[1])
+    ctx.dataset_size, ctx.method, ctx.backend = dataset_size, method, backend
+
+
+def _log_qz_grad(ctx, grad_log_qz, grad_log_qzj):
+    z, mu, logvar, log_qz_joint, log_qzj = ctx.saved_tensors
+    if grad_log_qz is None:
+        grad_log_qz = torch.zeros_like(log_qz_joint)
+    if grad_log_qzj is None:
+        grad_log_qzj = torch.zeros_like(log_qzj)
+    grad_z, grad_mu, grad_logvar = _log_qz_backward_op(
+        grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz_joint, log_qzj, ctx.dataset_size, ctx.method,
+        ctx.backend,
+    )
+    return grad_z, grad_mu, grad_logvar, None, None, None
+
+
+_log_qz_op.register_autograd(_log_qz_grad, setup_context=_log_qz_setup)
+
+
+def _check_log_qz_args(z, mu, logvar, dataset_size, method) -> None:
+    check_float_tensor("z", z, (2,))
+    check_float_tensor("mu", mu, (2,))
+    check_float_tensor("logvar", logvar, (2,))
+    check_like("logvar", logvar, "mu", mu)
+    if z.shape[1] != mu.shape[1]:
+        raise ValueError(f"z: expected (M, D) with mu's D = {mu.shape[1]}, got shape {tuple(z.shape)}")
+    if z.device != mu.device:
+        raise ValueError(f"z: expected a tensor on mu's device {mu.device}, got {z.device}")
+    if z.dtype != mu.dtype:
+        raise TypeError(f"z: expected mu's dtype {mu.dtype}, got {z.dtype}")
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
+        raise ValueError(f"dataset_size: expected an int >= 1, got {dataset_size!r}")
+    check_choice("method", method, reference.LOG_QZ_METHODS)
+    if method == "mss":
+        queries, components = z.shape[0], mu.shape[0]
+        if components < 2:
+            raise ValueError(f"mu: method='mss' needs K >= 2 mixture components, got shape {tuple(mu.shape)}")
+        if queries > components:
+            raise ValueError(
+                f"z: method='mss' needs M <= K (query i was drawn from component i), got M = {queries} "
+                f"queries for K = {components} components"
+            )
+        if dataset_size < components:
+            raise ValueError(
+                f"dataset_size: method='mss' needs dataset_size >= K = {components} (the minibatch is drawn "
+                f"from the data set), got {dataset_size}"
+            )
+
+
+def log_qz_marginals(
+    z: Tensor, mu: Tensor, logvar: Tensor, *, dataset_size: int, method: str = "mws", backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
+    """Estimates of log q(z_i) (M,) and of every log q(z_i,d) (M, D); ``log_qz`` documents them.
+
+    Both in z's dtype (computed in float32, float64 for float64). Differentiable in z, mu, logvar.
+    """
+    _check_log_qz_args(z, mu, logvar, dataset_size, method)
+    impl = select("log_qz", backend, z.device, z.dtype)
+    if _compiling():
+        log_qz_joint, log_qzj = _log_qz_op(z, mu, logvar, dataset_size, method, impl.NAME)
+    else:
+        log_qz_joint, log_qzj = _LogQz.apply(z, mu, logvar, dataset_size, method, impl)
+    return log_qz_joint.to(z.dtype), log_qzj.to(z.dtype)
+
+
+def log_qz(
+    z: Tensor, mu: Tensor, logvar: Tensor, *, dataset_size: int, method: str = "mws", backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
+    """beta-TCVAE's estimates of log q(z) and log prod_d q(z_d) of the aggregate posterior.
+
+    z: (M, D) queries; mu, logvar: (K, D) Gaussian posteriors q(z|x_j) of K inputs (in training
+    the minibatch itself: z = the batch's samples, M = K = B, z[i] drawn from q(z|x_i)), from a
+    data set of dataset_size = N inputs. With m[i, j, d] = log N(z[i, d]; mu[j, d], exp(logvar[j, d])):
+        log_qz[i]       = logsumexp_j (sum_d m[i, j, d] + w[i, j])
+        log_prod_qzj[i] = sum_d logsumexp_j (m[i, j, d] + w[i, j])
+    method "mws" (minibatch weighted sampling): w[i, j] = -log(N K).
+    method "mss" (minibatch stratified sampling, unbiased for q(z_i)): w[i, i] = -log N (query i's
+        own component), w[i, (i+1) % K] = log((N - K + 1) / (N (K - 1))), other j: -log(K - 1);
+        needs K >= 2, M <= K and N >= K (reference.py derives the weights).
+    Returns (log_qz (M,), log_prod_qzj (M,)) in z's dtype, differentiable in z, mu and logvar.
+    Memory O((M + K) D): the kernels stream over j with an online logsumexp.
+    """
+    log_qz_joint, log_qzj = log_qz_marginals(
+        z, mu, logvar, dataset_size=dataset_size, method=method, backend=backend
+    )
+    return log_qz_joint, log_qzj.sum(dim=1)

@@ -29,9 +29,16 @@ contiguous tensors (never views of their inputs: they also back torch.library cu
     tc_loss_backward(grad_tc, logits) -> grad_logits    (B, K)
     discriminator_loss_forward(d_real, d_perm) -> loss ()          both (B, K)
     discriminator_loss_backward(grad_loss, d_real, d_perm) -> (grad_real, grad_perm)
-    log_qz_forward(z, mu, logvar, dataset_size, method) -> (log_qz, log_prod_qzj)   (once it exists)
-    log_qz_backward(grad_log_qz, grad_log_prod, z, mu, logvar, dataset_size, method)
-        -> (grad_z, grad_mu, grad_logvar)
+    log_qz_forward(z, mu, logvar, dataset_size, method) -> (log_qz, log_qzj)
+        z: (M, D) queries; mu, logvar: (K, D) mixture components; method "mws" | "mss".
+        log_qz[i] = logsumexp_j (sum_d m[i,j,d] + w[i,j]) (M,), log_qzj[i,d] = logsumexp_j
+        (m[i,j,d] + w[i,j]) (M, D), m = log N(z; mu, exp(logvar)), w = reference.log_qz_weights.
+        Both outputs in the COMPUTE dtype (float32, float64 for float64): the backward recomputes
+        softmaxes from them. Never materialises (M, K, D) or (M, K) (except the reference).
+    log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, dataset_size, method)
+        -> (grad_z (M, D), grad_mu (K, D), grad_logvar (K, D)) in the input dtype; grads in the
+        compute dtype, any strides (grad_log_qzj is often a stride-0 expansion of (M, 1)).
+        Formulas: reference.log_qz_backward.
 
 Backends are imported on first use, so ``import fastfvae`` never pays for Triton.
 """

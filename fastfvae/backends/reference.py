@@ -98,3 +98,19 @@ def discriminator_loss_backward(grad_loss, d_real, d_perm):
         grad_real = torch.sigmoid(real) - 1.0
         grad_perm = torch.sigmoid(perm)
     return (grad_real * scale).to(d_real.dtype), (grad_perm * scale).to(d_perm.dtype)
+
+
+# ---------------------------------------------------------------------------- log_qz
+def log_qz_forward(z, mu, logvar, dataset_size, method):
+    """(log_qz (M,), log_qzj (M, D)) in the compute dtype, materialising the (M, K, D) log-densities."""
+    acc = _compute_dtype(z.dtype)
+    return ref.log_qz_marginals(z.to(acc), mu.to(acc), logvar.to(acc), dataset_size, method)
+
+
+def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, dataset_size, method):
+    acc = _compute_dtype(z.dtype)
+    grads = ref.log_qz_backward(
+        grad_log_qz.to(acc), grad_log_qzj.to(acc), z.to(acc), mu.to(acc), logvar.to(acc),
+        log_qz.to(acc), log_qzj.to(acc), dataset_size, method,
+    )
+    return tuple(g.to(z.dtype) for g in grads)
