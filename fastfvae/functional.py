@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from fastfvae import reference
 from fastfvae._checks import check_choice, check_float_tensor, check_like, check_logits
@@ -46,6 +47,7 @@ class _ReparameterizeKL(torch.autograd.Function):
         return z, kl
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not themselves differentiable
     def backward(ctx, grad_z, grad_kl):
         mu, logvar, z = ctx.saved_tensors
         grad_mu, grad_logvar, grad_eps = ctx.impl.reparameterize_kl_backward(
@@ -141,6 +143,7 @@ class _PermuteDims(torch.autograd.Function):
         return out.view(z.shape)
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not themselves differentiable
     def backward(ctx, grad_out):
         (index,) = ctx.saved_tensors
         grad_z = ctx.impl.permute_dims_backward(_as_groups(grad_out), index)
@@ -215,6 +218,7 @@ class _TCLoss(torch.autograd.Function):
         return impl.tc_loss_forward(_as_columns(logits))
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not themselves differentiable
     def backward(ctx, grad_tc):
         (logits,) = ctx.saved_tensors
         return ctx.impl.tc_loss_backward(grad_tc, _as_columns(logits)).view(logits.shape), None
@@ -277,6 +281,7 @@ class _DiscriminatorLoss(torch.autograd.Function):
         return impl.discriminator_loss_forward(_as_columns(d_real), _as_columns(d_perm))
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not themselves differentiable
     def backward(ctx, grad_loss):
         d_real, d_perm = ctx.saved_tensors
         grad_real, grad_perm = ctx.impl.discriminator_loss_backward(
@@ -359,6 +364,7 @@ class _LogQz(torch.autograd.Function):
         return log_qz_joint, log_qzj
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not themselves differentiable
     def backward(ctx, grad_log_qz, grad_log_qzj):
         z, mu, logvar, log_qz_joint, log_qzj = ctx.saved_tensors
         grad_z, grad_mu, grad_logvar = ctx.impl.log_qz_backward(

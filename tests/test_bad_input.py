@@ -1,0 +1,73 @@
+"""Bad input raises TypeError/ValueError naming the argument, expected and actual (DESIGN.md §7),
+before any kernel runs, on every backend."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastfvae
+
+GOOD = torch.randn(4, 3)
+
+
+def _raises(error, match, fn, *args, **kwargs):
+    with pytest.raises(error, match=match):
+        fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("requested", ["auto", "reference", "native"])
+def test_reparameterize_kl(requested):
+    f = fastfvae.reparameterize_kl
+    _raises(TypeError, r"mu: expected a torch.Tensor, got list", f, [[1.0]], GOOD, backend=requested)
+    _raises(TypeError, r"mu: expected a floating dtype .* got torch.int64", f, torch.ones(4, 3, dtype=torch.long), GOOD, backend=requested)
+    _raises(TypeError, r"logvar: expected a floating dtype .* got torch.complex64", f, GOOD, torch.ones(4, 3, dtype=torch.complex64), backend=requested)
+    _raises(ValueError, r"mu: expected a 2-D tensor, got shape \(12,\)", f, torch.randn(12), torch.randn(12), backend=requested)
+    _raises(ValueError, r"logvar: expected the shape of mu \(4, 3\), got \(4, 2\)", f, GOOD, torch.randn(4, 2), backend=requested)
+    _raises(TypeError, r"logvar: expected mu's dtype torch.float32, got torch.float64", f, GOOD, GOOD.double(), backend=requested)
+    _raises(ValueError, r"logvar: expected a tensor on mu's device cpu, got meta", f, GOOD, torch.empty(4, 3, device="meta"), backend=requested)
+    _raises(ValueError, r"eps: expected the shape of mu \(4, 3\), got \(3, 4\)", f, GOOD, GOOD, eps=torch.randn(3, 4), backend=requested)
+    _raises(ValueError, r"mu: expected a non-empty tensor \(B >= 1\), got shape \(0, 3\)", f, torch.randn(0, 3), torch.randn(0, 3), backend=requested)
+    _raises(ValueError, r"reduction: expected one of \('mean', 'sum', 'none'\), got 'avg'", f, GOOD, GOOD, reduction="avg", backend=requested)
+
+
+@pytest.mark.parametrize("requested", ["auto", "reference", "native"])
+def test_permute_dims(requested):
+    f = fastfvae.permute_dims
+    _raises(TypeError, r"z: expected a torch.Tensor, got ndarray", f, GOOD.numpy(), backend=requested)
+    _raises(TypeError, r"z: expected a floating dtype .* got torch.int32", f, torch.ones(4, 3, dtype=torch.int32), backend=requested)
+    _raises(ValueError, r"z: expected a 2-D or 3-D tensor, got shape \(4,\)", f, torch.randn(4), backend=requested)
+    _raises(ValueError, r"z: expected a 2-D or 3-D tensor, got shape \(1, 2, 3, 4\)", f, torch.randn(1, 2, 3, 4), backend=requested)
+    _raises(ValueError, r"z: expected a non-empty tensor \(B >= 1\), got shape \(0, 5\)", f, torch.randn(0, 5), backend=requested)
+    _raises(ValueError, r"z: expected a non-empty tensor \(B >= 1\), got shape \(2, 0, 5\)", f, torch.randn(2, 0, 5), backend=requested)
+
+
+@pytest.mark.parametrize("requested", ["auto", "reference", "native"])
+def test_tc_loss(requested):
+    f = fastfvae.tc_loss
+    _raises(ValueError, r"d_logits: expected discriminator logits of shape \(B, 2\), \(B, 1\) or \(B,\), got \(5, 3\)", f, torch.randn(5, 3), backend=requested)
+    _raises(ValueError, r"d_logits: expected a 1-D or 2-D tensor, got shape \(2, 2, 2\)", f, torch.randn(2, 2, 2), backend=requested)
+    _raises(TypeError, r"d_logits: expected a floating dtype", f, torch.ones(5, 2, dtype=torch.bool), backend=requested)
+    _raises(ValueError, r"d_logits: expected a non-empty tensor", f, torch.randn(0, 2), backend=requested)
+
+
+@pytest.mark.parametrize("requested", ["auto", "reference", "native"])
+def test_discriminator_loss(requested):
+    f = fastfvae.discriminator_loss
+    _raises(ValueError, r"d_real: expected discriminator logits .* got \(5, 3\)", f, torch.randn(5, 3), torch.randn(5, 3), backend=requested)
+    _raises(ValueError, r"d_perm: expected the shape of d_real \(5, 2\), got \(4, 2\)", f, torch.randn(5, 2), torch.randn(4, 2), backend=requested)
+    _raises(ValueError, r"d_perm: expected the shape of d_real \(5, 2\), got \(5,\)", f, torch.randn(5, 2), torch.randn(5), backend=requested)
+    _raises(TypeError, r"d_perm: expected d_real's dtype torch.float32, got torch.float16", f, torch.randn(5, 2), torch.randn(5, 2).half(), backend=requested)
+    _raises(ValueError, r"d_perm: expected a tensor on d_real's device cpu, got meta", f, torch.randn(5, 2), torch.empty(5, 2, device="meta"), backend=requested)
+    _raises(TypeError, r"d_real: expected a torch.Tensor, got float", f, 1.0, torch.randn(5, 2), backend=requested)
+
+
+def test_unknown_backend_names_the_choices():
+    _raises(ValueError, r"backend: expected one of \('auto', 'native', 'triton', 'reference'\), got 'cuda'", fastfvae.tc_loss, torch.randn(3, 2), backend="cuda")
+
+
+def test_losses_modules_validate():
+    loss = fastfvae.losses.FactorVAELoss(gamma=10.0)
+    x = torch.rand(2, 1, 8, 8)
+    _raises(ValueError, r"kl: expected a scalar tensor", loss, torch.randn(2, 1, 8, 8), x, torch.randn(2), torch.randn(2, 2))
+    _raises(ValueError, r"x: expected the shape of x_recon \(2, 1, 8, 8\), got \(2, 1, 8, 7\)", loss, torch.randn(2, 1, 8, 8), torch.rand(2, 1, 8, 7), torch.tensor(1.0), torch.randn(2, 2))
+    _raises(ValueError, r"reconstruction: expected one of \('bernoulli', 'gaussian'\), got 'laplace'", fastfvae.losses.FactorVAELoss, reconstruction="laplace")
