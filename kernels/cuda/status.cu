@@ -1,11 +1,22 @@
-// Status codes and the thread-local last-error message of the CUDA library.
+// Status codes and the thread-local last-error message of the CUDA library (same semantics as
+// kernels/cpu/status.cpp: a failing call sets the message of its thread; success leaves it).
 #include <string>
 
+#include "common.cuh"
 #include "fastfvae.h"
 
 namespace {
 thread_local std::string last_error;
 }
+
+namespace ffv {
+namespace gpu {
+ffv_status fail(ffv_status status, const std::string& message) {
+  last_error = message;
+  return status;
+}
+}  // namespace gpu
+}  // namespace ffv
 
 extern "C" {
 FFV_API const char* ffv_last_error(void) { return last_error.c_str(); }

@@ -1,0 +1,148 @@
+// Internal helpers of libfastfvae_cuda (not part of the ABI): error reporting, argument
+// checks, element types, launch shapes and deterministic block reductions.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include <string>
+
+#include "fastfvae.h"
+#include "formulas.h"
+
+namespace ffv {
+namespace gpu {
+
+// ---- errors ------------------------------------------------------------------------------
+// Record `message` as this thread's ffv_last_error() and return `status` (status.cu).
+ffv_status fail(ffv_status status, const std::string& message);
+
+// After kernel launches: a launch error (or a sticky error of an earlier asynchronous
+// failure) becomes FFV_ERR_CUDA with CUDA's message. Never synchronises.
+inline ffv_status check_launch(const char* entry) {
+  const cudaError_t error = cudaGetLastError();
+  if (error == cudaSuccess) return FFV_OK;
+  return fail(FFV_ERR_CUDA, std::string(entry) + ": CUDA error " + cudaGetErrorName(error) + ": " +
+                                cudaGetErrorString(error));
+}
+
+// A CUDA runtime call's result (cudaMallocAsync, a CUB call) as a status.
+inline ffv_status check_call(cudaError_t error, const char* entry, const char* what) {
+  if (error == cudaSuccess) return FFV_OK;
+  const ffv_status status = error == cudaErrorMemoryAllocation ? FFV_ERR_OUT_OF_MEMORY : FFV_ERR_CUDA;
+  return fail(status, std::string(entry) + ": " + what + " failed: " + cudaGetErrorName(error) + ": " +
+                          cudaGetErrorString(error));
+}
+
+// ---- argument checks (same messages and codes as the CPU library) --------------------------
+inline ffv_status check_size(const char* entry, const char* name, int64_t value) {
+  if (value >= 1) return FFV_OK;
+  return fail(FFV_ERR_INVALID_ARGUMENT,
+              std::string(entry) + ": " + name + " must be >= 1, got " + std::to_string(value));
+}
+
+inline ffv_status check_pointer(const char* entry, const char* name, const void* pointer) {
+  if (pointer != nullptr) return FFV_OK;
+  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": " + name + " must not be NULL");
+}
+
+inline ffv_status check_logit_count(const char* entry, int64_t K) {
+  if (K == 1 || K == 2) return FFV_OK;
+  return fail(FFV_ERR_INVALID_ARGUMENT,
+              std::string(entry) + ": K must be 1 or 2, got " + std::to_string(K));
+}
+
+inline ffv_status check_reduction(const char* entry, int32_t reduction) {
+  if (reduction == FFV_REDUCTION_NONE || reduction == FFV_REDUCTION_MEAN || reduction == FFV_REDUCTION_SUM)
+    return FFV_OK;
+  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": reduction must be 0 (none), 1 (mean) or 2 (sum), got " +
+                                            std::to_string(reduction));
+}
+
+// a * b (* c) must fit in int64 (all >= 1): element counts and flat indices are int64.
+inline ffv_status check_numel(const char* entry, int64_t a, int64_t b, int64_t c = 1) {
+  if (a <= INT64_MAX / b && a * b <= INT64_MAX / c) return FFV_OK;
+  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": the tensor has more than 2^63 - 1 elements");
+}
+
+// ---- element types --------------------------------------------------------------------------
+// Acc<T>: the arithmetic type (float for float16 / bfloat16 / float32, double for float64).
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> using Acc = typename AccOf<T>::type;
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// Round once to the storage type (round to nearest even, as PyTorch).
+template <typename T> __device__ __forceinline__ T from_acc(Acc<T> x);
+template <> __device__ __forceinline__ float from_acc<float>(float x) { return x; }
+template <> __device__ __forceinline__ double from_acc<double>(double x) { return x; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Strided element [i, j] of a 2-D input with strides (s0, s1) in elements, as Acc.
+template <typename T>
+__device__ __forceinline__ Acc<T> load2(const T* base, int64_t i, int64_t j, int64_t s0, int64_t s1) {
+  return to_acc(base[i * s0 + j * s1]);
+}
+
+// Calls launch(T{}) with the storage type of `dtype` (the value itself is unused: it only
+// carries the type), or reports FFV_ERR_UNSUPPORTED_DTYPE.
+template <typename Launch>
+ffv_status dispatch_dtype(const char* entry, int32_t dtype, Launch&& launch) {
+  switch (dtype) {
+    case FFV_FLOAT32: return launch(float{});
+    case FFV_FLOAT64: return launch(double{});
+    case FFV_FLOAT16: return launch(__half{});
+    case FFV_BFLOAT16: return launch(__nv_bfloat16{});
+    default:
+      return fail(FFV_ERR_UNSUPPORTED_DTYPE,
+                  std::string(entry) + ": unsupported dtype code " + std::to_string(dtype) +
+                      " (expected 0 float32, 1 float64, 2 float16, 3 bfloat16)");
+  }
+}
+
+// ---- launch shapes ----------------------------------------------------------------------------
+constexpr int kElementwiseThreads = 256;
+constexpr int kReduceThreads = 1024;             // one-block reductions
+constexpr int64_t kMaxGridBlocks = 65535 * 32;   // grid-stride loops cover anything beyond this
+
+// Blocks for a grid-stride loop over n items, `per_block` items per block per pass.
+inline unsigned grid_for(int64_t n, int64_t per_block) {
+  const int64_t blocks = (n + per_block - 1) / per_block;
+  return static_cast<unsigned>(blocks < kMaxGridBlocks ? blocks : kMaxGridBlocks);
+}
+
+inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
+
+// ---- deterministic reductions ----------------------------------------------------------------
+// Sum over the 32 lanes of a warp; the full sum lands in lane 0. Fixed order: run-to-run
+// identical. Every lane of the warp must call it.
+template <typename A>
+__device__ __forceinline__ A warp_sum(A value) {
+  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_down_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+// Sum over a block of kReduceThreads threads; the result is valid in thread 0. Every thread
+// must call it; `scratch` holds kReduceThreads / 32 values. Fixed order.
+template <typename A>
+__device__ __forceinline__ A block_sum(A value, A* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  value = warp_sum(value);
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  value = threadIdx.x < kReduceThreads / 32 ? scratch[threadIdx.x] : A(0);
+  if (warp == 0) value = warp_sum(value);
+  __syncthreads();  // scratch may be reused by the caller
+  return value;
+}
+
+}  // namespace gpu
+}  // namespace ffv

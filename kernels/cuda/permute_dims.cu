@@ -1,0 +1,249 @@
+// permute_dims on CUDA (paper, Algorithm 1): every column (g, d) gets its own random
+// permutation of the B rows, identical to fastfvae/reference.py's philox_permutation.
+//
+// forward:  key[g,i,d] = permutation_key(seed, (g*B + i)*D + d, i, row_bits)  (63-bit, distinct
+//           per column: the low row_bits bits hold i); P[g,:,d] = low bits of the column's keys
+//           in ascending order; out[g,i,d] = z[g, P[g,i,d], d]; index[g,i,d] = P[g,i,d] (int32).
+// backward: grad_z[g, index[g,i,d], d] = grad_out[g,i,d] (a scatter: index is a permutation).
+//
+// Launches. Forward, B <= kMaxBlockSortKeys: one launch, one block per column (grid-stride over
+// the G*D columns): the block builds the column's keys in shared memory, padded to n =
+// next_pow2(B) with INT64_MAX, bitonic-sorts them, and gathers. Larger B: a fallback in four
+// launches per chunk of columns — build keys (column-major, in a workspace), segment offsets,
+// CUB's DeviceSegmentedRadixSort::SortKeys (bundled with the CUDA toolkit), gather — with one
+// cudaMallocAsync / cudaFreeAsync workspace on the stream. Backward: one scatter launch.
+// Values are moved bit for bit (no conversion), so every dtype is exact.
+#include <cub/device/device_segmented_radix_sort.cuh>
+
+#include "common.cuh"
+
+namespace ffv {
+namespace gpu {
+namespace {
+
+// In-block sort limit: 4096 keys * 8 bytes = 32 KiB of dynamic shared memory (below the
+// 48 KiB that needs no opt-in on every architecture).
+constexpr int64_t kMaxBlockSortKeys = 4096;
+constexpr int kMaxSortThreads = 1024;
+// Fallback chunk: at most this many keys (8 bytes each, two buffers) per CUB call.
+constexpr int64_t kMaxChunkKeys = int64_t{1} << 26;
+
+template <typename T>
+__global__ void __launch_bounds__(kMaxSortThreads) permute_dims_block_sort_kernel(
+    int64_t G, int64_t B, int64_t D,
+    const T* __restrict__ z, int64_t z_s0, int64_t z_s1, int64_t z_s2,  // [G, B, D] strided input
+    const int64_t* __restrict__ seed,                                  // [1] device int64: Philox key
+    int64_t n,                                                         // next_pow2(B) <= kMaxBlockSortKeys
+    int row_bits,                                                      // permutation_row_bits(B)
+    T* __restrict__ out,                                               // [G, B, D] contiguous out
+    int32_t* __restrict__ index) {                                     // [G, B, D] contiguous out, or NULL
+  extern __shared__ int64_t keys[];  // [n] the current column's keys
+  const uint64_t key = static_cast<uint64_t>(*seed);
+  const int64_t row_mask = (int64_t{1} << row_bits) - 1;
+  for (int64_t column = blockIdx.x; column < G * D; column += gridDim.x) {
+    const int64_t g = column / D, d = column - g * D;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+      keys[i] = i < B ? cuda_math::column_key(key, g, i, d, B, D, row_bits) : cuda_math::kPadKey;
+    __syncthreads();
+    for (int64_t k = 2; k <= n; k <<= 1) {
+      for (int64_t j = k >> 1; j > 0; j >>= 1) {
+        for (int64_t p = threadIdx.x; p < n / 2; p += blockDim.x) cuda_math::bitonic_compare_exchange(keys, p, j, k);
+        __syncthreads();
+      }
+    }
+    for (int64_t i = threadIdx.x; i < B; i += blockDim.x) {
+      const int64_t row = keys[i] & row_mask;
+      const int64_t o = (g * B + i) * D + d;
+      out[o] = z[g * z_s0 + row * z_s1 + d * z_s2];
+      if (index != nullptr) index[o] = static_cast<int32_t>(row);
+    }
+    __syncthreads();  // keys are rewritten for the next column
+  }
+}
+
+// Fallback step 1: keys of columns [first_column, first_column + S), column-major:
+// keys[s*B + i] = key of row i of column first_column + s.
+__global__ void __launch_bounds__(kElementwiseThreads) permute_dims_build_keys_kernel(
+    int64_t B, int64_t D, int64_t first_column, int64_t S,
+    const int64_t* __restrict__ seed,  // [1] device int64: Philox key
+    int row_bits,                      // permutation_row_bits(B)
+    uint64_t* __restrict__ keys) {     // [S, B] out (workspace)
+  const uint64_t key = static_cast<uint64_t>(*seed);
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < S * B;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t s = e / B, i = e - s * B;
+    const int64_t column = first_column + s, g = column / D, d = column - g * D;
+    keys[e] = static_cast<uint64_t>(cuda_math::column_key(key, g, i, d, B, D, row_bits));
+  }
+}
+
+// Fallback step 2: segment boundaries offsets[s] = s * B for s in [0, S] (S * B < 2^31).
+__global__ void __launch_bounds__(kElementwiseThreads) permute_dims_offsets_kernel(
+    int64_t B, int64_t S,
+    int* __restrict__ offsets) {  // [S + 1] out (workspace)
+  for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; s <= S;
+       s += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    offsets[s] = static_cast<int>(s * B);
+}
+
+// Fallback step 4: gather through the sorted keys of columns [first_column, first_column + S).
+template <typename T>
+__global__ void __launch_bounds__(kElementwiseThreads) permute_dims_gather_kernel(
+    int64_t B, int64_t D, int64_t first_column, int64_t S,
+    const T* __restrict__ z, int64_t z_s0, int64_t z_s1, int64_t z_s2,  // [G, B, D] strided input
+    const uint64_t* __restrict__ sorted_keys,                          // [S, B] each segment ascending
+    int row_bits,
+    T* __restrict__ out,                                               // [G, B, D] contiguous out
+    int32_t* __restrict__ index) {                                     // [G, B, D] contiguous out, or NULL
+  const uint64_t row_mask = (uint64_t{1} << row_bits) - 1;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < S * B;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t s = e / B, i = e - s * B;
+    const int64_t column = first_column + s, g = column / D, d = column - g * D;
+    const int64_t row = static_cast<int64_t>(sorted_keys[e] & row_mask);
+    const int64_t o = (g * B + i) * D + d;
+    out[o] = z[g * z_s0 + row * z_s1 + d * z_s2];
+    if (index != nullptr) index[o] = static_cast<int32_t>(row);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kElementwiseThreads) permute_dims_backward_kernel(
+    int64_t G, int64_t B, int64_t D,
+    const T* __restrict__ grad_out, int64_t go_s0, int64_t go_s1, int64_t go_s2,  // [G, B, D] strided
+    const int32_t* __restrict__ index,                                         // [G, B, D] contiguous
+    T* __restrict__ grad_z) {                                                  // [G, B, D] contiguous out
+  const int64_t n = G * B * D;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t g = e / (B * D), rest = e - g * B * D, i = rest / D, d = rest - i * D;
+    const int64_t row = index[e];
+    // A valid index is a permutation of each column, so every grad_z element is written once;
+    // an out-of-range entry is skipped rather than written out of bounds.
+    if (row >= 0 && row < B) grad_z[(g * B + row) * D + d] = grad_out[g * go_s0 + i * go_s1 + d * go_s2];
+  }
+}
+
+// Byte offset rounded up to a multiple of 256 (CUB's temporary storage alignment).
+inline size_t align256(size_t bytes) { return (bytes + 255) & ~size_t{255}; }
+
+// The fallback for B > kMaxBlockSortKeys (see the file comment).
+template <typename T>
+ffv_status permute_dims_forward_sorted(const char* entry, int64_t G, int64_t B, int64_t D, const T* z,
+                                       int64_t z_s0, int64_t z_s1, int64_t z_s2, const int64_t* seed, int row_bits,
+                                       T* out, int32_t* index, cudaStream_t stream) {
+  const int64_t columns = G * D;
+  int64_t chunk = kMaxChunkKeys / B;  // columns per CUB call; chunk * B < 2^31 (CUB's int sizes)
+  if (chunk < 1) chunk = 1;
+  if (chunk > columns) chunk = columns;
+  // CUB's temporary storage for the largest and the last (smaller) chunk.
+  size_t temp_bytes = 0;
+  for (int64_t count : {chunk, columns % chunk}) {
+    if (count == 0) continue;
+    size_t bytes = 0;
+    ffv_status st = check_call(
+        cub::DeviceSegmentedRadixSort::SortKeys(nullptr, bytes, static_cast<const uint64_t*>(nullptr),
+                                                static_cast<uint64_t*>(nullptr), static_cast<int>(count * B),
+                                                static_cast<int>(count), static_cast<const int*>(nullptr),
+                                                static_cast<const int*>(nullptr), 0, 63, stream),
+        entry, "cub::DeviceSegmentedRadixSort::SortKeys (size query)");
+    if (st != FFV_OK) return st;
+    if (bytes > temp_bytes) temp_bytes = bytes;
+  }
+  // Workspace: keys_in [chunk*B] | keys_out [chunk*B] | offsets [chunk+1] | CUB temp storage.
+  const size_t key_bytes = align256(sizeof(uint64_t) * static_cast<size_t>(chunk * B));
+  const size_t offset_bytes = align256(sizeof(int) * static_cast<size_t>(chunk + 1));
+  char* workspace = nullptr;
+  ffv_status st = check_call(
+      cudaMallocAsync(reinterpret_cast<void**>(&workspace), 2 * key_bytes + offset_bytes + temp_bytes, stream),
+      entry, "cudaMallocAsync of the sort workspace");
+  if (st != FFV_OK) return st;
+  uint64_t* keys_in = reinterpret_cast<uint64_t*>(workspace);
+  uint64_t* keys_out = reinterpret_cast<uint64_t*>(workspace + key_bytes);
+  int* offsets = reinterpret_cast<int*>(workspace + 2 * key_bytes);
+  void* temp = workspace + 2 * key_bytes + offset_bytes;
+  for (int64_t first = 0; first < columns && st == FFV_OK; first += chunk) {
+    const int64_t S = columns - first < chunk ? columns - first : chunk;
+    permute_dims_build_keys_kernel<<<grid_for(S * B, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(
+        B, D, first, S, seed, row_bits, keys_in);
+    permute_dims_offsets_kernel<<<grid_for(S + 1, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(B, S,
+                                                                                                        offsets);
+    if ((st = check_launch(entry)) != FFV_OK) break;
+    size_t bytes = temp_bytes;
+    st = check_call(cub::DeviceSegmentedRadixSort::SortKeys(temp, bytes, keys_in, keys_out, static_cast<int>(S * B),
+                                                            static_cast<int>(S), offsets, offsets + 1, 0, 63, stream),
+                    entry, "cub::DeviceSegmentedRadixSort::SortKeys");
+    if (st != FFV_OK) break;
+    permute_dims_gather_kernel<T><<<grid_for(S * B, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(
+        B, D, first, S, z, z_s0, z_s1, z_s2, keys_out, row_bits, out, index);
+    st = check_launch(entry);
+  }
+  const ffv_status freed = check_call(cudaFreeAsync(workspace, stream), entry, "cudaFreeAsync of the sort workspace");
+  return st != FFV_OK ? st : freed;
+}
+
+}  // namespace
+}  // namespace gpu
+}  // namespace ffv
+
+using namespace ffv::gpu;
+
+extern "C" {
+
+FFV_API ffv_status ffv_permute_dims_forward(
+    ffv_dtype dtype, int64_t G, int64_t B, int64_t D,
+    const void* z, int64_t z_s0, int64_t z_s1, int64_t z_s2,
+    const int64_t* seed,
+    void* out, int32_t* index, void* stream) {
+  const char* entry = "ffv_permute_dims_forward";
+  ffv_status status;
+  if ((status = check_size(entry, "G", G)) || (status = check_size(entry, "B", B)) ||
+      (status = check_size(entry, "D", D)) || (status = check_numel(entry, G, B, D)) ||
+      (status = check_pointer(entry, "z", z)) || (status = check_pointer(entry, "seed", seed)) ||
+      (status = check_pointer(entry, "out", out)))
+    return status;
+  if (B > INT32_MAX)
+    return fail(FFV_ERR_INVALID_ARGUMENT,
+                std::string(entry) + ": B must be <= 2^31 - 1 (int32 indices), got " + std::to_string(B));
+  const cudaStream_t s = as_stream(stream);
+  const int row_bits = ffv::permutation_row_bits(B);
+  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+    using T = decltype(type_tag);
+    const T* zt = static_cast<const T*>(z);
+    T* outt = static_cast<T*>(out);
+    if (B > kMaxBlockSortKeys) return permute_dims_forward_sorted<T>(entry, G, B, D, zt, z_s0, z_s1, z_s2, seed,
+                                                                     row_bits, outt, index, s);
+    const int64_t n = ffv::cuda_math::next_pow2(B);
+    int threads = static_cast<int>(n / 2 < kMaxSortThreads ? n / 2 : kMaxSortThreads);
+    if (threads < 32) threads = 32;
+    const int64_t columns = G * D;
+    const unsigned blocks = static_cast<unsigned>(columns < kMaxGridBlocks ? columns : kMaxGridBlocks);
+    permute_dims_block_sort_kernel<T><<<blocks, threads, sizeof(int64_t) * n, s>>>(
+        G, B, D, zt, z_s0, z_s1, z_s2, seed, n, row_bits, outt, index);
+    return check_launch(entry);
+  });
+}
+
+FFV_API ffv_status ffv_permute_dims_backward(
+    ffv_dtype dtype, int64_t G, int64_t B, int64_t D,
+    const void* grad_out, int64_t grad_out_s0, int64_t grad_out_s1, int64_t grad_out_s2,
+    const int32_t* index,
+    void* grad_z, void* stream) {
+  const char* entry = "ffv_permute_dims_backward";
+  ffv_status status;
+  if ((status = check_size(entry, "G", G)) || (status = check_size(entry, "B", B)) ||
+      (status = check_size(entry, "D", D)) || (status = check_numel(entry, G, B, D)) ||
+      (status = check_pointer(entry, "grad_out", grad_out)) || (status = check_pointer(entry, "index", index)) ||
+      (status = check_pointer(entry, "grad_z", grad_z)))
+    return status;
+  const cudaStream_t s = as_stream(stream);
+  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+    using T = decltype(type_tag);
+    permute_dims_backward_kernel<T><<<grid_for(G * B * D, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
+        G, B, D, static_cast<const T*>(grad_out), grad_out_s0, grad_out_s1, grad_out_s2, index,
+        static_cast<T*>(grad_z));
+    return check_launch(entry);
+  });
+}
+
+}  // extern "C"

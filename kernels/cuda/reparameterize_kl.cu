@@ -1,0 +1,184 @@
+// reparameterize_kl on CUDA: the reparameterised sample and the Gaussian KL to N(0, I).
+//
+// forward:  z[i,d] = mu[i,d] + exp(logvar[i,d] / 2) * eps[i,d]
+//           eps = given, or philox_randn(seed, i*D + d) (float32, Triton's tl.randn stream)
+//           kl_i = 0.5 * sum_d (mu^2 + exp(logvar) - logvar - 1)
+//           kl = kl_i [B] (NONE) | mean_i kl_i [1] (MEAN) | sum_i kl_i [1] (SUM)
+// backward: gkl_i = grad_kl[i] (NONE) | grad_kl[0] / B (MEAN) | grad_kl[0] (SUM)
+//           grad_mu = gz + gkl_i * mu
+//           grad_logvar = 0.5 * gz * (z - mu) + 0.5 * gkl_i * (exp(logvar) - 1)
+//           grad_eps = gz * exp(logvar / 2)
+//
+// Launches. Forward: (1) one warp per row (8 rows per 256-thread block, grid-stride over rows)
+// writes z and the row's KL (a warp reduction, fixed order); for MEAN/SUM (2) one block of
+// 1024 threads sums the B per-row values (held in a float64 workspace from cudaMallocAsync on
+// the stream, freed with cudaFreeAsync) in a fixed order, so the result is run-to-run
+// identical (no float atomics). Backward: one elementwise grid-stride launch.
+#include "common.cuh"
+
+namespace ffv {
+namespace gpu {
+namespace {
+
+constexpr int kRowsPerBlock = kElementwiseThreads / 32;  // one warp per row
+
+template <typename T>
+__global__ void __launch_bounds__(kElementwiseThreads) reparameterize_kl_forward_kernel(
+    int64_t B, int64_t D,
+    const T* __restrict__ mu, int64_t mu_s0, int64_t mu_s1,              // [B, D] strided: means
+    const T* __restrict__ logvar, int64_t logvar_s0, int64_t logvar_s1,  // [B, D] strided: log-variances
+    const T* __restrict__ eps, int64_t eps_s0, int64_t eps_s1,           // [B, D] strided noise, or NULL: draw it
+    const int64_t* __restrict__ seed,                                    // [1] device int64: Philox key (eps == NULL)
+    T* __restrict__ z,                                                   // [B, D] contiguous out: the sample
+    T* __restrict__ kl_rows,                                             // [B] contiguous out (NONE) or NULL
+    double* __restrict__ kl_workspace) {                                 // [B] per-row KL (MEAN/SUM) or NULL
+  using A = Acc<T>;
+  const int lane = threadIdx.x & 31;
+  const int64_t first_row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
+  const int64_t row_step = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
+  const uint64_t key = eps == nullptr ? static_cast<uint64_t>(*seed) : 0;
+  // The loop condition depends on the warp only, so whole warps enter warp_sum together.
+  for (int64_t i = first_row; i < B; i += row_step) {
+    A kl_partial = A(0);
+    for (int64_t d = lane; d < D; d += 32) {
+      const A m = load2(mu, i, d, mu_s0, mu_s1);
+      const A lv = load2(logvar, i, d, logvar_s0, logvar_s1);
+      const A e = eps != nullptr ? load2(eps, i, d, eps_s0, eps_s1)
+                                 : static_cast<A>(philox_randn(key, static_cast<uint64_t>(i * D + d)));
+      z[i * D + d] = from_acc<T>(cuda_math::reparameterize(m, lv, e));
+      kl_partial += cuda_math::kl_term(m, lv);
+    }
+    const A kl_i = A(0.5) * warp_sum(kl_partial);
+    if (lane == 0) {
+      if (kl_rows != nullptr) kl_rows[i] = from_acc<T>(kl_i);
+      if (kl_workspace != nullptr) kl_workspace[i] = static_cast<double>(kl_i);
+    }
+  }
+}
+
+// kl[0] = sum_i kl_workspace[i] (SUM) or that sum / B (MEAN); one block of kReduceThreads.
+template <typename T>
+__global__ void __launch_bounds__(kReduceThreads) reduce_kl_kernel(
+    int64_t B, int32_t reduction,
+    const double* __restrict__ kl_workspace,  // [B] per-row KL in float64
+    T* __restrict__ kl) {                     // [1] out: the reduced KL
+  __shared__ double scratch[kReduceThreads / 32];
+  double partial = 0.0;
+  for (int64_t i = threadIdx.x; i < B; i += kReduceThreads) partial += kl_workspace[i];
+  const double total = block_sum(partial, scratch);
+  if (threadIdx.x == 0) {
+    const double value = reduction == FFV_REDUCTION_MEAN ? total / static_cast<double>(B) : total;
+    kl[0] = from_acc<T>(static_cast<Acc<T>>(value));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kElementwiseThreads) reparameterize_kl_backward_kernel(
+    int64_t B, int64_t D, int32_t reduction,
+    const T* __restrict__ grad_z, int64_t gz_s0, int64_t gz_s1,          // [B, D] strided: dL/dz
+    const T* __restrict__ grad_kl, int64_t gkl_s0,                       // [B] strided (NONE) or [1]: dL/dkl
+    const T* __restrict__ mu, int64_t mu_s0, int64_t mu_s1,              // [B, D] strided
+    const T* __restrict__ logvar, int64_t logvar_s0, int64_t logvar_s1,  // [B, D] strided
+    const T* __restrict__ z, int64_t z_s0, int64_t z_s1,                 // [B, D] strided: forward's z
+    T* __restrict__ grad_mu,                                             // [B, D] contiguous out
+    T* __restrict__ grad_logvar,                                         // [B, D] contiguous out
+    T* __restrict__ grad_eps) {                                          // [B, D] contiguous out, or NULL
+  using A = Acc<T>;
+  const int64_t n = B * D;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e / D, d = e - i * D;
+    const A g = to_acc(reduction == FFV_REDUCTION_NONE ? grad_kl[i * gkl_s0] : grad_kl[0]);
+    const A gkl = cuda_math::kl_row_grad(g, reduction, B);
+    const A gz = load2(grad_z, i, d, gz_s0, gz_s1);
+    const A m = load2(mu, i, d, mu_s0, mu_s1);
+    const A lv = load2(logvar, i, d, logvar_s0, logvar_s1);
+    const A zz = load2(z, i, d, z_s0, z_s1);
+    grad_mu[e] = from_acc<T>(cuda_math::reparameterize_kl_grad_mu(gz, gkl, m));
+    grad_logvar[e] = from_acc<T>(cuda_math::reparameterize_kl_grad_logvar(gz, gkl, m, lv, zz));
+    if (grad_eps != nullptr) grad_eps[e] = from_acc<T>(cuda_math::reparameterize_kl_grad_eps(gz, lv));
+  }
+}
+
+}  // namespace
+}  // namespace gpu
+}  // namespace ffv
+
+using namespace ffv::gpu;
+
+extern "C" {
+
+FFV_API ffv_status ffv_reparameterize_kl_forward(
+    ffv_dtype dtype, int64_t B, int64_t D,
+    const void* mu, int64_t mu_s0, int64_t mu_s1,
+    const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
+    const void* eps, int64_t eps_s0, int64_t eps_s1,
+    const int64_t* seed, int32_t reduction,
+    void* z, void* kl, void* stream) {
+  const char* entry = "ffv_reparameterize_kl_forward";
+  ffv_status status;
+  if ((status = check_size(entry, "B", B)) || (status = check_size(entry, "D", D)) ||
+      (status = check_numel(entry, B, D)) || (status = check_pointer(entry, "mu", mu)) ||
+      (status = check_pointer(entry, "logvar", logvar)) || (status = check_pointer(entry, "z", z)) ||
+      (status = check_pointer(entry, "kl", kl)) || (status = check_reduction(entry, reduction)))
+    return status;
+  if (eps == nullptr && (status = check_pointer(entry, "seed (needed when eps is NULL)", seed))) return status;
+  const cudaStream_t s = as_stream(stream);
+  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+    using T = decltype(type_tag);
+    double* workspace = nullptr;
+    if (reduction != FFV_REDUCTION_NONE) {
+      const ffv_status st = check_call(
+          cudaMallocAsync(reinterpret_cast<void**>(&workspace), sizeof(double) * B, s), entry,
+          "cudaMallocAsync of the per-row KL workspace");
+      if (st != FFV_OK) return st;
+    }
+    reparameterize_kl_forward_kernel<T><<<grid_for(B, kRowsPerBlock), kElementwiseThreads, 0, s>>>(
+        B, D, static_cast<const T*>(mu), mu_s0, mu_s1, static_cast<const T*>(logvar), logvar_s0, logvar_s1,
+        static_cast<const T*>(eps), eps_s0, eps_s1, seed, static_cast<T*>(z),
+        reduction == FFV_REDUCTION_NONE ? static_cast<T*>(kl) : nullptr, workspace);
+    ffv_status st = check_launch(entry);
+    if (workspace != nullptr) {
+      if (st == FFV_OK) {
+        reduce_kl_kernel<T><<<1, kReduceThreads, 0, s>>>(B, reduction, workspace, static_cast<T*>(kl));
+        st = check_launch(entry);
+      }
+      const ffv_status freed = check_call(cudaFreeAsync(workspace, s), entry, "cudaFreeAsync of the KL workspace");
+      if (st == FFV_OK) st = freed;
+    }
+    return st;
+  });
+}
+
+FFV_API ffv_status ffv_reparameterize_kl_backward(
+    ffv_dtype dtype, int64_t B, int64_t D,
+    const void* grad_z, int64_t grad_z_s0, int64_t grad_z_s1,
+    const void* grad_kl, int64_t grad_kl_s0,
+    int32_t reduction,
+    const void* mu, int64_t mu_s0, int64_t mu_s1,
+    const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
+    const void* z, int64_t z_s0, int64_t z_s1,
+    void* grad_mu, void* grad_logvar, void* grad_eps,
+    void* stream) {
+  const char* entry = "ffv_reparameterize_kl_backward";
+  ffv_status status;
+  if ((status = check_size(entry, "B", B)) || (status = check_size(entry, "D", D)) ||
+      (status = check_numel(entry, B, D)) || (status = check_pointer(entry, "grad_z", grad_z)) ||
+      (status = check_pointer(entry, "grad_kl", grad_kl)) || (status = check_reduction(entry, reduction)) ||
+      (status = check_pointer(entry, "mu", mu)) || (status = check_pointer(entry, "logvar", logvar)) ||
+      (status = check_pointer(entry, "z", z)) || (status = check_pointer(entry, "grad_mu", grad_mu)) ||
+      (status = check_pointer(entry, "grad_logvar", grad_logvar)))
+    return status;
+  const cudaStream_t s = as_stream(stream);
+  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+    using T = decltype(type_tag);
+    reparameterize_kl_backward_kernel<T><<<grid_for(B * D, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
+        B, D, reduction, static_cast<const T*>(grad_z), grad_z_s0, grad_z_s1, static_cast<const T*>(grad_kl),
+        grad_kl_s0, static_cast<const T*>(mu), mu_s0, mu_s1, static_cast<const T*>(logvar), logvar_s0,
+        logvar_s1, static_cast<const T*>(z), z_s0, z_s1, static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar),
+        static_cast<T*>(grad_eps));
+    return check_launch(entry);
+  });
+}
+
+}  // extern "C"

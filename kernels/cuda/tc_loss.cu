@@ -1,0 +1,91 @@
+// tc_loss on CUDA: the VAE's total-correlation term from discriminator logits on z ~ q(z).
+//
+// forward:  K = 2: tc = mean_i (l[i,0] - l[i,1])  (density-ratio trick, log D / (1 - D))
+//           K = 1: tc = mean_i l[i,0]
+// backward: K = 2: grad[i,0] = g / B, grad[i,1] = -g / B;  K = 1: grad[i,0] = g / B  (g = grad_tc[0])
+//
+// Launches. Forward: one block of 1024 threads, each summing rows i = t, t + 1024, ... in
+// order, then a fixed-order block reduction (run-to-run identical, no atomics). Backward: one
+// elementwise grid-stride launch; grad_tc is read on the device (no host synchronisation).
+#include "common.cuh"
+
+namespace ffv {
+namespace gpu {
+namespace {
+
+template <typename T>
+__global__ void __launch_bounds__(kReduceThreads) tc_loss_forward_kernel(
+    int64_t B, int64_t K,
+    const T* __restrict__ logits, int64_t s0, int64_t s1,  // [B, K] strided: discriminator logits
+    T* __restrict__ tc) {                                  // [1] out: the TC estimate
+  using A = Acc<T>;
+  __shared__ A scratch[kReduceThreads / 32];
+  A partial = A(0);
+  for (int64_t i = threadIdx.x; i < B; i += kReduceThreads) {
+    const A l0 = load2(logits, i, 0, s0, s1);
+    partial += K == 2 ? l0 - load2(logits, i, 1, s0, s1) : l0;
+  }
+  const A total = block_sum(partial, scratch);
+  if (threadIdx.x == 0) tc[0] = from_acc<T>(total / static_cast<A>(B));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kElementwiseThreads) tc_loss_backward_kernel(
+    int64_t B, int64_t K,
+    const T* __restrict__ grad_tc,  // [1]: dL/dtc
+    T* __restrict__ grad_logits) {  // [B, K] contiguous out
+  using A = Acc<T>;
+  const A step = to_acc(grad_tc[0]) / static_cast<A>(B);
+  const T plus = from_acc<T>(step), minus = from_acc<T>(-step);
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < B * K;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    grad_logits[e] = (K == 2 && (e & 1)) ? minus : plus;  // column 1 of a 2-logit row: -g/B
+}
+
+}  // namespace
+}  // namespace gpu
+}  // namespace ffv
+
+using namespace ffv::gpu;
+
+extern "C" {
+
+FFV_API ffv_status ffv_tc_loss_forward(
+    ffv_dtype dtype, int64_t B, int64_t K,
+    const void* logits, int64_t logits_s0, int64_t logits_s1,
+    void* tc, void* stream) {
+  const char* entry = "ffv_tc_loss_forward";
+  ffv_status status;
+  if ((status = check_size(entry, "B", B)) || (status = check_logit_count(entry, K)) ||
+      (status = check_numel(entry, B, K)) || (status = check_pointer(entry, "logits", logits)) ||
+      (status = check_pointer(entry, "tc", tc)))
+    return status;
+  const cudaStream_t s = as_stream(stream);
+  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+    using T = decltype(type_tag);
+    tc_loss_forward_kernel<T><<<1, kReduceThreads, 0, s>>>(B, K, static_cast<const T*>(logits), logits_s0,
+                                                           logits_s1, static_cast<T*>(tc));
+    return check_launch(entry);
+  });
+}
+
+FFV_API ffv_status ffv_tc_loss_backward(
+    ffv_dtype dtype, int64_t B, int64_t K,
+    const void* grad_tc,
+    void* grad_logits, void* stream) {
+  const char* entry = "ffv_tc_loss_backward";
+  ffv_status status;
+  if ((status = check_size(entry, "B", B)) || (status = check_logit_count(entry, K)) ||
+      (status = check_numel(entry, B, K)) || (status = check_pointer(entry, "grad_tc", grad_tc)) ||
+      (status = check_pointer(entry, "grad_logits", grad_logits)))
+    return status;
+  const cudaStream_t s = as_stream(stream);
+  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+    using T = decltype(type_tag);
+    tc_loss_backward_kernel<T><<<grid_for(B * K, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
+        B, K, static_cast<const T*>(grad_tc), static_cast<T*>(grad_logits));
+    return check_launch(entry);
+  });
+}
+
+}  // extern "C"
