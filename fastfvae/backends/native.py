@@ -1,0 +1,381 @@
+"""The native backend: the compiled kernels of kernels/ (OpenMP C++ on the CPU, CUDA C++ on
+GPUs) through their flat C ABI (kernels/include/fastfvae.h), loaded with ctypes.
+
+The libraries are looked up in ``FASTFVAE_NATIVE_LIB_DIR`` when that environment variable is
+set, else in the package's ``_lib`` folder (``importlib.resources.files("fastfvae") / "_lib"``)
+where ``pip install -e .`` puts them. A library that is missing or cannot be loaded makes the
+backend unavailable with the reason (``backend="auto"`` then falls back to the reference); the
+package itself always imports.
+
+Launchers follow the protocol of fastfvae/backends/__init__.py. They pass every input with its
+strides (no ``.contiguous()`` copies) and allocate only their contiguous outputs. CUDA tensors
+run on ``torch.cuda.current_stream`` of their device under a device guard. A failing status
+becomes a Python exception carrying the library's message (``ffv_last_error``).
+
+Adding an op: its entries in ``ARGTYPES`` (``ffv_<op>_forward`` / ``ffv_<op>_backward``) and
+one launcher section below; ``why_not`` then reports a library that lacks them.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.resources
+import os
+from pathlib import Path
+
+import torch
+
+NAME = "native"
+ABI_VERSION = 1
+LIB_DIR_ENV = "FASTFVAE_NATIVE_LIB_DIR"
+LIBRARY_FILES = {"cpu": "libfastfvae_cpu.so", "cuda": "libfastfvae_cuda.so"}
+
+# ---------------------------------------------------------------------------------------------
+# The ABI: one argtypes row per entry point (every entry returns an int status and takes a
+# trailing stream pointer). Pointers are passed as Python ints (data_ptr()) or None.
+# ---------------------------------------------------------------------------------------------
+_ptr, _i64, _i32, _dtype = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int
+_strided2 = (_ptr, _i64, _i64)  # a (rows, cols) input: pointer, stride 0, stride 1
+_strided3 = (_ptr, _i64, _i64, _i64)
+
+ARGTYPES: dict[str, tuple] = {
+    "ffv_reparameterize_kl_forward": (
+        _dtype, _i64, _i64, *_strided2, *_strided2, *_strided2,  # dtype B D mu logvar eps
+        _ptr, _i32, _ptr, _ptr, _ptr,  # seed reduction z kl stream
+    ),
+    "ffv_reparameterize_kl_backward": (
+        _dtype, _i64, _i64, *_strided2, _ptr, _i64, _i32,  # dtype B D grad_z grad_kl(s0) reduction
+        *_strided2, *_strided2, *_strided2,  # mu logvar z
+        _ptr, _ptr, _ptr, _ptr,  # grad_mu grad_logvar grad_eps stream
+    ),
+    "ffv_permute_dims_forward": (
+        _dtype, _i64, _i64, _i64, *_strided3, _ptr, _ptr, _ptr, _ptr,  # dtype G B D z seed out index stream
+    ),
+    "ffv_permute_dims_backward": (
+        _dtype, _i64, _i64, _i64, *_strided3, _ptr, _ptr, _ptr,  # dtype G B D grad_out index grad_z stream
+    ),
+    "ffv_tc_loss_forward": (_dtype, _i64, _i64, *_strided2, _ptr, _ptr),  # dtype B K logits tc stream
+    "ffv_tc_loss_backward": (_dtype, _i64, _i64, _ptr, _ptr, _ptr),  # dtype B K grad_tc grad stream
+    "ffv_discriminator_loss_forward": (
+        _dtype, _i64, _i64, *_strided2, *_strided2, _ptr, _ptr,  # dtype B K d_real d_perm loss stream
+    ),
+    "ffv_discriminator_loss_backward": (
+        _dtype, _i64, _i64, _ptr, *_strided2, *_strided2,  # dtype B K grad_loss d_real d_perm
+        _ptr, _ptr, _ptr,  # grad_real grad_perm stream
+    ),
+    "ffv_log_qz_forward": (
+        _dtype, _i64, _i64, _i64, *_strided2, *_strided2, *_strided2,  # dtype M K D z mu logvar
+        ctypes.c_double, ctypes.c_double, ctypes.c_double,  # log-weights: other own partner
+        _ptr, _ptr, _ptr,  # log_qz log_qzj stream
+    ),
+    "ffv_log_qz_backward": (
+        _dtype, _i64, _i64, _i64, _ptr, _i64, *_strided2,  # dtype M K D grad_log_qz(s0) grad_log_qzj
+        *_strided2, *_strided2, *_strided2, _ptr, _i64, *_strided2,  # z mu logvar log_qz(s0) log_qzj
+        ctypes.c_double, ctypes.c_double, ctypes.c_double,  # log-weights: other own partner
+        _ptr, _ptr, _ptr, _ptr,  # grad_z grad_mu grad_logvar stream
+    ),
+}
+
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
+_STATUS_NAMES = {1: "invalid argument", 2: "unsupported dtype", 3: "out of memory", 4: "CUDA error", 5: "internal"}
+
+
+def entry_points(op: str) -> tuple[str, str]:
+    return f"ffv_{op}_forward", f"ffv_{op}_backward"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+class Library:
+    """One loaded library: its path and a ctypes function per ARGTYPES entry it exports."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = ctypes.CDLL(str(path))
+        self.handle.ffv_last_error.restype = ctypes.c_char_p
+        self.handle.ffv_last_error.argtypes = ()
+        self.handle.ffv_abi_version.restype = ctypes.c_int32
+        self.abi_version = self.handle.ffv_abi_version()
+        self.functions: dict = {}
+        for name, argtypes in ARGTYPES.items():
+            function = getattr(self.handle, name, None)
+            if function is not None:
+                function.argtypes = argtypes
+                function.restype = ctypes.c_int
+                self.functions[name] = function
+
+    def last_error(self) -> str:
+        return (self.handle.ffv_last_error() or b"").decode("utf-8", "replace")
+
+
+def library_dir() -> Path:
+    """Where the libraries are looked for: $FASTFVAE_NATIVE_LIB_DIR, else fastfvae/_lib."""
+    override = os.environ.get(LIB_DIR_ENV)
+    if override:
+        return Path(override)
+    return Path(str(importlib.resources.files("fastfvae") / "_lib"))
+
+
+_loaded: dict[str, tuple[Library | None, str | None]] = {}
+
+
+def load(kind: str) -> tuple[Library | None, str | None]:
+    """(library, None), or (None, why it cannot be used), for kind "cpu" or "cuda"; cached."""
+    cached = _loaded.get(kind)
+    if cached is not None:
+        return cached
+    filename = LIBRARY_FILES.get(kind)
+    if filename is None:
+        result = (None, f"no native library for {kind} tensors")
+    else:
+        result = _load_file(library_dir() / filename)
+    _loaded[kind] = result
+    return result
+
+
+def _load_file(path: Path) -> tuple[Library | None, str | None]:
+    if not path.is_file():
+        where = f"${LIB_DIR_ENV}={path.parent}" if os.environ.get(LIB_DIR_ENV) else str(path.parent)
+        return None, f"{path.name} not found in {where}; build it with `pip install -e .`"
+    try:
+        library = Library(path)
+    except (OSError, AttributeError) as error:
+        return None, f"{path} cannot be loaded ({error})"
+    if library.abi_version != ABI_VERSION:
+        return None, (f"{path} has ABI version {library.abi_version}, this package expects "
+                      f"{ABI_VERSION}; rebuild it with `pip install -e .`")
+    return library, None
+
+
+def availability() -> str | None:
+    """None when a native library loads (the CPU one, or else the CUDA one)."""
+    _, cpu_reason = load("cpu")
+    if cpu_reason is None:
+        return None
+    _, cuda_reason = load("cuda") if torch.cuda.is_available() else (None, "")
+    return None if cuda_reason is None else cpu_reason
+
+
+def why_not(op: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    if dtype not in DTYPE_CODES:
+        return f"dtype {dtype} is not supported (float32, float64, float16, bfloat16)"
+    library, reason = load(device.type)
+    if library is None:
+        return reason
+    missing = [name for name in entry_points(op) if name not in library.functions]
+    if missing:
+        return f"{library.path.name} does not export {', '.join(missing)}; rebuild it with `pip install -e .`"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Calling
+# ---------------------------------------------------------------------------------------------
+def _call(entry: str, like: torch.Tensor, *args) -> None:
+    """Run ``entry(*args, stream)`` on the library for ``like``'s device; raise on failure."""
+    if like.is_cuda:
+        _call_cuda(entry, like, args)
+        return
+    library = _cpu_library or _require("cpu")
+    status = library.functions[entry](*args, None)
+    if status:
+        _raise(library, entry, status)
+
+
+def _call_cuda(entry: str, like: torch.Tensor, args: tuple) -> None:
+    library = _require("cuda")
+    device = like.device
+    with torch.cuda.device(device):
+        status = library.functions[entry](*args, torch.cuda.current_stream(device).cuda_stream)
+    if status:
+        _raise(library, entry, status)
+
+
+_cpu_library: Library | None = None
+
+
+def _require(kind: str) -> Library:
+    global _cpu_library
+    library, reason = load(kind)
+    if library is None:
+        raise RuntimeError(f"native backend: {reason}")
+    if kind == "cpu":
+        _cpu_library = library
+    return library
+
+
+def _raise(library: Library, entry: str, status: int):
+    message = library.last_error() or f"{entry} failed"
+    text = f"{message} ({library.path.name}: status {status}, {_STATUS_NAMES.get(status, 'unknown')})"
+    if status == 1:
+        raise ValueError(text)
+    if status == 2:
+        raise TypeError(text)
+    raise RuntimeError(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# reparameterize_kl
+# ---------------------------------------------------------------------------------------------
+def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
+    batch, dim = mu.shape
+    z = mu.new_empty((batch, dim))
+    kl = mu.new_empty((batch,) if reduction == "none" else ())
+    mu_s, logvar_s = mu.stride(), logvar.stride()
+    if eps is None:
+        eps_ptr, eps_s = None, (0, 0)
+    else:
+        eps_ptr, eps_s = eps.data_ptr(), eps.stride()
+    _call(
+        "ffv_reparameterize_kl_forward", mu,
+        DTYPE_CODES[mu.dtype], batch, dim,
+        mu.data_ptr(), mu_s[0], mu_s[1],
+        logvar.data_ptr(), logvar_s[0], logvar_s[1],
+        eps_ptr, eps_s[0], eps_s[1],
+        seed.data_ptr(), REDUCTION_CODES[reduction], z.data_ptr(), kl.data_ptr(),
+    )
+    return z, kl
+
+
+def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, z, reduction, need_grad_eps):
+    batch, dim = mu.shape
+    grad_mu, grad_logvar = mu.new_empty((batch, dim)), mu.new_empty((batch, dim))
+    grad_eps = mu.new_empty((batch, dim)) if need_grad_eps else None
+    gz_s, mu_s, logvar_s, z_s = grad_z.stride(), mu.stride(), logvar.stride(), z.stride()
+    _call(
+        "ffv_reparameterize_kl_backward", mu,
+        DTYPE_CODES[mu.dtype], batch, dim,
+        grad_z.data_ptr(), gz_s[0], gz_s[1],
+        grad_kl.data_ptr(), grad_kl.stride(0) if reduction == "none" else 0, REDUCTION_CODES[reduction],
+        mu.data_ptr(), mu_s[0], mu_s[1],
+        logvar.data_ptr(), logvar_s[0], logvar_s[1],
+        z.data_ptr(), z_s[0], z_s[1],
+        grad_mu.data_ptr(), grad_logvar.data_ptr(), grad_eps.data_ptr() if need_grad_eps else None,
+    )
+    return grad_mu, grad_logvar, grad_eps
+
+
+# ---------------------------------------------------------------------------------------------
+# permute_dims (index: int32 (G, B, D) source rows, contiguous)
+# ---------------------------------------------------------------------------------------------
+def permute_dims_forward(z, seed, need_index):
+    groups, batch, dim = z.shape
+    out = z.new_empty((groups, batch, dim))
+    index = torch.empty((groups, batch, dim), dtype=torch.int32, device=z.device) if need_index else None
+    z_s = z.stride()
+    _call(
+        "ffv_permute_dims_forward", z,
+        DTYPE_CODES[z.dtype], groups, batch, dim,
+        z.data_ptr(), z_s[0], z_s[1], z_s[2],
+        seed.data_ptr(), out.data_ptr(), index.data_ptr() if need_index else None,
+    )
+    return out, index
+
+
+def permute_dims_backward(grad_out, index):
+    groups, batch, dim = grad_out.shape
+    if index.dtype != torch.int32 or index.shape != grad_out.shape:
+        raise ValueError(
+            f"index: expected int32 {tuple(grad_out.shape)} from permute_dims_forward, "
+            f"got {index.dtype} {tuple(index.shape)}"
+        )
+    index = index.contiguous()
+    grad_z = grad_out.new_empty((groups, batch, dim))
+    g_s = grad_out.stride()
+    _call(
+        "ffv_permute_dims_backward", grad_out,
+        DTYPE_CODES[grad_out.dtype], groups, batch, dim,
+        grad_out.data_ptr(), g_s[0], g_s[1], g_s[2],
+        index.data_ptr(), grad_z.data_ptr(),
+    )
+    return grad_z
+
+
+# ---------------------------------------------------------------------------------------------
+# tc_loss
+# ---------------------------------------------------------------------------------------------
+def tc_loss_forward(logits):
+    batch, k = logits.shape
+    tc = logits.new_empty(())
+    s = logits.stride()
+    _call("ffv_tc_loss_forward", logits, DTYPE_CODES[logits.dtype], batch, k,
+          logits.data_ptr(), s[0], s[1], tc.data_ptr())
+    return tc
+
+
+def tc_loss_backward(grad_tc, logits):
+    batch, k = logits.shape
+    grad = logits.new_empty((batch, k))
+    _call("ffv_tc_loss_backward", logits, DTYPE_CODES[logits.dtype], batch, k,
+          grad_tc.data_ptr(), grad.data_ptr())
+    return grad
+
+
+# ---------------------------------------------------------------------------------------------
+# discriminator_loss
+# ---------------------------------------------------------------------------------------------
+def discriminator_loss_forward(d_real, d_perm):
+    batch, k = d_real.shape
+    loss = d_real.new_empty(())
+    r, p = d_real.stride(), d_perm.stride()
+    _call("ffv_discriminator_loss_forward", d_real, DTYPE_CODES[d_real.dtype], batch, k,
+          d_real.data_ptr(), r[0], r[1], d_perm.data_ptr(), p[0], p[1], loss.data_ptr())
+    return loss
+
+
+def discriminator_loss_backward(grad_loss, d_real, d_perm):
+    batch, k = d_real.shape
+    grad_real, grad_perm = d_real.new_empty((batch, k)), d_perm.new_empty((batch, k))
+    r, p = d_real.stride(), d_perm.stride()
+    _call("ffv_discriminator_loss_backward", d_real, DTYPE_CODES[d_real.dtype], batch, k,
+          grad_loss.data_ptr(), d_real.data_ptr(), r[0], r[1], d_perm.data_ptr(), p[0], p[1],
+          grad_real.data_ptr(), grad_perm.data_ptr())
+    return grad_real, grad_perm
+
+
+# ---------------------------------------------------------------------------------------------
+# log_qz (outputs and incoming gradients in the compute dtype: float32, float64 for float64)
+# ---------------------------------------------------------------------------------------------
+def _log_qz_compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def log_qz_forward(z, mu, logvar, dataset_size, method):
+    from fastfvae.reference import log_qz_weight_constants
+
+    queries, dim = z.shape
+    components = mu.shape[0]
+    acc = _log_qz_compute_dtype(z.dtype)
+    log_qz = torch.empty((queries,), dtype=acc, device=z.device)
+    log_qzj = torch.empty((queries, dim), dtype=acc, device=z.device)
+    z_s, mu_s, lv_s = z.stride(), mu.stride(), logvar.stride()
+    _call(
+        "ffv_log_qz_forward", z,
+        DTYPE_CODES[z.dtype], queries, components, dim,
+        z.data_ptr(), z_s[0], z_s[1], mu.data_ptr(), mu_s[0], mu_s[1], logvar.data_ptr(), lv_s[0], lv_s[1],
+        *log_qz_weight_constants(components, dataset_size, method),
+        log_qz.data_ptr(), log_qzj.data_ptr(),
+    )
+    return log_qz, log_qzj
+
+
+def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, dataset_size, method):
+    from fastfvae.reference import log_qz_weight_constants
+
+    queries, dim = z.shape
+    components = mu.shape[0]
+    acc = _log_qz_compute_dtype(z.dtype)
+    grad_log_qz, grad_log_qzj = grad_log_qz.to(acc), grad_log_qzj.to(acc)
+    grad_z, grad_mu, grad_logvar = z.new_empty(z.shape), mu.new_empty(mu.shape), mu.new_empty(mu.shape)
+    z_s, mu_s, lv_s, h_s, lqj_s = z.stride(), mu.stride(), logvar.stride(), grad_log_qzj.stride(), log_qzj.stride()
+    _call(
+        "ffv_log_qz_backward", z,
+        DTYPE_CODES[z.dtype], queries, components, dim,
+        grad_log_qz.data_ptr(), grad_log_qz.stride(0), grad_log_qzj.data_ptr(), h_s[0], h_s[1],
+        z.data_ptr(), z_s[0], z_s[1], mu.data_ptr(), mu_s[0], mu_s[1], logvar.data_ptr(), lv_s[0], lv_s[1],
+        log_qz.data_ptr(), log_qz.stride(0), log_qzj.data_ptr(), lqj_s[0], lqj_s[1],
+        *log_qz_weight_constants(components, dataset_size, method),
+        grad_z.data_ptr(), grad_mu.data_ptr(), grad_logvar.data_ptr(),
+    )
+    return grad_z, grad_mu, grad_logvar

@@ -1,0 +1,72 @@
+// tc_loss on the CPU: the VAE's total-correlation term from discriminator logits (DESIGN.md §1).
+//
+// forward  K = 2: tc = mean_i (l_i0 - l_i1)   (density-ratio trick, class 0 = "from q(z)")
+//          K = 1: tc = mean_i l_i
+// backward K = 2: grad[i,0] = g/B, grad[i,1] = -g/B;  K = 1: grad[i,0] = g/B.
+#include "cpu_common.h"
+
+namespace {
+
+using ffv::Element;
+
+template <typename T>
+ffv_status forward(int64_t B, int64_t K, const void* logits_base, int64_t s0, int64_t s1, void* tc_out) {
+  using E = Element<T>;
+  using C = typename E::compute;
+  const T* logits = static_cast<const T*>(logits_base);  // [B, K], element (i, k) at i*s0 + k*s1
+  const double sum = ffv::chunked_row_sum(B, B * K >= ffv::kParallelCheap, [&](int64_t i) -> double {
+    const C first = E::load(logits + i * s0);
+    return static_cast<double>(K == 2 ? first - E::load(logits + i * s0 + s1) : first);
+  });
+  E::store(static_cast<T*>(tc_out), static_cast<C>(sum / static_cast<double>(B)));  // [1]
+  return FFV_OK;
+}
+
+template <typename T>
+ffv_status backward(int64_t B, int64_t K, const void* grad_tc, void* grad_out) {
+  using E = Element<T>;
+  using C = typename E::compute;
+  const C value = E::load(static_cast<const T*>(grad_tc)) / static_cast<C>(B);  // g/B, grad_tc is [1]
+  T* grad = static_cast<T*>(grad_out);                                           // [B, K] contiguous
+  T positive, negative;
+  E::store(&positive, value);
+  E::store(&negative, -value);
+  FFV_OMP(parallel for if(B * K >= ffv::kParallelCheap) schedule(static))
+  for (int64_t i = 0; i < B; ++i) {
+    grad[i * K] = positive;
+    if (K == 2) grad[i * K + 1] = negative;
+  }
+  return FFV_OK;
+}
+
+}  // namespace
+
+extern "C" {
+
+FFV_API ffv_status ffv_tc_loss_forward(ffv_dtype dtype, int64_t B, int64_t K, const void* logits,
+                                       int64_t logits_s0, int64_t logits_s1, void* tc, void* /*stream*/) {
+  static const char* entry = "ffv_tc_loss_forward";
+  FFV_CHECK(ffv::check_positive(entry, "B", B));
+  FFV_CHECK(ffv::check_logit_count(entry, K));
+  FFV_CHECK(ffv::check_not_null(entry, "logits", logits));
+  FFV_CHECK(ffv::check_not_null(entry, "tc", tc));
+  return ffv::guarded(entry, [&] {
+    return ffv::with_dtype(entry, dtype, [&](auto tag) {
+      return forward<decltype(tag)>(B, K, logits, logits_s0, logits_s1, tc);
+    });
+  });
+}
+
+FFV_API ffv_status ffv_tc_loss_backward(ffv_dtype dtype, int64_t B, int64_t K, const void* grad_tc,
+                                        void* grad_logits, void* /*stream*/) {
+  static const char* entry = "ffv_tc_loss_backward";
+  FFV_CHECK(ffv::check_positive(entry, "B", B));
+  FFV_CHECK(ffv::check_logit_count(entry, K));
+  FFV_CHECK(ffv::check_not_null(entry, "grad_tc", grad_tc));
+  FFV_CHECK(ffv::check_not_null(entry, "grad_logits", grad_logits));
+  return ffv::with_dtype(entry, dtype, [&](auto tag) {
+    return backward<decltype(tag)>(B, K, grad_tc, grad_logits);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,133 @@
+// Helpers shared by the CPU sources (kernels/cpu/*.cpp): dtype dispatch, argument checks,
+// OpenMP pragmas that vanish without OpenMP. Not part of the ABI.
+#pragma once
+#include <stdint.h>
+
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "dtype.h"
+#include "fastfvae.h"
+#include "status.h"
+
+#define FFV_STRINGIFY(x) #x
+// FFV_OMP(parallel for if(n > 1000)) -> #pragma omp parallel for if(n > 1000), or nothing.
+#ifdef _OPENMP
+#include <omp.h>
+#define FFV_OMP(...) _Pragma(FFV_STRINGIFY(omp __VA_ARGS__))
+#else
+#define FFV_OMP(...)
+#endif
+
+namespace ffv {
+
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// Element count above which a loop of cheap arithmetic (a few flops per element) is worth
+// waking the OpenMP team; loops that draw Philox numbers or sort use a smaller one.
+constexpr int64_t kParallelCheap = int64_t{1} << 16;
+constexpr int64_t kParallelRandom = int64_t{1} << 12;
+
+// Call fn(T{}) with T the storage type of `dtype`; FFV_ERR_UNSUPPORTED_DTYPE otherwise.
+template <typename Fn>
+ffv_status with_dtype(const char* entry, ffv_dtype dtype, Fn&& fn) {
+  switch (dtype) {
+    case FFV_FLOAT32: return fn(float{});
+    case FFV_FLOAT64: return fn(double{});
+    case FFV_FLOAT16: return fn(half_t{});
+    case FFV_BFLOAT16: return fn(bfloat16_t{});
+  }
+  return fail(FFV_ERR_UNSUPPORTED_DTYPE, std::string(entry) + ": dtype code " +
+                                             std::to_string(static_cast<int>(dtype)) +
+                                             " is not one of float32=0, float64=1, float16=2, bfloat16=3");
+}
+
+// Argument checks: return a failure status with a message naming the entry and the argument.
+inline ffv_status check_not_null(const char* entry, const char* name, const void* pointer) {
+  if (pointer != nullptr) return FFV_OK;
+  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": " + name + " must not be NULL");
+}
+
+inline ffv_status check_positive(const char* entry, const char* name, int64_t value) {
+  if (value >= 1) return FFV_OK;
+  return fail(FFV_ERR_INVALID_ARGUMENT,
+              std::string(entry) + ": " + name + " must be >= 1, got " + std::to_string(value));
+}
+
+inline ffv_status check_logit_count(const char* entry, int64_t K) {
+  if (K == 1 || K == 2) return FFV_OK;
+  return fail(FFV_ERR_INVALID_ARGUMENT,
+              std::string(entry) + ": K (logits per row) must be 1 or 2, got " + std::to_string(K));
+}
+
+inline ffv_status check_reduction(const char* entry, int32_t reduction) {
+  if (reduction == FFV_REDUCTION_NONE || reduction == FFV_REDUCTION_MEAN || reduction == FFV_REDUCTION_SUM)
+    return FFV_OK;
+  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": reduction code " + std::to_string(reduction) +
+                                            " is not one of none=0, mean=1, sum=2");
+}
+
+// Run an entry's body, turning C++ exceptions (allocation failures) into status codes: no
+// exception may cross the extern "C" boundary. Allocations happen outside parallel regions.
+template <typename Fn>
+ffv_status guarded(const char* entry, Fn&& body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return fail(FFV_ERR_OUT_OF_MEMORY, std::string(entry) + ": out of host memory for scratch buffers");
+  } catch (const std::exception& error) {
+    return fail(FFV_ERR_INTERNAL, std::string(entry) + ": " + error.what());
+  }
+}
+
+// Deterministic sum over rows of row_value(i) (double), parallel when asked: rows are cut into
+// fixed chunks whose partial sums are added in order, so the result does not depend on the
+// number of threads. row_value may also write the row's outputs.
+template <typename RowValue>
+double chunked_row_sum(int64_t rows, bool parallel, RowValue&& row_value) {
+  constexpr int64_t kChunkRows = 1024;
+  const int64_t chunks = (rows + kChunkRows - 1) / kChunkRows;
+  double stack_partials[64];
+  std::vector<double> heap_partials;
+  double* partials = stack_partials;
+  if (chunks > 64) {
+    heap_partials.resize(static_cast<size_t>(chunks));
+    partials = heap_partials.data();
+  }
+  FFV_OMP(parallel for if(parallel && chunks > 1) schedule(static))
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t begin = chunk * kChunkRows;
+    const int64_t end = begin + kChunkRows < rows ? begin + kChunkRows : rows;
+    double sum = 0.0;
+    for (int64_t i = begin; i < end; ++i) sum += row_value(i);
+    partials[chunk] = sum;
+  }
+  double total = 0.0;
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partials[chunk];
+  return total;
+}
+
+// Evaluate a check; return its failure status from the calling function.
+#define FFV_CHECK(expr)                         \
+  do {                                          \
+    const ffv_status ffv_check_status = (expr); \
+    if (ffv_check_status != FFV_OK) return ffv_check_status; \
+  } while (0)
+
+}  // namespace ffv
