@@ -133,6 +133,41 @@ FFV_API ffv_status ffv_discriminator_loss_backward(
 
 /* ---- log_qz: declared below by its own section (see kernels/cpu/log_qz.cpp) ------------- */
 
+/* ---- log_qz (beta-TCVAE's aggregate-posterior estimates; fastfvae/reference.py derives them)
+ * Queries z [M, D], mixture components mu, logvar [K, D]:
+ *   m[i,j,d] = log N(z[i,d]; mu[j,d], exp(logvar[j,d]));
+ *   w[i,j] = log_w_own if j == i, log_w_partner if j == (i+1) % K != i, else log_w_other
+ *            (all three equal for "mws"; reference.log_qz_weight_constants).
+ * forward:  log_qz[i]    = logsumexp_j (sum_d m[i,j,d] + w[i,j])     [M]
+ *           log_qzj[i,d] = logsumexp_j (m[i,j,d] + w[i,j])           [M, D]
+ *   Both outputs are in the COMPUTE type (float for float32/float16/bfloat16, double for
+ *   float64): the backward recomputes its softmaxes from them. Online logsumexp over tiles of j:
+ *   no (M, K, D) or (M, K) buffer; scratch O((M + K) D) (backward: per thread O(K D)).
+ * backward: P = exp(sum_d m + w - log_qz[i]), P_d = exp(m + w - log_qzj[i,d]),
+ *           G = grad_log_qz[i] P + grad_log_qzj[i,d] P_d, r = (z[i,d] - mu[j,d]) exp(-logvar[j,d]);
+ *           grad_z[i,d] = -sum_j G r; grad_mu[j,d] = sum_i G r;
+ *           grad_logvar[j,d] = sum_i G (0.5 r (z[i,d] - mu[j,d]) - 0.5)   (outputs in dtype).
+ *   grad_log_qz, grad_log_qzj, log_qz, log_qzj: compute type, strided (stride 0 allowed). */
+FFV_API ffv_status ffv_log_qz_forward(
+    ffv_dtype dtype, int64_t M, int64_t K, int64_t D,
+    const void* z, int64_t z_s0, int64_t z_s1,
+    const void* mu, int64_t mu_s0, int64_t mu_s1,
+    const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
+    double log_w_other, double log_w_own, double log_w_partner,
+    void* log_qz /* [M] compute type */, void* log_qzj /* [M, D] compute type */, void* stream);
+
+FFV_API ffv_status ffv_log_qz_backward(
+    ffv_dtype dtype, int64_t M, int64_t K, int64_t D,
+    const void* grad_log_qz, int64_t grad_log_qz_s0,
+    const void* grad_log_qzj, int64_t grad_log_qzj_s0, int64_t grad_log_qzj_s1,
+    const void* z, int64_t z_s0, int64_t z_s1,
+    const void* mu, int64_t mu_s0, int64_t mu_s1,
+    const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
+    const void* log_qz, int64_t log_qz_s0,
+    const void* log_qzj, int64_t log_qzj_s0, int64_t log_qzj_s1,
+    double log_w_other, double log_w_own, double log_w_partner,
+    void* grad_z /* [M, D] */, void* grad_mu /* [K, D] */, void* grad_logvar /* [K, D] */, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

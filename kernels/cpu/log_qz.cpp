@@ -1,0 +1,437 @@
+// log_qz on the CPU: beta-TCVAE's log q(z) and log q(z_d) estimates with an online (streaming)
+// logsumexp over the mixture components, never materialising the (M, K, D) or (M, K) tensors.
+//
+// Queries z [M, D], components mu, logvar [K, D]; m[i,j,d] = log N(z[i,d]; mu[j,d], exp(logvar[j,d]))
+//   = c[j,d] - 0.5 * (z[i,d] - mu[j,d])^2 * iv[j,d],  c = -0.5*(log(2 pi) + logvar), iv = exp(-logvar).
+// w[i,j] = own (j == i), partner (j == (i+1) % K), other (fastfvae/reference.py derives them).
+// forward   log_qz[i]    = logsumexp_j (s[i,j] + w[i,j]),  s[i,j] = sum_d m[i,j,d]
+//           log_qzj[i,d] = logsumexp_j (m[i,j,d] + w[i,j])
+// backward  P[i,j] = exp(s + w - log_qz[i]),  P_d[i,j,d] = exp(m + w - log_qzj[i,d])   (recomputed)
+//           G = g[i] P + h[i,d] P_d,  r = (z - mu) * iv
+//           grad_z[i,d] = -sum_j G r;  grad_mu[j,d] = sum_i G r;  grad_logvar[j,d] = sum_i G (0.5 r (z - mu) - 0.5)
+//
+// Layout. The components are copied once, transposed to [D][K] in the compute type (O(K D)), so
+// the innermost loops run over a tile of components j with unit stride and vectorise (with D = 10,
+// a loop over d would fill less than one AVX-512 register). Rows are processed in blocks of
+// kRowBlock queries per component tile, so a tile (3 * kTileJ * D values) is reused from L1.
+// OpenMP splits the query rows; in the backward each thread accumulates grad_mu / grad_logvar
+// for its rows in its own [D][K] buffers (O(threads * K * D)), summed at the end in a fixed
+// order (results are deterministic for a given thread count).
+// exp: float uses an inlined polynomial (below) that the compiler vectorises; the hot loops are
+// compiled for x86-64 baseline, AVX2 and AVX-512 (target_clones) and chosen at load time.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu_common.h"
+
+namespace {
+
+using ffv::Element;
+
+constexpr int64_t kTileJ = 128;   // components per tile
+constexpr int64_t kRowBlock = 8;  // queries sharing one component tile
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FFV_MULTIVERSION __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define FFV_MULTIVERSION
+#endif
+#define FFV_INLINE inline __attribute__((always_inline))
+
+// exp(x) in float to ~2 ulp: x = k ln2 + r (Cody-Waite), e^r by its degree-7 Taylor polynomial
+// (|r| <= ln2/2, truncation < 4e-9), times 2^k built in the exponent bits. Underflows to 0 below
+// about -87.3 (no subnormals), overflows to +inf above 88.7, NaN stays NaN. Branch-free so that
+// loops calling it vectorise.
+FFV_INLINE float exp_fast(float x) {
+  float clamped = x > -87.5f ? x : -87.5f;  // (a NaN becomes -87.5 here and is restored at the end)
+  clamped = clamped < 88.75f ? clamped : 88.75f;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float kf = (clamped * 1.44269504088896341f + shifter) - shifter;
+  float r = clamped - kf * 0.693145751953125f;  // ln2 split: high part exact in kf * hi
+  r = r - kf * 1.428606765330187e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t k = static_cast<int32_t>(kf);
+  // 2^k for k in [-126, 128): split k = k1 + k2 so both factors are normal floats.
+  const int32_t k1 = k >> 1, k2 = k - k1;
+  const float s1 = ffv::bits_float(static_cast<uint32_t>(k1 + 127) << 23);
+  const float s2 = ffv::bits_float(static_cast<uint32_t>(k2 + 127) << 23);
+  float result = p * s1 * s2;
+  result = x < -87.5f ? 0.0f : result;
+  result = x > 88.75f ? std::numeric_limits<float>::infinity() : result;
+  return x != x ? x : result;
+}
+FFV_INLINE double exp_fast(double x) { return std::exp(x); }
+
+template <typename C>
+struct Components {  // mu, iv, c as [D][K] (transposed), compute type
+  std::vector<C> mu, inv_var, log_norm;
+};
+
+template <typename T, typename C>
+Components<C> transpose_components(int64_t K, int64_t D, const T* mu, int64_t mu_s0, int64_t mu_s1,
+                                   const T* logvar, int64_t lv_s0, int64_t lv_s1) {
+  using E = Element<T>;
+  Components<C> comp;
+  comp.mu.resize(static_cast<size_t>(K * D));
+  comp.inv_var.resize(static_cast<size_t>(K * D));
+  comp.log_norm.resize(static_cast<size_t>(K * D));
+  const C log_2pi = static_cast<C>(1.8378770664093453);
+  FFV_OMP(parallel for if(K * D >= ffv::kParallelCheap) schedule(static))
+  for (int64_t j = 0; j < K; ++j) {
+    for (int64_t d = 0; d < D; ++d) {
+      const C lv = E::load(logvar + j * lv_s0 + d * lv_s1);
+      comp.mu[d * K + j] = E::load(mu + j * mu_s0 + d * mu_s1);
+      comp.inv_var[d * K + j] = std::exp(-lv);
+      comp.log_norm[d * K + j] = C(-0.5) * (log_2pi + lv);
+    }
+  }
+  return comp;
+}
+
+// The log-weights of one query row over one tile [j0, j0 + n).
+template <typename C>
+FFV_INLINE void tile_weights(C* w, int64_t i, int64_t j0, int64_t n, int64_t K, const C log_w[3]) {
+  for (int64_t jj = 0; jj < n; ++jj) w[jj] = log_w[0];
+  if (i < K && i >= j0 && i < j0 + n) w[i - j0] = log_w[1];
+  const int64_t partner = K > 1 ? (i + 1) % K : -1;
+  if (i < K && partner != i && partner >= j0 && partner < j0 + n) w[partner - j0] = log_w[2];
+}
+
+// md[d][jj] = m[i, j0+jj, d] + w[jj] and s[jj] = sum_d m[i, j0+jj, d] + w[jj], for one query row.
+// The forward and the backward both call this, so the backward's softmaxes match the forward's
+// logsumexps bit for bit.
+template <typename C>
+FFV_INLINE void tile_log_density(const Components<C>& comp, const C* z_row, const C* w, int64_t j0, int64_t n,
+                                 int64_t K, int64_t D, C* md, C* s) {
+  for (int64_t jj = 0; jj < n; ++jj) s[jj] = w[jj];
+  for (int64_t d = 0; d < D; ++d) {
+    const C zd = z_row[d];
+    const C* mu = comp.mu.data() + d * K + j0;
+    const C* iv = comp.inv_var.data() + d * K + j0;
+    const C* c = comp.log_norm.data() + d * K + j0;
+    C* out = md + d * kTileJ;
+#pragma omp simd
+    for (int64_t jj = 0; jj < n; ++jj) {
+      const C diff = zd - mu[jj];
+      const C m = c[jj] - C(0.5) * diff * diff * iv[jj];
+      out[jj] = m + w[jj];
+      s[jj] += m;
+    }
+  }
+}
+
+// Online logsumexp state: running maximum and the sum of exp(x - maximum). A +inf term makes
+// the result +inf (unless a NaN appears, which wins), as torch.logsumexp.
+template <typename C>
+struct RunningLse {
+  C max = -std::numeric_limits<C>::infinity();
+  C sum = 0;
+  bool pos_inf = false;
+
+  FFV_INLINE void add_tile(const C* x, int64_t n) {
+    C tile_max = -std::numeric_limits<C>::infinity();
+    bool nan = false;
+#pragma omp simd reduction(max : tile_max) reduction(| : nan)
+    for (int64_t jj = 0; jj < n; ++jj) {
+      tile_max = x[jj] > tile_max ? x[jj] : tile_max;
+      nan = nan | (x[jj] != x[jj]);
+    }
+    if (nan) sum = std::numeric_limits<C>::quiet_NaN();
+    if (tile_max == std::numeric_limits<C>::infinity()) pos_inf = true;
+    if (pos_inf || tile_max == -std::numeric_limits<C>::infinity()) return;
+    const C new_max = tile_max > max ? tile_max : max;
+    C tile_sum = 0;
+#pragma omp simd reduction(+ : tile_sum)
+    for (int64_t jj = 0; jj < n; ++jj) tile_sum += exp_fast(x[jj] - new_max);
+    sum = (max == -std::numeric_limits<C>::infinity() ? C(0) : sum * std::exp(max - new_max)) + tile_sum;
+    max = new_max;
+  }
+
+  C result() const {
+    if (sum != sum) return sum;
+    if (pos_inf) return std::numeric_limits<C>::infinity();
+    if (max == -std::numeric_limits<C>::infinity()) return max;
+    return max + std::log(sum);
+  }
+};
+
+template <typename C>
+struct ForwardArgs {
+  int64_t M, K, D;
+  const Components<C>* comp;
+  const C* z;  // [M, D] contiguous compute-type copy of the queries
+  C log_w[3];  // other, own, partner
+  C* log_qz;   // [M]
+  C* log_qzj;  // [M, D]
+};
+
+// Queries [row0, row0 + rows) of the forward.
+template <typename C>
+FFV_INLINE void forward_block_impl(const ForwardArgs<C>& a, int64_t row0, int64_t rows) {
+  const int64_t D = a.D;
+  RunningLse<C> joint[kRowBlock];
+  std::vector<RunningLse<C>> dims(static_cast<size_t>(kRowBlock * D));
+  std::vector<C> md(static_cast<size_t>(kTileJ * D));
+  C s[kTileJ], w[kTileJ];
+  for (int64_t j0 = 0; j0 < a.K; j0 += kTileJ) {
+    const int64_t n = std::min(kTileJ, a.K - j0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = row0 + r;
+      tile_weights(w, i, j0, n, a.K, a.log_w);
+      tile_log_density(*a.comp, a.z + i * D, w, j0, n, a.K, D, md.data(), s);
+      joint[r].add_tile(s, n);
+      for (int64_t d = 0; d < D; ++d) dims[r * D + d].add_tile(md.data() + d * kTileJ, n);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    a.log_qz[row0 + r] = joint[r].result();
+    for (int64_t d = 0; d < D; ++d) a.log_qzj[(row0 + r) * D + d] = dims[r * D + d].result();
+  }
+}
+
+FFV_MULTIVERSION void forward_block(const ForwardArgs<float>& a, int64_t row0, int64_t rows) {
+  forward_block_impl(a, row0, rows);
+}
+void forward_block(const ForwardArgs<double>& a, int64_t row0, int64_t rows) { forward_block_impl(a, row0, rows); }
+
+template <typename C>
+struct BackwardArgs {
+  int64_t M, K, D;
+  const Components<C>* comp;
+  const C* z;          // [M, D] contiguous compute-type queries
+  const C* g;          // [M] grad of log_qz (contiguous copy)
+  const C* h;          // [M, D] grad of log_qzj (contiguous copy)
+  const C* log_qz;     // [M]
+  const C* log_qzj;    // [M, D]
+  C log_w[3];
+  C* grad_z;           // [M, D] compute type
+};
+
+// Queries [row0, row0 + rows) of the backward; adds their contributions to acc_mu, acc_lv
+// ([D][K], this thread's buffers) and writes grad_z for these rows.
+template <typename C>
+FFV_INLINE void backward_block_impl(const BackwardArgs<C>& a, int64_t row0, int64_t rows, C* acc_mu, C* acc_lv) {
+  const int64_t D = a.D, K = a.K;
+  std::vector<C> md(static_cast<size_t>(kTileJ * D));
+  std::vector<C> gz(static_cast<size_t>(kRowBlock * D), C(0));
+  C s[kTileJ], w[kTileJ], gp[kTileJ];
+  for (int64_t j0 = 0; j0 < K; j0 += kTileJ) {
+    const int64_t n = std::min(kTileJ, K - j0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = row0 + r;
+      const C* z_row = a.z + i * D;
+      tile_weights(w, i, j0, n, K, a.log_w);
+      tile_log_density(*a.comp, z_row, w, j0, n, K, D, md.data(), s);
+      const C g = a.g[i], lq = a.log_qz[i];
+      if (g != C(0)) {
+#pragma omp simd
+        for (int64_t jj = 0; jj < n; ++jj) gp[jj] = g * exp_fast(s[jj] - lq);
+      } else {
+        for (int64_t jj = 0; jj < n; ++jj) gp[jj] = C(0);
+      }
+      for (int64_t d = 0; d < D; ++d) {
+        const C zd = z_row[d], hd = a.h[i * D + d], lqd = a.log_qzj[i * D + d];
+        const C* mu = a.comp->mu.data() + d * K + j0;
+        const C* iv = a.comp->inv_var.data() + d * K + j0;
+        const C* mdd = md.data() + d * kTileJ;
+        C* amu = acc_mu + d * K + j0;
+        C* alv = acc_lv + d * K + j0;
+        C gz_sum = 0;
+        if (hd != C(0)) {
+#pragma omp simd reduction(+ : gz_sum)
+          for (int64_t jj = 0; jj < n; ++jj) {
+            const C diff = zd - mu[jj];
+            const C rr = diff * iv[jj];
+            const C G = gp[jj] + hd * exp_fast(mdd[jj] - lqd);
+            const C Gr = G * rr;
+            gz_sum += Gr;
+            amu[jj] += Gr;
+            alv[jj] += G * (C(0.5) * rr * diff - C(0.5));
+          }
+        } else {
+#pragma omp simd reduction(+ : gz_sum)
+          for (int64_t jj = 0; jj < n; ++jj) {
+            const C diff = zd - mu[jj];
+            const C rr = diff * iv[jj];
+            const C G = gp[jj];
+            const C Gr = G * rr;
+            gz_sum += Gr;
+            amu[jj] += Gr;
+            alv[jj] += G * (C(0.5) * rr * diff - C(0.5));
+          }
+        }
+        gz[r * D + d] -= gz_sum;
+      }
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < D; ++d) a.grad_z[(row0 + r) * D + d] = gz[r * D + d];
+}
+
+FFV_MULTIVERSION void backward_block(const BackwardArgs<float>& a, int64_t row0, int64_t rows, float* acc_mu,
+                                     float* acc_lv) {
+  backward_block_impl(a, row0, rows, acc_mu, acc_lv);
+}
+void backward_block(const BackwardArgs<double>& a, int64_t row0, int64_t rows, double* acc_mu, double* acc_lv) {
+  backward_block_impl(a, row0, rows, acc_mu, acc_lv);
+}
+
+// Contiguous compute-type copy of a strided [rows, cols] tensor of element type T (cols = 1 for a vector).
+template <typename T, typename C>
+std::vector<C> load_matrix(const void* base, int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
+  using E = Element<T>;
+  const T* p = static_cast<const T*>(base);
+  std::vector<C> out(static_cast<size_t>(rows * cols));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t d = 0; d < cols; ++d) out[i * cols + d] = E::load(p + i * s0 + d * s1);
+  return out;
+}
+
+bool worth_threads(int64_t M, int64_t K, int64_t D) { return M > kRowBlock && M * K * D >= (int64_t{1} << 15); }
+
+template <typename T>
+ffv_status forward(int64_t M, int64_t K, int64_t D, const void* z, int64_t z_s0, int64_t z_s1, const void* mu,
+                   int64_t mu_s0, int64_t mu_s1, const void* logvar, int64_t lv_s0, int64_t lv_s1,
+                   const double log_w[3], void* log_qz, void* log_qzj) {
+  using C = typename Element<T>::compute;
+  const Components<C> comp = transpose_components<T, C>(K, D, static_cast<const T*>(mu), mu_s0, mu_s1,
+                                                        static_cast<const T*>(logvar), lv_s0, lv_s1);
+  const std::vector<C> zc = load_matrix<T, C>(z, M, D, z_s0, z_s1);
+  ForwardArgs<C> a{M, K, D, &comp, zc.data(),
+                   {static_cast<C>(log_w[0]), static_cast<C>(log_w[1]), static_cast<C>(log_w[2])},
+                   static_cast<C*>(log_qz), static_cast<C*>(log_qzj)};
+  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  FFV_OMP(parallel for if(worth_threads(M, K, D)) schedule(dynamic, 4))
+  for (int64_t b = 0; b < blocks; ++b) forward_block(a, b * kRowBlock, std::min(kRowBlock, M - b * kRowBlock));
+  return FFV_OK;
+}
+
+template <typename T>
+ffv_status backward(int64_t M, int64_t K, int64_t D, const void* grad_log_qz, int64_t g_s0,
+                    const void* grad_log_qzj, int64_t h_s0, int64_t h_s1, const void* z, int64_t z_s0,
+                    int64_t z_s1, const void* mu, int64_t mu_s0, int64_t mu_s1, const void* logvar,
+                    int64_t lv_s0, int64_t lv_s1, const void* log_qz, int64_t lq_s0, const void* log_qzj,
+                    int64_t lqj_s0, int64_t lqj_s1, const double log_w[3], void* grad_z_out,
+                    void* grad_mu_out, void* grad_logvar_out) {
+  using E = Element<T>;
+  using C = typename E::compute;
+  const Components<C> comp = transpose_components<T, C>(K, D, static_cast<const T*>(mu), mu_s0, mu_s1,
+                                                        static_cast<const T*>(logvar), lv_s0, lv_s1);
+  const std::vector<C> zc = load_matrix<T, C>(z, M, D, z_s0, z_s1);
+  // The incoming gradients and the saved logsumexps are in the compute type C.
+  const std::vector<C> g = load_matrix<C, C>(grad_log_qz, M, 1, g_s0, 0);
+  const std::vector<C> h = load_matrix<C, C>(grad_log_qzj, M, D, h_s0, h_s1);
+  const std::vector<C> lq = load_matrix<C, C>(log_qz, M, 1, lq_s0, 0);
+  const std::vector<C> lqj = load_matrix<C, C>(log_qzj, M, D, lqj_s0, lqj_s1);
+  std::vector<C> grad_z(static_cast<size_t>(M * D));
+  BackwardArgs<C> a{M, K, D, &comp, zc.data(), g.data(), h.data(), lq.data(), lqj.data(),
+                    {static_cast<C>(log_w[0]), static_cast<C>(log_w[1]), static_cast<C>(log_w[2])},
+                    grad_z.data()};
+  const bool parallel = worth_threads(M, K, D);
+  const int threads = parallel ? ffv::max_threads() : 1;
+  // Per-thread [D][K] accumulators of grad_mu and grad_logvar.
+  std::vector<C> acc(static_cast<size_t>(threads) * 2 * static_cast<size_t>(K * D));
+  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  FFV_OMP(parallel num_threads(threads) if(parallel))
+  {
+    const int t = parallel ? ffv::thread_id() : 0;
+    C* acc_mu = acc.data() + static_cast<size_t>(t) * 2 * static_cast<size_t>(K * D);
+    C* acc_lv = acc_mu + K * D;
+    FFV_OMP(for schedule(static))
+    for (int64_t b = 0; b < blocks; ++b)
+      backward_block(a, b * kRowBlock, std::min(kRowBlock, M - b * kRowBlock), acc_mu, acc_lv);
+  }
+  T* grad_z_p = static_cast<T*>(grad_z_out);          // [M, D] contiguous
+  T* grad_mu_p = static_cast<T*>(grad_mu_out);        // [K, D] contiguous
+  T* grad_lv_p = static_cast<T*>(grad_logvar_out);    // [K, D] contiguous
+  for (int64_t k = 0; k < M * D; ++k) E::store(grad_z_p + k, grad_z[k]);
+  FFV_OMP(parallel for if(parallel && K * D >= ffv::kParallelCheap) schedule(static))
+  for (int64_t j = 0; j < K; ++j) {
+    for (int64_t d = 0; d < D; ++d) {
+      C sum_mu = 0, sum_lv = 0;
+      for (int t = 0; t < threads; ++t) {
+        const C* base = acc.data() + static_cast<size_t>(t) * 2 * static_cast<size_t>(K * D);
+        sum_mu += base[d * K + j];
+        sum_lv += base[K * D + d * K + j];
+      }
+      E::store(grad_mu_p + j * D + d, sum_mu);
+      E::store(grad_lv_p + j * D + d, sum_lv);
+    }
+  }
+  return FFV_OK;
+}
+
+ffv_status check_sizes(const char* entry, int64_t M, int64_t K, int64_t D) {
+  FFV_CHECK(ffv::check_positive(entry, "M", M));
+  FFV_CHECK(ffv::check_positive(entry, "K", K));
+  FFV_CHECK(ffv::check_positive(entry, "D", D));
+  return FFV_OK;
+}
+
+}  // namespace
+
+extern "C" {
+
+FFV_API ffv_status ffv_log_qz_forward(ffv_dtype dtype, int64_t M, int64_t K, int64_t D, const void* z, int64_t z_s0,
+                                      int64_t z_s1, const void* mu, int64_t mu_s0, int64_t mu_s1,
+                                      const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
+                                      double log_w_other, double log_w_own, double log_w_partner, void* log_qz,
+                                      void* log_qzj, void* /*stream*/) {
+  static const char* entry = "ffv_log_qz_forward";
+  FFV_CHECK(check_sizes(entry, M, K, D));
+  FFV_CHECK(ffv::check_not_null(entry, "z", z));
+  FFV_CHECK(ffv::check_not_null(entry, "mu", mu));
+  FFV_CHECK(ffv::check_not_null(entry, "logvar", logvar));
+  FFV_CHECK(ffv::check_not_null(entry, "log_qz", log_qz));
+  FFV_CHECK(ffv::check_not_null(entry, "log_qzj", log_qzj));
+  const double log_w[3] = {log_w_other, log_w_own, log_w_partner};
+  return ffv::guarded(entry, [&] {
+    return ffv::with_dtype(entry, dtype, [&](auto tag) {
+      return forward<decltype(tag)>(M, K, D, z, z_s0, z_s1, mu, mu_s0, mu_s1, logvar, logvar_s0, logvar_s1,
+                                    log_w, log_qz, log_qzj);
+    });
+  });
+}
+
+FFV_API ffv_status ffv_log_qz_backward(ffv_dtype dtype, int64_t M, int64_t K, int64_t D, const void* grad_log_qz,
+                                       int64_t grad_log_qz_s0, const void* grad_log_qzj, int64_t grad_log_qzj_s0,
+                                       int64_t grad_log_qzj_s1, const void* z, int64_t z_s0, int64_t z_s1,
+                                       const void* mu, int64_t mu_s0, int64_t mu_s1, const void* logvar,
+                                       int64_t logvar_s0, int64_t logvar_s1, const void* log_qz,
+                                       int64_t log_qz_s0, const void* log_qzj, int64_t log_qzj_s0,
+                                       int64_t log_qzj_s1, double log_w_other, double log_w_own,
+                                       double log_w_partner, void* grad_z, void* grad_mu, void* grad_logvar,
+                                       void* /*stream*/) {
+  static const char* entry = "ffv_log_qz_backward";
+  FFV_CHECK(check_sizes(entry, M, K, D));
+  FFV_CHECK(ffv::check_not_null(entry, "grad_log_qz", grad_log_qz));
+  FFV_CHECK(ffv::check_not_null(entry, "grad_log_qzj", grad_log_qzj));
+  FFV_CHECK(ffv::check_not_null(entry, "z", z));
+  FFV_CHECK(ffv::check_not_null(entry, "mu", mu));
+  FFV_CHECK(ffv::check_not_null(entry, "logvar", logvar));
+  FFV_CHECK(ffv::check_not_null(entry, "log_qz", log_qz));
+  FFV_CHECK(ffv::check_not_null(entry, "log_qzj", log_qzj));
+  FFV_CHECK(ffv::check_not_null(entry, "grad_z", grad_z));
+  FFV_CHECK(ffv::check_not_null(entry, "grad_mu", grad_mu));
+  FFV_CHECK(ffv::check_not_null(entry, "grad_logvar", grad_logvar));
+  const double log_w[3] = {log_w_other, log_w_own, log_w_partner};
+  return ffv::guarded(entry, [&] {
+    return ffv::with_dtype(entry, dtype, [&](auto tag) {
+      return backward<decltype(tag)>(M, K, D, grad_log_qz, grad_log_qz_s0, grad_log_qzj, grad_log_qzj_s0,
+                                     grad_log_qzj_s1, z, z_s0, z_s1, mu, mu_s0, mu_s1, logvar, logvar_s0,
+                                     logvar_s1, log_qz, log_qz_s0, log_qzj, log_qzj_s0, log_qzj_s1, log_w,
+                                     grad_z, grad_mu, grad_logvar);
+    });
+  });
+}
+
+}  // extern "C"
