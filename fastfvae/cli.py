@@ -1,0 +1,250 @@
+"""The ``fastfvae`` command: ``train``, ``evaluate``, ``traverse``.
+
+    fastfvae train [--steps N] [--gamma G] [--out DIR] [--resume] ...
+    fastfvae evaluate CHECKPOINT [--data PATH]
+    fastfvae traverse CHECKPOINT [--out PNG]
+
+``python -m fastfvae ...`` is the same, and ``torchrun --nproc_per_node=2 -m fastfvae train ...``
+trains with DistributedDataParallel. Exit status: 0 done, 1 error (message on stderr),
+128 + signal number when SIGINT/SIGTERM stopped training (after writing a checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+from fastfvae import train as train_mod
+from fastfvae.train import DEFAULT_STEPS, OBJECTIVES, TrainConfig, TrainingError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastfvae", description="FactorVAE on fused ops: train, evaluate, traverse.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train FactorVAE (or beta-TCVAE / beta-VAE) on dSprites",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = TrainConfig()
+    t.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS,
+                   help="total optimisation steps (a resumed run continues up to this number)")
+    t.add_argument("--objective", choices=OBJECTIVES, default=d.objective)
+    t.add_argument("--gamma", type=float, default=d.gamma, help="weight of the TC term (FactorVAE)")
+    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    t.add_argument("--z-dim", type=_positive_int, default=d.z_dim)
+    t.add_argument("--lr-vae", type=float, default=d.lr_vae, help="Adam lr of the VAE, betas (0.9, 0.999)")
+    t.add_argument("--lr-d", type=float, default=d.lr_d, help="Adam lr of the discriminator, betas (0.5, 0.9)")
+    t.add_argument("--disc-depth", type=_positive_int, default=d.disc_depth, help="discriminator hidden layers")
+    t.add_argument("--disc-width", type=_positive_int, default=d.disc_width, help="discriminator layer width")
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    t.add_argument("--backend", default=d.backend, help="fused-op backend: auto, native, triton or reference")
+    t.add_argument("--amp", choices=("bf16",), default=None, help="bf16 autocast (CUDA only)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    t.add_argument("--data", default=None, metavar="PATH",
+                   help="official dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz (default: procedural renderer)")
+    t.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/fastfvae-<time>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every)
+    t.add_argument("--log-every", type=_positive_int, default=d.log_every, help="JSONL log interval (steps)")
+    t.add_argument("--eval-every", type=_non_negative_int, default=0, help="also evaluate the metrics every N steps")
+    t.add_argument("--log-tc-every", type=_non_negative_int, default=0,
+                   help="log the minibatch TC estimate next to the discriminator's every N steps")
+    t.add_argument("--no-metrics", action="store_true", help="skip the metrics at the end")
+    t.add_argument("--no-images", action="store_true", help="skip the PNGs at the end")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+
+    e = sub.add_parser("evaluate", help="disentanglement metrics and KL decomposition of a checkpoint")
+    e.add_argument("checkpoint", help="checkpoint file or run folder")
+    e.add_argument("--data", default=None, metavar="PATH", help="official dSprites npz (default: procedural)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--num-mixture", type=_positive_int, default=None, help="decompose_kl: encoded inputs in q(z)")
+    e.add_argument("--num-samples", type=_positive_int, default=None, help="decompose_kl: z samples")
+    e.add_argument("--no-decomposition", action="store_true", help="skip the KL decomposition")
+    e.add_argument("--out", default=None, metavar="FILE", help="JSON output (default: metrics.json beside the checkpoint)")
+
+    v = sub.add_parser("traverse", help="latent traversal grid of a checkpoint as PNG")
+    v.add_argument("checkpoint", help="checkpoint file or run folder")
+    v.add_argument("--out", default=None, metavar="PNG", help="default: traversals-<index>.png beside the checkpoint")
+    v.add_argument("--data", default=None, metavar="PATH")
+    v.add_argument("--index", type=int, default=0, help="data set index of the image whose code is traversed")
+    v.add_argument("--limit", type=float, default=2.5, help="each dimension goes from -limit to +limit")
+    v.add_argument("--values", type=_positive_int, default=9, help="images per row")
+    v.add_argument("--device", default="auto")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+def _cmd_train(args) -> int:
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    out = args.out
+    if out is None:
+        if args.resume:
+            raise TrainingError("--resume needs --out DIR (the folder of the run to continue)")
+        if distributed:
+            raise TrainingError("under torchrun pass --out DIR (every process must agree on it)")
+        out = os.path.join("runs", time.strftime("fastfvae-%Y%m%d-%H%M%S"))
+    config = TrainConfig(
+        steps=args.steps, objective=args.objective, gamma=args.gamma, batch_size=args.batch_size,
+        z_dim=args.z_dim, lr_vae=args.lr_vae, lr_d=args.lr_d, disc_depth=args.disc_depth,
+        disc_width=args.disc_width, seed=args.seed, device=args.device, backend=args.backend,
+        amp=args.amp, compile=args.compile, data=args.data, out=out, resume=args.resume,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, eval_every=args.eval_every,
+        log_tc_every=args.log_tc_every, metrics=not args.no_metrics, images=not args.no_images,
+        progress=not args.quiet,
+    )
+    trainer = train_mod.Trainer(config)
+    try:
+        summary = trainer.run()
+    finally:
+        if trainer.distributed:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if trainer.rank != 0:
+        return 0 if "interrupted" not in summary else 128 + _signal_number(summary["interrupted"])
+    if "interrupted" in summary:
+        print(f"interrupted ({summary['interrupted']}) at step {summary['step']}; continue with: "
+              f"fastfvae train --out {out} --steps {config.steps} --resume", file=sys.stderr)
+        return 128 + _signal_number(summary["interrupted"])
+    _print_train_result(summary, out)
+    return 0
+
+
+def _signal_number(name: str) -> int:
+    import signal
+    return int(signal.Signals[name])
+
+
+def _print_train_result(summary: dict, out: str) -> None:
+    final = summary.get("final", {})
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in final.items())
+    print(f"done: step {summary['step']} in {summary['train_time_s']:.0f} s "
+          f"({summary['steps_per_s']:.2f} steps/s): {losses}")
+    metrics = summary.get("metrics")
+    if isinstance(metrics, dict):
+        print("metrics: " + _metrics_line(metrics))
+    elif summary.get("metrics_note"):
+        print(f"metrics: none ({summary['metrics_note']})")
+    print(f"outputs in {out}/: summary.json, log.jsonl, checkpoint.pt"
+          + (", reconstructions.png, traversals.png" if summary.get("images") else ""))
+
+
+def _metrics_line(metrics: dict) -> str:
+    parts = []
+    for name, key in (("FactorVAE", "factor_vae"), ("beta-VAE", "beta_vae"), ("MIG", "mig")):
+        entry = metrics.get(key)
+        if isinstance(entry, dict):
+            score = entry.get("eval_accuracy", entry.get("score", entry.get(key)))
+            if isinstance(score, (int, float)):
+                parts.append(f"{name} {score:.3f}")
+    return ", ".join(parts) if parts else json.dumps(metrics)[:200]
+
+
+def _load_for_inference(path: str, device_name: str):
+    import torch
+    from fastfvae.train import build_vae_from_checkpoint, load_checkpoint, resolve_device
+    state = load_checkpoint(path)
+    device = resolve_device(device_name)
+    vae = build_vae_from_checkpoint(state, device)
+    return state, vae, device, torch
+
+
+def _checkpoint_dir(path: str) -> str:
+    return path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+
+
+def _cmd_evaluate(args) -> int:
+    state, vae, device, torch = _load_for_inference(args.checkpoint, args.device)
+    from fastfvae.train import encoder_gaussian_fn, evaluate_metrics, make_dataset
+    dataset = make_dataset(args.data)
+    result: dict = {"checkpoint": os.path.abspath(args.checkpoint), "step": state["step"],
+                    "objective": state["config"].get("objective")}
+    t0 = time.perf_counter()
+    metrics = evaluate_metrics(vae, dataset, device, seed=args.seed)
+    result["metrics"] = metrics
+    result["metrics_time_s"] = round(time.perf_counter() - t0, 2)
+    if metrics is None:
+        result["metrics_note"] = "fastfvae.metrics is not available in this installation"
+    if not args.no_decomposition:
+        try:
+            from fastfvae.diagnostics import decompose_kl
+        except ImportError:
+            result["decomposition_note"] = "fastfvae.diagnostics is not available in this installation"
+        else:
+            kwargs = {"seed": args.seed}
+            if args.num_mixture is not None:
+                kwargs["num_mixture"] = args.num_mixture
+            if args.num_samples is not None:
+                kwargs["num_samples"] = args.num_samples
+            t0 = time.perf_counter()
+            result["decomposition"] = decompose_kl(encoder_gaussian_fn(vae, device), dataset, **kwargs)
+            result["decomposition_time_s"] = round(time.perf_counter() - t0, 2)
+    text = json.dumps(result, indent=2, default=_json_default)
+    print(text)
+    out = args.out or os.path.join(_checkpoint_dir(args.checkpoint), "metrics.json")
+    with open(out + ".tmp", "w") as f:
+        f.write(text + "\n")
+    os.replace(out + ".tmp", out)
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+def _json_default(value):
+    try:
+        import torch
+        if isinstance(value, torch.Tensor):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _cmd_traverse(args) -> int:
+    state, vae, device, torch = _load_for_inference(args.checkpoint, args.device)
+    from fastfvae._png import image_grid, write_png
+    from fastfvae.train import make_dataset, traversal_images
+    dataset = make_dataset(args.data)
+    image, _ = dataset[args.index]
+    with torch.no_grad():
+        mu, _ = vae.encoder(image[None].to(device).float())
+    grid = traversal_images(vae, mu, args.values, args.limit)
+    out = args.out or os.path.join(_checkpoint_dir(args.checkpoint), f"traversals-{args.index}.png")
+    write_png(out, image_grid(grid, ncol=args.values))
+    print(f"traversal of image {args.index} ({vae.z_dim} rows x {args.values} values in "
+          f"[-{args.limit}, {args.limit}]) written to {out}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "traverse": _cmd_traverse}
+    try:
+        return commands[args.command](args)
+    except (TrainingError, ValueError, FileNotFoundError, IndexError) as error:
+        print(f"fastfvae {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

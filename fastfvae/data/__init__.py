@@ -1,0 +1,19 @@
+"""Ground-truth data sets shared by training and the metrics (DESIGN.md §2).
+
+A ground-truth data set has K discrete generative factors and renders (or looks up) the image of
+any combination of them. The interface, which ``fastfvae.train`` and ``fastfvae.metrics`` rely on:
+
+    factor_names: tuple[str, ...]                  K names
+    factor_sizes: tuple[int, ...]                  K numbers of classes
+    sample_factors(n, generator) -> LongTensor (n, K)   class indices, uniform and independent,
+                                                         on the generator's device
+    images(factors) -> uint8 tensor (n, C, 64, 64) values 0/1 for dSprites; a model reads
+                                                   images.float()
+    __len__() -> prod(factor_sizes)
+    __getitem__(i) -> (uint8 image (C, 64, 64), factors LongTensor (K,)), i indexing the full
+                      factor grid in row-major order of ``factor_sizes`` (the official dSprites order)
+"""
+from fastfvae.data.base import GroundTruthDataset
+from fastfvae.data.dsprites import DSprites, render_dsprites
+
+__all__ = ["DSprites", "GroundTruthDataset", "render_dsprites"]
