@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-tc-every", type=_non_negative_int, default=0,
                    help="log the minibatch TC estimate next to the discriminator's every N steps")
     t.add_argument("--no-metrics", action="store_true", help="skip the metrics at the end")
+    t.add_argument("--metrics-preset", default="auto",
+                   help="fastfvae.metrics preset: auto (fast on CPU, default on GPU), fast or default")
     t.add_argument("--no-images", action="store_true", help="skip the PNGs at the end")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, metavar="PATH", help="official dSprites npz (default: procedural)")
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--metrics-preset", default="auto", help="auto (fast on CPU, default on GPU), fast or default")
     e.add_argument("--num-mixture", type=_positive_int, default=None, help="decompose_kl: encoded inputs in q(z)")
     e.add_argument("--num-samples", type=_positive_int, default=None, help="decompose_kl: z samples")
     e.add_argument("--no-decomposition", action="store_true", help="skip the KL decomposition")
@@ -107,7 +110,8 @@ def _cmd_train(args) -> int:
         disc_width=args.disc_width, seed=args.seed, device=args.device, backend=args.backend,
         amp=args.amp, compile=args.compile, data=args.data, out=out, resume=args.resume,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, eval_every=args.eval_every,
-        log_tc_every=args.log_tc_every, metrics=not args.no_metrics, images=not args.no_images,
+        log_tc_every=args.log_tc_every, metrics=not args.no_metrics,
+        metrics_preset=args.metrics_preset, images=not args.no_images,
         progress=not args.quiet,
     )
     trainer = train_mod.Trainer(config)
@@ -178,7 +182,7 @@ def _cmd_evaluate(args) -> int:
     result: dict = {"checkpoint": os.path.abspath(args.checkpoint), "step": state["step"],
                     "objective": state["config"].get("objective")}
     t0 = time.perf_counter()
-    metrics = evaluate_metrics(vae, dataset, device, seed=args.seed)
+    metrics = evaluate_metrics(vae, dataset, device, args.seed, args.metrics_preset)
     result["metrics"] = metrics
     result["metrics_time_s"] = round(time.perf_counter() - t0, 2)
     if metrics is None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import inspect
 import json
 import math
 import os
@@ -79,6 +80,7 @@ class TrainConfig:
     eval_every: int = 0                # 0: metrics only at the end
     log_tc_every: int = 0              # 0: never
     metrics: bool = True               # evaluate the metrics at the end
+    metrics_preset: str = "auto"       # fastfvae.metrics preset; auto: "fast" on CPU, "default" on GPU
     images: bool = True                # write reconstructions.png and traversals.png
     progress: bool = True
 
@@ -187,15 +189,26 @@ def encoder_gaussian_fn(vae: VAE, device: torch.device, chunk: int = 1024) -> Ca
     return encode
 
 
-def evaluate_metrics(vae: VAE, dataset, device: torch.device, seed: int = 0):
+def metrics_preset(preset: str, device: torch.device) -> str:
+    """"auto": the metrics' "fast" preset on a CPU (fewer votes, same protocol: ~40 s for the
+    paper's encoder on a 2-core CPU), disentanglement_lib's "default" on a GPU."""
+    if preset == "auto":
+        return "default" if device.type == "cuda" else "fast"
+    return preset
+
+
+def evaluate_metrics(vae: VAE, dataset, device: torch.device, seed: int = 0, preset: str = "auto"):
     """fastfvae.metrics.evaluate on the encoder mean, or None when that module is absent."""
     try:
         from fastfvae import metrics
     except ImportError:
         return None
+    kwargs = {"seed": seed}
+    if "preset" in inspect.signature(metrics.evaluate).parameters:
+        kwargs["preset"] = metrics_preset(preset, device)
     vae.eval()
     try:
-        return metrics.evaluate(encoder_mean_fn(vae, device), dataset, seed=seed)
+        return metrics.evaluate(encoder_mean_fn(vae, device), dataset, **kwargs)
     finally:
         vae.train()
 
@@ -616,7 +629,8 @@ class Trainer:
             if cfg.log_tc_every and self.step % cfg.log_tc_every == 0:
                 self._log_tc()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and not last and self.rank == 0:
-                metrics = evaluate_metrics(self.vae_module, self.dataset, self.device, seed=cfg.seed)
+                metrics = evaluate_metrics(self.vae_module, self.dataset, self.device, cfg.seed,
+                                           cfg.metrics_preset)
                 eval_rows.append({"step": self.step, "metrics": metrics})
                 self._write_jsonl({"step": self.step, "event": "eval", "metrics": metrics})
             if self.step % cfg.checkpoint_every == 0 and not last:
@@ -666,7 +680,7 @@ class Trainer:
         if cfg.metrics:
             t0 = time.perf_counter()
             self._log("evaluating the disentanglement metrics ...")
-            metrics = evaluate_metrics(vae, self.dataset, self.device, seed=cfg.seed)
+            metrics = evaluate_metrics(vae, self.dataset, self.device, cfg.seed, cfg.metrics_preset)
             extra["metrics"] = metrics
             extra["metrics_time_s"] = round(time.perf_counter() - t0, 2)
             if metrics is None:

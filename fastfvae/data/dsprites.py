@@ -191,7 +191,7 @@ def load_official_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
             f"dSprites file {path!r}: 'latents_classes' must be integer of shape "
             f"({imgs.shape[0]}, 6) (columns {_OFFICIAL_COLUMNS}), got {classes.dtype} {classes.shape}"
         )
-    return imgs, classes.astype(np.int64, copy=False)
+    return imgs, np.array(classes, dtype=np.int64)  # a small writable copy (35 MB for the full file)
 
 
 class DSprites(GroundTruthDataset):
