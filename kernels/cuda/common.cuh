@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <exception>
 #include <string>
 
 #include "fastfvae.h"
@@ -35,7 +36,29 @@ inline ffv_status check_call(cudaError_t error, const char* entry, const char* w
                           cudaGetErrorString(error));
 }
 
-// ---- argument checks (same messages and codes as the CPU library) --------------------------
+// Return from the enclosing function when `expr` (an ffv_status) is not FFV_OK.
+#define FFV_GPU_CHECK(expr)                                 \
+  do {                                                      \
+    const ffv_status ffv_check_status = (expr);             \
+    if (ffv_check_status != FFV_OK) return ffv_check_status; \
+  } while (0)
+
+// Run an entry's body so that no C++ exception (a failed host allocation while building a
+// message) crosses the extern "C" boundary.
+template <typename Body>
+ffv_status guarded(const char* entry, Body&& body) {
+  try {
+    return body();
+  } catch (const std::exception& error) {
+    try {
+      return fail(FFV_ERR_INTERNAL, std::string(entry) + ": " + error.what());
+    } catch (...) {
+      return FFV_ERR_INTERNAL;
+    }
+  }
+}
+
+// ---- argument checks (same messages, codes and order as the CPU library) -------------------
 inline ffv_status check_size(const char* entry, const char* name, int64_t value) {
   if (value >= 1) return FFV_OK;
   return fail(FFV_ERR_INVALID_ARGUMENT,
@@ -50,14 +73,20 @@ inline ffv_status check_pointer(const char* entry, const char* name, const void*
 inline ffv_status check_logit_count(const char* entry, int64_t K) {
   if (K == 1 || K == 2) return FFV_OK;
   return fail(FFV_ERR_INVALID_ARGUMENT,
-              std::string(entry) + ": K must be 1 or 2, got " + std::to_string(K));
+              std::string(entry) + ": K (logits per row) must be 1 or 2, got " + std::to_string(K));
 }
 
 inline ffv_status check_reduction(const char* entry, int32_t reduction) {
   if (reduction == FFV_REDUCTION_NONE || reduction == FFV_REDUCTION_MEAN || reduction == FFV_REDUCTION_SUM)
     return FFV_OK;
-  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": reduction must be 0 (none), 1 (mean) or 2 (sum), got " +
-                                            std::to_string(reduction));
+  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": reduction code " + std::to_string(reduction) +
+                                            " is not one of none=0, mean=1, sum=2");
+}
+
+// B <= INT32_MAX: permute_dims writes int32 row indices.
+inline ffv_status check_int32_rows(const char* entry, int64_t B) {
+  if (B <= INT32_MAX) return FFV_OK;
+  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": B must fit the int32 index, got " + std::to_string(B));
 }
 
 // a * b (* c) must fit in int64 (all >= 1): element counts and flat indices are int64.
@@ -103,8 +132,8 @@ ffv_status dispatch_dtype(const char* entry, int32_t dtype, Launch&& launch) {
     case FFV_BFLOAT16: return launch(__nv_bfloat16{});
     default:
       return fail(FFV_ERR_UNSUPPORTED_DTYPE,
-                  std::string(entry) + ": unsupported dtype code " + std::to_string(dtype) +
-                      " (expected 0 float32, 1 float64, 2 float16, 3 bfloat16)");
+                  std::string(entry) + ": dtype code " + std::to_string(dtype) +
+                      " is not one of float32=0, float64=1, float16=2, bfloat16=3");
   }
 }
 

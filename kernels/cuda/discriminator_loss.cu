@@ -89,18 +89,21 @@ FFV_API ffv_status ffv_discriminator_loss_forward(
     const void* d_perm, int64_t d_perm_s0, int64_t d_perm_s1,
     void* loss, void* stream) {
   const char* entry = "ffv_discriminator_loss_forward";
-  ffv_status status;
-  if ((status = check_size(entry, "B", B)) || (status = check_logit_count(entry, K)) ||
-      (status = check_numel(entry, B, K)) || (status = check_pointer(entry, "d_real", d_real)) ||
-      (status = check_pointer(entry, "d_perm", d_perm)) || (status = check_pointer(entry, "loss", loss)))
-    return status;
-  const cudaStream_t s = as_stream(stream);
-  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
-    using T = decltype(type_tag);
-    discriminator_loss_forward_kernel<T><<<1, kReduceThreads, 0, s>>>(
-        B, K, static_cast<const T*>(d_real), d_real_s0, d_real_s1, static_cast<const T*>(d_perm), d_perm_s0,
-        d_perm_s1, static_cast<T*>(loss));
-    return check_launch(entry);
+  return guarded(entry, [&]() -> ffv_status {
+    FFV_GPU_CHECK(check_size(entry, "B", B));
+    FFV_GPU_CHECK(check_logit_count(entry, K));
+    FFV_GPU_CHECK(check_numel(entry, B, K));
+    FFV_GPU_CHECK(check_pointer(entry, "d_real", d_real));
+    FFV_GPU_CHECK(check_pointer(entry, "d_perm", d_perm));
+    FFV_GPU_CHECK(check_pointer(entry, "loss", loss));
+    const cudaStream_t s = as_stream(stream);
+    return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+      using T = decltype(type_tag);
+      discriminator_loss_forward_kernel<T><<<1, kReduceThreads, 0, s>>>(
+          B, K, static_cast<const T*>(d_real), d_real_s0, d_real_s1, static_cast<const T*>(d_perm), d_perm_s0,
+          d_perm_s1, static_cast<T*>(loss));
+      return check_launch(entry);
+    });
   });
 }
 
@@ -111,21 +114,24 @@ FFV_API ffv_status ffv_discriminator_loss_backward(
     const void* d_perm, int64_t d_perm_s0, int64_t d_perm_s1,
     void* grad_real, void* grad_perm, void* stream) {
   const char* entry = "ffv_discriminator_loss_backward";
-  ffv_status status;
-  if ((status = check_size(entry, "B", B)) || (status = check_logit_count(entry, K)) ||
-      (status = check_numel(entry, B, K)) || (status = check_pointer(entry, "grad_loss", grad_loss)) ||
-      (status = check_pointer(entry, "d_real", d_real)) || (status = check_pointer(entry, "d_perm", d_perm)) ||
-      (status = check_pointer(entry, "grad_real", grad_real)) ||
-      (status = check_pointer(entry, "grad_perm", grad_perm)))
-    return status;
-  const cudaStream_t s = as_stream(stream);
-  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
-    using T = decltype(type_tag);
-    discriminator_loss_backward_kernel<T><<<grid_for(B, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
-        B, K, static_cast<const T*>(grad_loss), static_cast<const T*>(d_real), d_real_s0, d_real_s1,
-        static_cast<const T*>(d_perm), d_perm_s0, d_perm_s1, static_cast<T*>(grad_real),
-        static_cast<T*>(grad_perm));
-    return check_launch(entry);
+  return guarded(entry, [&]() -> ffv_status {
+    FFV_GPU_CHECK(check_size(entry, "B", B));
+    FFV_GPU_CHECK(check_logit_count(entry, K));
+    FFV_GPU_CHECK(check_numel(entry, B, K));
+    FFV_GPU_CHECK(check_pointer(entry, "grad_loss", grad_loss));
+    FFV_GPU_CHECK(check_pointer(entry, "d_real", d_real));
+    FFV_GPU_CHECK(check_pointer(entry, "d_perm", d_perm));
+    FFV_GPU_CHECK(check_pointer(entry, "grad_real", grad_real));
+    FFV_GPU_CHECK(check_pointer(entry, "grad_perm", grad_perm));
+    const cudaStream_t s = as_stream(stream);
+    return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+      using T = decltype(type_tag);
+      discriminator_loss_backward_kernel<T><<<grid_for(B, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
+          B, K, static_cast<const T*>(grad_loss), static_cast<const T*>(d_real), d_real_s0, d_real_s1,
+          static_cast<const T*>(d_perm), d_perm_s0, d_perm_s1, static_cast<T*>(grad_real),
+          static_cast<T*>(grad_perm));
+      return check_launch(entry);
+    });
   });
 }
 

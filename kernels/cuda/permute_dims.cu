@@ -196,31 +196,32 @@ FFV_API ffv_status ffv_permute_dims_forward(
     const int64_t* seed,
     void* out, int32_t* index, void* stream) {
   const char* entry = "ffv_permute_dims_forward";
-  ffv_status status;
-  if ((status = check_size(entry, "G", G)) || (status = check_size(entry, "B", B)) ||
-      (status = check_size(entry, "D", D)) || (status = check_numel(entry, G, B, D)) ||
-      (status = check_pointer(entry, "z", z)) || (status = check_pointer(entry, "seed", seed)) ||
-      (status = check_pointer(entry, "out", out)))
-    return status;
-  if (B > INT32_MAX)
-    return fail(FFV_ERR_INVALID_ARGUMENT,
-                std::string(entry) + ": B must be <= 2^31 - 1 (int32 indices), got " + std::to_string(B));
-  const cudaStream_t s = as_stream(stream);
-  const int row_bits = ffv::permutation_row_bits(B);
-  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
-    using T = decltype(type_tag);
-    const T* zt = static_cast<const T*>(z);
-    T* outt = static_cast<T*>(out);
-    if (B > kMaxBlockSortKeys) return permute_dims_forward_sorted<T>(entry, G, B, D, zt, z_s0, z_s1, z_s2, seed,
-                                                                     row_bits, outt, index, s);
-    const int64_t n = ffv::cuda_math::next_pow2(B);
-    int threads = static_cast<int>(n / 2 < kMaxSortThreads ? n / 2 : kMaxSortThreads);
-    if (threads < 32) threads = 32;
-    const int64_t columns = G * D;
-    const unsigned blocks = static_cast<unsigned>(columns < kMaxGridBlocks ? columns : kMaxGridBlocks);
-    permute_dims_block_sort_kernel<T><<<blocks, threads, sizeof(int64_t) * n, s>>>(
-        G, B, D, zt, z_s0, z_s1, z_s2, seed, n, row_bits, outt, index);
-    return check_launch(entry);
+  return guarded(entry, [&]() -> ffv_status {
+    FFV_GPU_CHECK(check_size(entry, "G", G));
+    FFV_GPU_CHECK(check_size(entry, "B", B));
+    FFV_GPU_CHECK(check_size(entry, "D", D));
+    FFV_GPU_CHECK(check_int32_rows(entry, B));
+    FFV_GPU_CHECK(check_numel(entry, G, B, D));
+    FFV_GPU_CHECK(check_pointer(entry, "z", z));
+    FFV_GPU_CHECK(check_pointer(entry, "seed", seed));
+    FFV_GPU_CHECK(check_pointer(entry, "out", out));
+    const cudaStream_t s = as_stream(stream);
+    const int row_bits = ffv::permutation_row_bits(B);
+    return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+      using T = decltype(type_tag);
+      const T* zt = static_cast<const T*>(z);
+      T* outt = static_cast<T*>(out);
+      if (B > kMaxBlockSortKeys) return permute_dims_forward_sorted<T>(entry, G, B, D, zt, z_s0, z_s1, z_s2, seed,
+                                                                       row_bits, outt, index, s);
+      const int64_t n = ffv::cuda_math::next_pow2(B);
+      int threads = static_cast<int>(n / 2 < kMaxSortThreads ? n / 2 : kMaxSortThreads);
+      if (threads < 32) threads = 32;
+      const int64_t columns = G * D;
+      const unsigned blocks = static_cast<unsigned>(columns < kMaxGridBlocks ? columns : kMaxGridBlocks);
+      permute_dims_block_sort_kernel<T><<<blocks, threads, sizeof(int64_t) * n, s>>>(
+          G, B, D, zt, z_s0, z_s1, z_s2, seed, n, row_bits, outt, index);
+      return check_launch(entry);
+    });
   });
 }
 
@@ -230,19 +231,23 @@ FFV_API ffv_status ffv_permute_dims_backward(
     const int32_t* index,
     void* grad_z, void* stream) {
   const char* entry = "ffv_permute_dims_backward";
-  ffv_status status;
-  if ((status = check_size(entry, "G", G)) || (status = check_size(entry, "B", B)) ||
-      (status = check_size(entry, "D", D)) || (status = check_numel(entry, G, B, D)) ||
-      (status = check_pointer(entry, "grad_out", grad_out)) || (status = check_pointer(entry, "index", index)) ||
-      (status = check_pointer(entry, "grad_z", grad_z)))
-    return status;
-  const cudaStream_t s = as_stream(stream);
-  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
-    using T = decltype(type_tag);
-    permute_dims_backward_kernel<T><<<grid_for(G * B * D, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
-        G, B, D, static_cast<const T*>(grad_out), grad_out_s0, grad_out_s1, grad_out_s2, index,
-        static_cast<T*>(grad_z));
-    return check_launch(entry);
+  return guarded(entry, [&]() -> ffv_status {
+    FFV_GPU_CHECK(check_size(entry, "G", G));
+    FFV_GPU_CHECK(check_size(entry, "B", B));
+    FFV_GPU_CHECK(check_size(entry, "D", D));
+    FFV_GPU_CHECK(check_int32_rows(entry, B));
+    FFV_GPU_CHECK(check_numel(entry, G, B, D));
+    FFV_GPU_CHECK(check_pointer(entry, "grad_out", grad_out));
+    FFV_GPU_CHECK(check_pointer(entry, "index", index));
+    FFV_GPU_CHECK(check_pointer(entry, "grad_z", grad_z));
+    const cudaStream_t s = as_stream(stream);
+    return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+      using T = decltype(type_tag);
+      permute_dims_backward_kernel<T><<<grid_for(G * B * D, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
+          G, B, D, static_cast<const T*>(grad_out), grad_out_s0, grad_out_s1, grad_out_s2, index,
+          static_cast<T*>(grad_z));
+      return check_launch(entry);
+    });
   });
 }
 

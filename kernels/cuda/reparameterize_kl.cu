@@ -9,11 +9,13 @@
 //           grad_logvar = 0.5 * gz * (z - mu) + 0.5 * gkl_i * (exp(logvar) - 1)
 //           grad_eps = gz * exp(logvar / 2)
 //
-// Launches. Forward: (1) one warp per row (8 rows per 256-thread block, grid-stride over rows)
-// writes z and the row's KL (a warp reduction, fixed order); for MEAN/SUM (2) one block of
-// 1024 threads sums the B per-row values (held in a float64 workspace from cudaMallocAsync on
-// the stream, freed with cudaFreeAsync) in a fixed order, so the result is run-to-run
-// identical (no float atomics). Backward: one elementwise grid-stride launch.
+// Launches (every sum in a fixed order, no float atomics: results are run-to-run identical).
+// Forward NONE: one launch, one warp per row (8 rows per 256-thread block, grid-stride over
+// rows) writing z and kl_i (a warp reduction). Forward MEAN/SUM with B*D <= 2^15: one launch
+// of a single 1024-thread block (32 warps over the rows, then a block sum). Larger MEAN/SUM:
+// the NONE kernel writes kl_i to a float64 workspace [B] (cudaMallocAsync on the stream, freed
+// with cudaFreeAsync after), then one 1024-thread block sums it. Backward: one elementwise
+// grid-stride launch.
 #include "common.cuh"
 
 namespace ffv {
@@ -21,38 +23,75 @@ namespace gpu {
 namespace {
 
 constexpr int kRowsPerBlock = kElementwiseThreads / 32;  // one warp per row
+// MEAN/SUM inputs of at most this many elements run in one block (no workspace, one launch):
+// the paper's B = 64, D = 10 is latency-bound, where a launch and an allocation dominate.
+constexpr int64_t kSingleBlockElements = int64_t{1} << 15;
 
+// Pointers of one forward call (all [B, D] inputs strided, z contiguous).
+template <typename T>
+struct ForwardArgs {
+  int64_t B, D;
+  const T* mu; int64_t mu_s0, mu_s1;              // [B, D] strided: means
+  const T* logvar; int64_t logvar_s0, logvar_s1;  // [B, D] strided: log-variances
+  const T* eps; int64_t eps_s0, eps_s1;           // [B, D] strided noise, or NULL: draw it
+  const int64_t* seed;                            // [1] device int64: Philox key (read when eps == NULL)
+  T* z;                                           // [B, D] contiguous out: the sample
+};
+
+// One warp handles row i: writes z[i, :] and returns kl_i = 0.5 * sum_d kl_term (valid in lane
+// 0; fixed summation order). Every lane of the warp must call it.
+template <typename T>
+__device__ __forceinline__ Acc<T> reparameterize_row(const ForwardArgs<T>& a, uint64_t key, int64_t i, int lane) {
+  using A = Acc<T>;
+  A kl_partial = A(0);
+  for (int64_t d = lane; d < a.D; d += 32) {
+    const A m = load2(a.mu, i, d, a.mu_s0, a.mu_s1);
+    const A lv = load2(a.logvar, i, d, a.logvar_s0, a.logvar_s1);
+    const A e = a.eps != nullptr ? load2(a.eps, i, d, a.eps_s0, a.eps_s1)
+                                 : static_cast<A>(philox_randn(key, static_cast<uint64_t>(i * a.D + d)));
+    a.z[i * a.D + d] = from_acc<T>(cuda_math::reparameterize(m, lv, e));
+    kl_partial += cuda_math::kl_term(m, lv);
+  }
+  return A(0.5) * warp_sum(kl_partial);
+}
+
+// Grid version: warps of all blocks stride over the rows; row i's KL goes to kl_rows[i]
+// (NONE, rounded to T) or kl_workspace[i] (MEAN/SUM, float64, reduced by reduce_kl_kernel).
 template <typename T>
 __global__ void __launch_bounds__(kElementwiseThreads) reparameterize_kl_forward_kernel(
-    int64_t B, int64_t D,
-    const T* __restrict__ mu, int64_t mu_s0, int64_t mu_s1,              // [B, D] strided: means
-    const T* __restrict__ logvar, int64_t logvar_s0, int64_t logvar_s1,  // [B, D] strided: log-variances
-    const T* __restrict__ eps, int64_t eps_s0, int64_t eps_s1,           // [B, D] strided noise, or NULL: draw it
-    const int64_t* __restrict__ seed,                                    // [1] device int64: Philox key (eps == NULL)
-    T* __restrict__ z,                                                   // [B, D] contiguous out: the sample
-    T* __restrict__ kl_rows,                                             // [B] contiguous out (NONE) or NULL
-    double* __restrict__ kl_workspace) {                                 // [B] per-row KL (MEAN/SUM) or NULL
-  using A = Acc<T>;
+    ForwardArgs<T> a,
+    T* __restrict__ kl_rows,               // [B] contiguous out (NONE) or NULL
+    double* __restrict__ kl_workspace) {   // [B] per-row KL (MEAN/SUM) or NULL
   const int lane = threadIdx.x & 31;
   const int64_t first_row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
   const int64_t row_step = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
-  const uint64_t key = eps == nullptr ? static_cast<uint64_t>(*seed) : 0;
+  const uint64_t key = a.eps == nullptr ? static_cast<uint64_t>(*a.seed) : 0;
   // The loop condition depends on the warp only, so whole warps enter warp_sum together.
-  for (int64_t i = first_row; i < B; i += row_step) {
-    A kl_partial = A(0);
-    for (int64_t d = lane; d < D; d += 32) {
-      const A m = load2(mu, i, d, mu_s0, mu_s1);
-      const A lv = load2(logvar, i, d, logvar_s0, logvar_s1);
-      const A e = eps != nullptr ? load2(eps, i, d, eps_s0, eps_s1)
-                                 : static_cast<A>(philox_randn(key, static_cast<uint64_t>(i * D + d)));
-      z[i * D + d] = from_acc<T>(cuda_math::reparameterize(m, lv, e));
-      kl_partial += cuda_math::kl_term(m, lv);
-    }
-    const A kl_i = A(0.5) * warp_sum(kl_partial);
+  for (int64_t i = first_row; i < a.B; i += row_step) {
+    const Acc<T> kl_i = reparameterize_row(a, key, i, lane);
     if (lane == 0) {
       if (kl_rows != nullptr) kl_rows[i] = from_acc<T>(kl_i);
       if (kl_workspace != nullptr) kl_workspace[i] = static_cast<double>(kl_i);
     }
+  }
+}
+
+// Single-block version for small MEAN/SUM inputs: 32 warps stride over the rows, each warp
+// adds its rows' KL in row order (float64), then a fixed-order block sum gives kl[0].
+template <typename T>
+__global__ void __launch_bounds__(kReduceThreads) reparameterize_kl_forward_single_block_kernel(
+    ForwardArgs<T> a, int32_t reduction,
+    T* __restrict__ kl) {  // [1] out: mean_i kl_i (MEAN) or sum_i kl_i (SUM)
+  __shared__ double scratch[kReduceThreads / 32];
+  const int lane = threadIdx.x & 31;
+  const uint64_t key = a.eps == nullptr ? static_cast<uint64_t>(*a.seed) : 0;
+  double warp_total = 0.0;  // meaningful in lane 0
+  for (int64_t i = threadIdx.x >> 5; i < a.B; i += kReduceThreads / 32)
+    warp_total += static_cast<double>(reparameterize_row(a, key, i, lane));
+  const double total = block_sum(lane == 0 ? warp_total : 0.0, scratch);
+  if (threadIdx.x == 0) {
+    const double value = reduction == FFV_REDUCTION_MEAN ? total / static_cast<double>(a.B) : total;
+    kl[0] = from_acc<T>(static_cast<Acc<T>>(value));
   }
 }
 
@@ -116,37 +155,46 @@ FFV_API ffv_status ffv_reparameterize_kl_forward(
     const int64_t* seed, int32_t reduction,
     void* z, void* kl, void* stream) {
   const char* entry = "ffv_reparameterize_kl_forward";
-  ffv_status status;
-  if ((status = check_size(entry, "B", B)) || (status = check_size(entry, "D", D)) ||
-      (status = check_numel(entry, B, D)) || (status = check_pointer(entry, "mu", mu)) ||
-      (status = check_pointer(entry, "logvar", logvar)) || (status = check_pointer(entry, "z", z)) ||
-      (status = check_pointer(entry, "kl", kl)) || (status = check_reduction(entry, reduction)))
-    return status;
-  if (eps == nullptr && (status = check_pointer(entry, "seed (needed when eps is NULL)", seed))) return status;
-  const cudaStream_t s = as_stream(stream);
-  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
-    using T = decltype(type_tag);
-    double* workspace = nullptr;
-    if (reduction != FFV_REDUCTION_NONE) {
-      const ffv_status st = check_call(
-          cudaMallocAsync(reinterpret_cast<void**>(&workspace), sizeof(double) * B, s), entry,
-          "cudaMallocAsync of the per-row KL workspace");
-      if (st != FFV_OK) return st;
-    }
-    reparameterize_kl_forward_kernel<T><<<grid_for(B, kRowsPerBlock), kElementwiseThreads, 0, s>>>(
-        B, D, static_cast<const T*>(mu), mu_s0, mu_s1, static_cast<const T*>(logvar), logvar_s0, logvar_s1,
-        static_cast<const T*>(eps), eps_s0, eps_s1, seed, static_cast<T*>(z),
-        reduction == FFV_REDUCTION_NONE ? static_cast<T*>(kl) : nullptr, workspace);
-    ffv_status st = check_launch(entry);
-    if (workspace != nullptr) {
+  return guarded(entry, [&]() -> ffv_status {
+    FFV_GPU_CHECK(check_size(entry, "B", B));
+    FFV_GPU_CHECK(check_size(entry, "D", D));
+    FFV_GPU_CHECK(check_numel(entry, B, D));
+    FFV_GPU_CHECK(check_pointer(entry, "mu", mu));
+    FFV_GPU_CHECK(check_pointer(entry, "logvar", logvar));
+    if (eps == nullptr) FFV_GPU_CHECK(check_pointer(entry, "seed (needed when eps is NULL)", seed));
+    FFV_GPU_CHECK(check_reduction(entry, reduction));
+    FFV_GPU_CHECK(check_pointer(entry, "z", z));
+    FFV_GPU_CHECK(check_pointer(entry, "kl", kl));
+    const cudaStream_t s = as_stream(stream);
+    return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+      using T = decltype(type_tag);
+      const ForwardArgs<T> args{B, D, static_cast<const T*>(mu), mu_s0, mu_s1, static_cast<const T*>(logvar),
+                                logvar_s0, logvar_s1, static_cast<const T*>(eps), eps_s0, eps_s1, seed,
+                                static_cast<T*>(z)};
+      if (reduction == FFV_REDUCTION_NONE) {
+        reparameterize_kl_forward_kernel<T><<<grid_for(B, kRowsPerBlock), kElementwiseThreads, 0, s>>>(
+            args, static_cast<T*>(kl), nullptr);
+        return check_launch(entry);
+      }
+      if (B * D <= kSingleBlockElements) {
+        reparameterize_kl_forward_single_block_kernel<T><<<1, kReduceThreads, 0, s>>>(args, reduction,
+                                                                                       static_cast<T*>(kl));
+        return check_launch(entry);
+      }
+      // MEAN/SUM, large: per-row KL into a stream-ordered float64 workspace, then one block reduces it.
+      double* workspace = nullptr;
+      FFV_GPU_CHECK(check_call(cudaMallocAsync(reinterpret_cast<void**>(&workspace), sizeof(double) * B, s), entry,
+                               "cudaMallocAsync of the per-row KL workspace"));
+      reparameterize_kl_forward_kernel<T><<<grid_for(B, kRowsPerBlock), kElementwiseThreads, 0, s>>>(args, nullptr,
+                                                                                                     workspace);
+      ffv_status st = check_launch(entry);
       if (st == FFV_OK) {
         reduce_kl_kernel<T><<<1, kReduceThreads, 0, s>>>(B, reduction, workspace, static_cast<T*>(kl));
         st = check_launch(entry);
       }
       const ffv_status freed = check_call(cudaFreeAsync(workspace, s), entry, "cudaFreeAsync of the KL workspace");
-      if (st == FFV_OK) st = freed;
-    }
-    return st;
+      return st != FFV_OK ? st : freed;
+    });
   });
 }
 
@@ -161,23 +209,28 @@ FFV_API ffv_status ffv_reparameterize_kl_backward(
     void* grad_mu, void* grad_logvar, void* grad_eps,
     void* stream) {
   const char* entry = "ffv_reparameterize_kl_backward";
-  ffv_status status;
-  if ((status = check_size(entry, "B", B)) || (status = check_size(entry, "D", D)) ||
-      (status = check_numel(entry, B, D)) || (status = check_pointer(entry, "grad_z", grad_z)) ||
-      (status = check_pointer(entry, "grad_kl", grad_kl)) || (status = check_reduction(entry, reduction)) ||
-      (status = check_pointer(entry, "mu", mu)) || (status = check_pointer(entry, "logvar", logvar)) ||
-      (status = check_pointer(entry, "z", z)) || (status = check_pointer(entry, "grad_mu", grad_mu)) ||
-      (status = check_pointer(entry, "grad_logvar", grad_logvar)))
-    return status;
-  const cudaStream_t s = as_stream(stream);
-  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
-    using T = decltype(type_tag);
-    reparameterize_kl_backward_kernel<T><<<grid_for(B * D, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
-        B, D, reduction, static_cast<const T*>(grad_z), grad_z_s0, grad_z_s1, static_cast<const T*>(grad_kl),
-        grad_kl_s0, static_cast<const T*>(mu), mu_s0, mu_s1, static_cast<const T*>(logvar), logvar_s0,
-        logvar_s1, static_cast<const T*>(z), z_s0, z_s1, static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar),
-        static_cast<T*>(grad_eps));
-    return check_launch(entry);
+  return guarded(entry, [&]() -> ffv_status {
+    FFV_GPU_CHECK(check_size(entry, "B", B));
+    FFV_GPU_CHECK(check_size(entry, "D", D));
+    FFV_GPU_CHECK(check_numel(entry, B, D));
+    FFV_GPU_CHECK(check_pointer(entry, "grad_z", grad_z));
+    FFV_GPU_CHECK(check_pointer(entry, "grad_kl", grad_kl));
+    FFV_GPU_CHECK(check_reduction(entry, reduction));
+    FFV_GPU_CHECK(check_pointer(entry, "mu", mu));
+    FFV_GPU_CHECK(check_pointer(entry, "logvar", logvar));
+    FFV_GPU_CHECK(check_pointer(entry, "z", z));
+    FFV_GPU_CHECK(check_pointer(entry, "grad_mu", grad_mu));
+    FFV_GPU_CHECK(check_pointer(entry, "grad_logvar", grad_logvar));
+    const cudaStream_t s = as_stream(stream);
+    return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+      using T = decltype(type_tag);
+      reparameterize_kl_backward_kernel<T><<<grid_for(B * D, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
+          B, D, reduction, static_cast<const T*>(grad_z), grad_z_s0, grad_z_s1, static_cast<const T*>(grad_kl),
+          grad_kl_s0, static_cast<const T*>(mu), mu_s0, mu_s1, static_cast<const T*>(logvar), logvar_s0,
+          logvar_s1, static_cast<const T*>(z), z_s0, z_s1, static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar),
+          static_cast<T*>(grad_eps));
+      return check_launch(entry);
+    });
   });
 }
 

@@ -55,17 +55,19 @@ FFV_API ffv_status ffv_tc_loss_forward(
     const void* logits, int64_t logits_s0, int64_t logits_s1,
     void* tc, void* stream) {
   const char* entry = "ffv_tc_loss_forward";
-  ffv_status status;
-  if ((status = check_size(entry, "B", B)) || (status = check_logit_count(entry, K)) ||
-      (status = check_numel(entry, B, K)) || (status = check_pointer(entry, "logits", logits)) ||
-      (status = check_pointer(entry, "tc", tc)))
-    return status;
-  const cudaStream_t s = as_stream(stream);
-  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
-    using T = decltype(type_tag);
-    tc_loss_forward_kernel<T><<<1, kReduceThreads, 0, s>>>(B, K, static_cast<const T*>(logits), logits_s0,
-                                                           logits_s1, static_cast<T*>(tc));
-    return check_launch(entry);
+  return guarded(entry, [&]() -> ffv_status {
+    FFV_GPU_CHECK(check_size(entry, "B", B));
+    FFV_GPU_CHECK(check_logit_count(entry, K));
+    FFV_GPU_CHECK(check_numel(entry, B, K));
+    FFV_GPU_CHECK(check_pointer(entry, "logits", logits));
+    FFV_GPU_CHECK(check_pointer(entry, "tc", tc));
+    const cudaStream_t s = as_stream(stream);
+    return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+      using T = decltype(type_tag);
+      tc_loss_forward_kernel<T><<<1, kReduceThreads, 0, s>>>(B, K, static_cast<const T*>(logits), logits_s0,
+                                                             logits_s1, static_cast<T*>(tc));
+      return check_launch(entry);
+    });
   });
 }
 
@@ -74,17 +76,19 @@ FFV_API ffv_status ffv_tc_loss_backward(
     const void* grad_tc,
     void* grad_logits, void* stream) {
   const char* entry = "ffv_tc_loss_backward";
-  ffv_status status;
-  if ((status = check_size(entry, "B", B)) || (status = check_logit_count(entry, K)) ||
-      (status = check_numel(entry, B, K)) || (status = check_pointer(entry, "grad_tc", grad_tc)) ||
-      (status = check_pointer(entry, "grad_logits", grad_logits)))
-    return status;
-  const cudaStream_t s = as_stream(stream);
-  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
-    using T = decltype(type_tag);
-    tc_loss_backward_kernel<T><<<grid_for(B * K, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
-        B, K, static_cast<const T*>(grad_tc), static_cast<T*>(grad_logits));
-    return check_launch(entry);
+  return guarded(entry, [&]() -> ffv_status {
+    FFV_GPU_CHECK(check_size(entry, "B", B));
+    FFV_GPU_CHECK(check_logit_count(entry, K));
+    FFV_GPU_CHECK(check_numel(entry, B, K));
+    FFV_GPU_CHECK(check_pointer(entry, "grad_tc", grad_tc));
+    FFV_GPU_CHECK(check_pointer(entry, "grad_logits", grad_logits));
+    const cudaStream_t s = as_stream(stream);
+    return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+      using T = decltype(type_tag);
+      tc_loss_backward_kernel<T><<<grid_for(B * K, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
+          B, K, static_cast<const T*>(grad_tc), static_cast<T*>(grad_logits));
+      return check_launch(entry);
+    });
   });
 }
 
