@@ -410,8 +410,8 @@ class Trainer:
         d_loss.backward()
         self.opt_d.step()
         d_acc = functional.discriminator_accuracy(d_real.detach(), d_perm.detach())
-        self._last = {"z": z_real, "mu": out.mu.detach().float(), "logvar": out.logvar.detach().float(),
-                      "tc": losses.tc.detach()}
+        self._last = {"z": z_real, "z_perm": z_perm, "mu": out.mu.detach().float(),
+                      "logvar": out.logvar.detach().float(), "tc": losses.tc.detach()}
         return torch.stack([losses.total.detach(), losses.recon.detach(), losses.kl.detach(),
                             losses.tc.detach(), d_loss.detach(), d_acc.to(d_loss.dtype)]).float()
 

@@ -1,0 +1,182 @@
+"""fastfvae.train: the gradient flow of Algorithm 2, exact resume, faults, multi-process training."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastfvae import functional, losses
+from fastfvae.train import (
+    NonFiniteLossError, TrainConfig, Trainer, TrainingError, load_checkpoint, save_checkpoint,
+)
+
+
+def tiny(out=None, **overrides) -> TrainConfig:
+    """A config small enough for 2 busy cores: batch 8, a 2x32 discriminator, no metrics/PNGs."""
+    cfg = dict(steps=4, batch_size=8, disc_depth=2, disc_width=32, metrics=False, images=False,
+               progress=False, log_every=1, checkpoint_every=1000, out=None if out is None else str(out))
+    cfg.update(overrides)
+    return TrainConfig(**cfg)
+
+
+def run_bounded(cmd: list[str], env: dict, timeout: float) -> tuple[int, str]:
+    """Run ``cmd`` in its own process group; on timeout kill the whole group (torchrun's workers too)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{output}")
+    return proc.returncode, output
+
+
+def read_log(out) -> list[dict]:
+    with open(os.path.join(out, "log.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k not in ("steps_per_s", "time_s")} for r in rows if "event" not in r]
+
+
+def test_encoder_gradient_is_the_vae_loss_gradient_alone():
+    trainer = Trainer(tiny())
+    vae0, disc0 = copy.deepcopy(trainer.vae_module), copy.deepcopy(trainer.disc_module)
+    x1, x2 = trainer.sample_batches()
+    torch.manual_seed(11)
+    trainer.train_step(x1, x2)
+    step_grads = [p.grad.clone() for p in trainer.vae_module.encoder.parameters()]
+
+    # The VAE loss alone, from the same weights and the same random stream.
+    torch.manual_seed(11)
+    out = vae0(x1)
+    vae_loss = losses.FactorVAELoss(gamma=35.0)(out.x_recon, x1, out.kl, disc0(out.z)).total
+    alone = torch.autograd.grad(vae_loss, list(vae0.encoder.parameters()), retain_graph=True)
+    for got, want in zip(step_grads, alone):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+    # The test can fail: a discriminator loss on a non-detached z would add this to the encoder.
+    d_logits = disc0(torch.cat([out.z, functional.permute_dims(out.z)]))
+    leak = torch.autograd.grad(losses.DiscriminatorLoss()(d_logits[:8], d_logits[8:]),
+                               list(vae0.encoder.parameters()))
+    assert sum(float(g.abs().sum()) for g in leak) > 1e-6
+
+    # The discriminator's gradient is that of its own loss only (no TC-term contribution).
+    last = trainer._last
+    logits = disc0(torch.cat([last["z"], last["z_perm"]]))
+    d_alone = torch.autograd.grad(losses.DiscriminatorLoss()(logits[:8], logits[8:]), list(disc0.parameters()))
+    for p, want in zip(trainer.disc_module.parameters(), d_alone):
+        torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-7)
+
+
+def test_optimisers_own_disjoint_parameters_with_the_paper_settings():
+    trainer = Trainer(tiny())
+    vae_ids = {id(p) for g in trainer.opt_vae.param_groups for p in g["params"]}
+    d_ids = {id(p) for g in trainer.opt_d.param_groups for p in g["params"]}
+    assert vae_ids == {id(p) for p in trainer.vae_module.parameters()}
+    assert d_ids == {id(p) for p in trainer.disc_module.parameters()}
+    assert trainer.opt_vae.param_groups[0]["betas"] == (0.9, 0.999)
+    assert trainer.opt_d.param_groups[0]["betas"] == (0.5, 0.9)
+    assert trainer.opt_vae.param_groups[0]["lr"] == trainer.opt_d.param_groups[0]["lr"] == 1e-4
+    assert TrainConfig().gamma == 35.0 and TrainConfig().batch_size == 64 and TrainConfig().z_dim == 10
+
+
+def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
+    Trainer(tiny(tmp_path / "straight", steps=4)).run()
+    Trainer(tiny(tmp_path / "split", steps=2)).run()
+    Trainer(tiny(tmp_path / "split", steps=4, resume=True)).run()
+    straight, split = read_log(tmp_path / "straight"), read_log(tmp_path / "split")
+    assert [r["step"] for r in straight] == [1, 2, 3, 4]
+    assert split == straight  # exact equality of every logged loss
+    a = load_checkpoint(str(tmp_path / "straight"))
+    b = load_checkpoint(str(tmp_path / "split"))
+    assert a["step"] == b["step"] == 4
+    for key in a["vae"]:
+        assert torch.equal(a["vae"][key], b["vae"][key]), key
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_good_checkpoint(tmp_path):
+    Trainer(tiny(tmp_path / "run", steps=1)).run()
+    with pytest.raises(TrainingError, match="--resume"):
+        Trainer(tiny(tmp_path / "run", steps=2)).run()
+    with pytest.raises(TrainingError, match="does not exist"):
+        Trainer(tiny(tmp_path / "empty", steps=2, resume=True)).run()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"garbage, not a checkpoint")
+    with pytest.raises(TrainingError, match="checkpoint.pt.*corrupt"):
+        Trainer(tiny(tmp_path / "run", steps=2, resume=True)).run()
+    with pytest.raises(TrainingError, match="z_dim"):
+        Trainer(tiny(tmp_path / "other", steps=1)).run()
+        Trainer(tiny(tmp_path / "other", steps=2, z_dim=3, resume=True)).run()
+
+
+def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(tmp_path):
+    trainer = Trainer(tiny(tmp_path, steps=4, checkpoint_every=2))
+    original = trainer.train_step
+
+    def poisoned(x1, x2):
+        if trainer.step == 2:  # before step 3: the decoder's output becomes NaN
+            with torch.no_grad():
+                trainer.vae_module.decoder.deconvs[-1].bias.fill_(float("nan"))
+        return original(x1, x2)
+
+    trainer.train_step = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"step 3: .*recon = nan.*checkpoint\.pt \(step 2\)"):
+        trainer.run()
+    state = load_checkpoint(str(tmp_path))
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["vae"].values())
+
+
+def test_a_failed_checkpoint_write_never_replaces_the_good_one(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.pt")
+    good = {"format": "fastfvae-checkpoint-1", "step": 7, "w": torch.arange(5.0)}
+    save_checkpoint(good, path)
+
+    def dies_half_way(obj, f):
+        f.write(b"PK\x03\x04half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"format": "fastfvae-checkpoint-1", "step": 8}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 7
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("objective", ["betatcvae", "betavae"])
+def test_other_objectives_train_end_to_end_or_fail_clearly(tmp_path, objective):
+    name = {"betatcvae": "BetaTCVAELoss", "betavae": "BetaVAELoss"}[objective]
+    if not hasattr(losses, name):
+        with pytest.raises(TrainingError, match=name):
+            Trainer(tiny(tmp_path, objective=objective))
+        return
+    summary = Trainer(tiny(tmp_path, objective=objective, steps=2)).run()
+    assert summary["step"] == 2 and all(map(torch.isfinite, map(torch.tensor, summary["final"].values())))
+    assert load_checkpoint(str(tmp_path))["disc"] is None
+
+
+def test_amp_on_cpu_is_a_clear_error():
+    with pytest.raises(TrainingError, match="bf16 needs a CUDA device"):
+        Trainer(tiny(device="cpu", amp="bf16"))
+
+
+def test_two_process_ddp_training(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "fastfvae", "train", "--steps", "3", "--batch-size", "4", "--disc-depth", "1",
+           "--disc-width", "16", "--out", str(out), "--no-metrics", "--no-images", "--log-every", "1",
+           "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    returncode, output = run_bounded(cmd, env, timeout=120)
+    assert returncode == 0, output
+    state = load_checkpoint(str(out))
+    assert state["step"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2
+    # Each rank drew its own batches (different data streams) ...
+    assert not torch.equal(state["rng"][0]["data"], state["rng"][1]["data"])
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3]
