@@ -1,0 +1,132 @@
+"""The fastfvae command: train / resume / evaluate / traverse, bad options, SIGTERM."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from fastfvae import cli
+from fastfvae._png import encode_png
+
+TINY = ["--batch-size", "4", "--disc-depth", "1", "--disc-width", "16", "--log-every", "1", "--quiet"]
+
+
+def decode_png(path) -> np.ndarray:
+    """Grey or RGB 8-bit PNGs with filter 0 (what fastfvae writes)."""
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(kind + body)
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, _, colour, *_ = header
+    channels = 1 if colour == 0 else 3
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + width * channels)
+    assert (raw[:, 0] == 0).all()
+    return raw[:, 1:].reshape(height, width, channels).squeeze(-1) if channels == 1 else raw[:, 1:].reshape(height, width, 3)
+
+
+def test_png_round_trip():
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7), dtype=np.uint8)
+    rgb = np.random.default_rng(1).integers(0, 256, (4, 3, 3), dtype=np.uint8)
+    for p in (pixels, rgb):
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fastfvae-png-{os.getpid()}.png")
+        with open(path, "wb") as f:
+            f.write(encode_png(p))
+        assert np.array_equal(decode_png(path), p)
+        os.remove(path)
+
+
+def rows(out) -> list[dict]:
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_train_resume_traverse_and_evaluate(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "--steps", "2", "--out", out, "--no-metrics", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert f"outputs in {out}/" in printed and "reconstructions.png" in printed
+    for name in ("checkpoint.pt", "log.jsonl", "summary.json", "reconstructions.png", "traversals.png"):
+        assert os.path.exists(os.path.join(out, name)), name
+    recon = decode_png(os.path.join(out, "reconstructions.png"))
+    assert recon.shape == (2 * 66 + 2, 8 * 66 + 2)
+    assert decode_png(os.path.join(out, "traversals.png")).shape == (10 * 66 + 2, 9 * 66 + 2)
+
+    assert cli.main(["train", "--steps", "3", "--out", out, "--resume", "--no-metrics", *TINY]) == 0
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["step"] == 3 and summary["config"]["resume"] is True
+    assert [r["step"] for r in rows(out) if "event" not in r] == [1, 2, 3]
+
+    png = str(tmp_path / "t.png")
+    assert cli.main(["traverse", out, "--out", png, "--index", "5", "--values", "5"]) == 0
+    assert decode_png(png).shape == (10 * 66 + 2, 5 * 66 + 2)
+
+    # evaluate: the plumbing (the metrics' own cost and correctness are tests/test_metrics.py's).
+    import fastfvae.train as train_mod
+    seen = {}
+
+    def fake_metrics(vae, dataset, device, seed=0, preset="auto"):
+        seen["z"] = train_mod.encoder_mean_fn(vae, device)(dataset.images(dataset.factors_of_index(
+            __import__("torch").arange(3)))).shape
+        return {"factor_vae": {"eval_accuracy": 0.5}, "beta_vae": {"eval_accuracy": 0.6}, "mig": {"mig": 0.1}}
+
+    monkeypatch.setattr(train_mod, "evaluate_metrics", fake_metrics)
+    metrics_json = str(tmp_path / "m.json")
+    assert cli.main(["evaluate", os.path.join(out, "checkpoint.pt"), "--out", metrics_json,
+                     "--no-decomposition"]) == 0
+    result = json.load(open(metrics_json))
+    assert result["step"] == 3 and result["metrics"]["factor_vae"]["eval_accuracy"] == 0.5
+    assert tuple(seen["z"]) == (3, 10)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--amp", "bf16", "--device", "cpu", "--steps", "1"], "bf16 needs a CUDA device"),
+    (["train", "--resume", "--steps", "1"], "--resume needs --out"),
+    (["train", "--data", "/nonexistent/dsprites.npz", "--steps", "1"], "/nonexistent/dsprites.npz"),
+    (["evaluate", "/nonexistent/checkpoint.pt"], "does not exist"),
+])
+def test_bad_options_give_clear_errors(tmp_path, capsys, argv, message):
+    if "--resume" not in argv and argv[0] == "train":
+        argv = argv + ["--out", str(tmp_path / "x")]
+    assert cli.main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fastfvae", "train", "--steps", "100000", "--out", str(out),
+           "--no-metrics", "--no-images", *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # wait until training has taken a few steps
+            if (out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and "interrupted (SIGTERM)" in stderr and "--resume" in stderr
+    from fastfvae.train import load_checkpoint
+    state = load_checkpoint(str(out))
+    logged = [r["step"] for r in rows(out) if "event" not in r]
+    assert state["step"] == logged[-1] >= 3
