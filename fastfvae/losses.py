@@ -92,3 +92,98 @@ class DiscriminatorLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"
+
+
+# =============================================================================================
+# beta-TCVAE (Chen et al. 2018) and beta-VAE (Higgins et al. 2017), for comparisons on the same
+# data and metric (fastfvae train --objective betatcvae | betavae)
+# =============================================================================================
+class BetaTCVAELossOutput(NamedTuple):
+    total: Tensor  # recon + alpha * mi + beta * tc + gamma * dwkl, the loss to minimise
+    recon: Tensor
+    mi: Tensor  # index-code mutual information: mean_i (log q(z_i|x_i) - log q(z_i))
+    tc: Tensor  # total correlation: mean_i (log q(z_i) - sum_d log q(z_id))
+    dwkl: Tensor  # dimension-wise KL: mean_i (sum_d log q(z_id) - log p(z_i))
+
+
+class BetaTCVAELoss(nn.Module):
+    """beta-TCVAE's objective: recon + alpha * MI + beta * TC + gamma * dimension-wise KL.
+
+    The three terms split the batch's KL estimate, mi + tc + dwkl = mean_i (log q(z_i|x_i) -
+    log p(z_i)); log q(z) and log q(z_d) are estimated on the minibatch by ``fastfvae.log_qz``
+    ("mws" or "mss", see there) from a data set of ``dataset_size`` inputs, without a B x B x D
+    tensor.
+
+    forward(x_recon, x, z, mu, logvar):
+        x_recon, x: decoder output and data (see ``reconstruction_loss``);
+        z: (B, D) the reparameterised sample (e.g. from ``fastfvae.reparameterize_kl``), NOT detached;
+        mu, logvar: (B, D) the encoder's posterior. Float tensors are promoted to one dtype.
+    Returns BetaTCVAELossOutput(total, recon, mi, tc, dwkl).
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0, *, dataset_size: int,
+                 method: str = "mws", reconstruction: str = "bernoulli", backend: str = "auto"):
+        super().__init__()
+        check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
+        check_choice("method", method, ("mws", "mss"))
+        if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
+            raise ValueError(f"dataset_size: expected an int >= 1, got {dataset_size!r}")
+        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        self.dataset_size = dataset_size
+        self.method = method
+        self.reconstruction = reconstruction
+        self.backend = backend
+
+    def forward(self, x_recon: Tensor, x: Tensor, z: Tensor, mu: Tensor, logvar: Tensor) -> BetaTCVAELossOutput:
+        for name, value in (("z", z), ("mu", mu), ("logvar", logvar)):
+            check_float_tensor(name, value, (2,))
+        dtype = torch.promote_types(torch.promote_types(z.dtype, mu.dtype), logvar.dtype)
+        z, mu, logvar = z.to(dtype), mu.to(dtype), logvar.to(dtype)
+        if z.shape != mu.shape:
+            raise ValueError(f"z: expected the shape of mu {tuple(mu.shape)}, got {tuple(z.shape)}")
+        recon = reconstruction_loss(x_recon, x, self.reconstruction)
+        log_qz, log_prod_qzj = functional.log_qz(
+            z, mu, logvar, dataset_size=self.dataset_size, method=self.method, backend=self.backend
+        )
+        log_2pi = 1.8378770664093453
+        log_q_z_given_x = (-0.5 * (log_2pi + logvar + (z - mu).pow(2) * torch.exp(-logvar))).sum(dim=1)
+        log_pz = (-0.5 * (log_2pi + z.pow(2))).sum(dim=1)
+        mi = (log_q_z_given_x - log_qz).mean()
+        tc = (log_qz - log_prod_qzj).mean()
+        dwkl = (log_prod_qzj - log_pz).mean()
+        total = recon + self.alpha * mi + self.beta * tc + self.gamma * dwkl
+        return BetaTCVAELossOutput(total, recon, mi, tc, dwkl)
+
+    def extra_repr(self) -> str:
+        return (f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, dataset_size={self.dataset_size}, "
+                f"method={self.method!r}, reconstruction={self.reconstruction!r}, backend={self.backend!r}")
+
+
+class BetaVAELossOutput(NamedTuple):
+    total: Tensor  # recon + beta * kl
+    recon: Tensor
+    kl: Tensor
+
+
+class BetaVAELoss(nn.Module):
+    """beta-VAE's objective: recon + beta * KL(q(z|x) || p(z)).
+
+    forward(x_recon, x, kl): kl is the scalar KL from ``fastfvae.reparameterize_kl`` (reduction
+    "mean"). Returns BetaVAELossOutput(total, recon, kl).
+    """
+
+    def __init__(self, beta: float = 4.0, reconstruction: str = "bernoulli"):
+        super().__init__()
+        check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
+        self.beta = float(beta)
+        self.reconstruction = reconstruction
+
+    def forward(self, x_recon: Tensor, x: Tensor, kl: Tensor) -> BetaVAELossOutput:
+        if not isinstance(kl, Tensor) or kl.dim() != 0:
+            got = tuple(kl.shape) if isinstance(kl, Tensor) else type(kl).__name__
+            raise ValueError(f"kl: expected a scalar tensor (reparameterize_kl with reduction='mean'), got {got}")
+        recon = reconstruction_loss(x_recon, x, self.reconstruction)
+        return BetaVAELossOutput(recon + self.beta * kl, recon, kl)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, reconstruction={self.reconstruction!r}"
