@@ -18,7 +18,8 @@ import pytest
 import torch
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-pytestmark = pytest.mark.skipif(
+# Every test but the compile checks at the end runs kernels.
+needs_runtime = pytest.mark.skipif(
     not INTERPRET and not torch.cuda.is_available(),
     reason="Triton kernels need CUDA, or TRITON_INTERPRET=1 set before the process starts "
     "(TRITON_INTERPRET=1 python -m pytest tests/test_triton.py)",
@@ -87,6 +88,7 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(rkl_mod, "MAX_BLOCK_D", 4)
 
 
+@needs_runtime
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("in_kernel_reduce", [True, False], ids=["one-launch", "two-launch"])
@@ -110,6 +112,7 @@ def test_reparameterize_kl_blocks_and_reduction_paths(small_tiles, monkeypatch, 
         assert_close(g, w, dtype)
 
 
+@needs_runtime
 def test_reparameterize_kl_in_kernel_eps_is_the_philox_stream(small_tiles):
     """eps drawn in the kernel equals reference.philox_randn at offsets i*D + d, whatever the tile."""
     batch, dim = 13, 10
@@ -123,6 +126,7 @@ def test_reparameterize_kl_in_kernel_eps_is_the_philox_stream(small_tiles):
     assert torch.equal(z, again)
 
 
+@needs_runtime
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_reparameterize_kl_strided_and_stride0_inputs(dtype):
     batch, dim = 9, 6
@@ -145,6 +149,7 @@ def test_reparameterize_kl_strided_and_stride0_inputs(dtype):
             assert_close(g, w, dtype)
 
 
+@needs_runtime
 def test_reparameterize_kl_backward_skips_grad_eps_when_not_needed():
     mu, logvar = randn(5, 3), randn(5, 3)
     z, kl = T.reparameterize_kl_forward(mu, logvar, None, make_seed(), "sum")
@@ -171,6 +176,7 @@ def check_permutation(z, seed, dtype):
     assert torch.equal(T.permute_dims_backward(grad_out, index), R.permute_dims_backward(grad_out, index_ref))
 
 
+@needs_runtime
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 2, 3), (1, 16, 5), (2, 17, 3), (1, 37, 2)])
 @pytest.mark.parametrize("sort_limit", [4096, 16], ids=["in-kernel", "fallback-above-16"])
 def test_permute_dims_matches_reference_in_both_paths(monkeypatch, shape, sort_limit):
@@ -180,6 +186,7 @@ def test_permute_dims_matches_reference_in_both_paths(monkeypatch, shape, sort_l
     check_permutation(randn(*shape), make_seed(), torch.float32)
 
 
+@needs_runtime
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_permute_dims_dtypes_small_tiles(monkeypatch, dtype):
     """Column tiles smaller than D and, in the fallback, row tiles smaller than B."""
@@ -191,6 +198,7 @@ def test_permute_dims_dtypes_small_tiles(monkeypatch, dtype):
     check_permutation(randn(2, 11, 5, dtype=dtype), make_seed(), dtype)
 
 
+@needs_runtime
 @pytest.mark.parametrize("sort_limit", [4096, 4], ids=["in-kernel", "fallback"])
 def test_permute_dims_strided_and_stride0_inputs(monkeypatch, sort_limit):
     monkeypatch.setattr(perm_mod, "SORT_IN_KERNEL_MAX_B", sort_limit)
@@ -206,6 +214,7 @@ def test_permute_dims_strided_and_stride0_inputs(monkeypatch, sort_limit):
     assert torch.equal(T.permute_dims_backward(grad_out, transposed_index), R.permute_dims_backward(grad_out, index))
 
 
+@needs_runtime
 def test_permute_dims_public_op_on_triton():
     """Through fastfvae.permute_dims: same permutation as the reference for one torch seed, and
     the gradient is scattered back through it."""
@@ -224,6 +233,7 @@ def test_permute_dims_public_op_on_triton():
 # =============================================================================================
 # tc_loss and discriminator_loss
 # =============================================================================================
+@needs_runtime
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k", [1, 2])
 @pytest.mark.parametrize("batch", [1, 37])
@@ -242,6 +252,7 @@ def test_losses_loop_over_blocks(monkeypatch, dtype, k, batch):
         assert_close(g, w, dtype)
 
 
+@needs_runtime
 @pytest.mark.parametrize("k", [1, 2])
 def test_losses_strided_logits(k):
     batch = 13
@@ -255,6 +266,7 @@ def test_losses_strided_logits(k):
         assert_close(g, w, torch.float32)
 
 
+@needs_runtime
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("k", [1, 2])
 def test_discriminator_loss_extreme_logits_stay_finite(dtype, k):
@@ -273,6 +285,7 @@ def test_discriminator_loss_extreme_logits_stay_finite(dtype, k):
 # =============================================================================================
 # availability
 # =============================================================================================
+@needs_runtime
 def test_why_not(monkeypatch):
     assert T.availability() is None
     assert T.why_not("tc_loss", torch.device("cuda"), torch.float16) is None
@@ -284,3 +297,83 @@ def test_why_not(monkeypatch):
     expected = None if INTERPRET else "after"
     reason = T.why_not("tc_loss", torch.device("cpu"), torch.float32)
     assert reason is None if expected is None else expected in reason
+
+
+# =============================================================================================
+# compiled GPU code, checked without a GPU
+# =============================================================================================
+def _compile_cases():
+    """(kernel module, kernel name, pointer types, constexprs, num_warps): every constexpr branch
+    once, each compute dtype, the largest in-kernel sort tile, and one case with every int
+    argument specialised to the constant 1 (what the JIT does for B = 1, D = 1, stride 1)."""
+    f32, f64, f16, bf16, i64, i32 = "*fp32", "*fp64", "*fp16", "*bf16", "*i64", "*i32"
+
+    def rkl_fwd(t, kl, **c):
+        return ("reparameterize_kl", "_reparameterize_kl_forward_kernel",
+                dict(mu_ptr=t, logvar_ptr=t, eps_ptr=t, seed_ptr=i64, z_ptr=t, kl_ptr=kl), c, 4)
+
+    def rkl_bwd(t, **c):
+        names = ("grad_z_ptr", "grad_kl_ptr", "mu_ptr", "logvar_ptr", "z_ptr", "grad_mu_ptr", "grad_logvar_ptr", "grad_eps_ptr")
+        return ("reparameterize_kl", "_reparameterize_kl_backward_kernel", dict.fromkeys(names, t), c, 4)
+
+    sort_ptrs = dict(z_ptr=f32, seed_ptr=i64, out_ptr=f32, index_ptr=i32)
+    return {
+        "rkl-fwd-draw-reduce-f32": rkl_fwd(f32, f32, HAS_EPS=False, REDUCE=True, COMPUTE="fp32", BLOCK_B=64, BLOCK_D=16),
+        "rkl-fwd-eps-rows-f64": rkl_fwd(f64, f64, HAS_EPS=True, REDUCE=False, COMPUTE="fp64", BLOCK_B=64, BLOCK_D=16),
+        "rkl-fwd-draw-rows-bf16": rkl_fwd(bf16, f32, HAS_EPS=False, REDUCE=False, COMPUTE="fp32", BLOCK_B=16, BLOCK_D=64),
+        "rkl-fwd-all-ints-1": rkl_fwd(f16, f16, HAS_EPS=False, REDUCE=True, COMPUTE="fp32", BLOCK_B=1, BLOCK_D=1, ones=True),
+        "rkl-sum-rows": ("reparameterize_kl", "_sum_rows_kernel", dict(rows_ptr=f32, out_ptr=f16), dict(BLOCK=1024), 4),
+        "rkl-bwd-eps-f32": rkl_bwd(f32, NEED_EPS=True, COMPUTE="fp32", BLOCK_B=64, BLOCK_D=16),
+        "rkl-bwd-bf16": rkl_bwd(bf16, NEED_EPS=False, COMPUTE="fp32", BLOCK_B=64, BLOCK_D=16),
+        "perm-sort-4096": ("permute_dims", "_permute_dims_sort_kernel", sort_ptrs, dict(NEED_INDEX=True, BLOCK_B=4096, BLOCK_D=1), 8),
+        "perm-sort-all-ints-1": ("permute_dims", "_permute_dims_sort_kernel", sort_ptrs,
+                                 dict(NEED_INDEX=False, BLOCK_B=1, BLOCK_D=1, ones=True), 4),
+        "perm-keys": ("permute_dims", "_permute_dims_keys_kernel", dict(seed_ptr=i64, keys_ptr=i64), dict(BLOCK_B=64, BLOCK_D=16), 4),
+        "perm-gather": ("permute_dims", "_permute_dims_gather_kernel",
+                        dict(z_ptr=f64, sorted_keys_ptr=i64, out_ptr=f64, index_ptr=i32), dict(NEED_INDEX=True, BLOCK_B=64, BLOCK_D=16), 4),
+        "perm-bwd": ("permute_dims", "_permute_dims_backward_kernel", dict(grad_out_ptr=bf16, index_ptr=i32, grad_z_ptr=bf16),
+                     dict(BLOCK_B=64, BLOCK_D=16), 4),
+        "tc-fwd-k2-f64": ("tc_loss", "_tc_loss_forward_kernel", dict(logits_ptr=f64, tc_ptr=f64), dict(K=2, COMPUTE="fp64", BLOCK=1024), 4),
+        "tc-bwd-k1-f16": ("tc_loss", "_tc_loss_backward_kernel", dict(grad_tc_ptr=f16, grad_ptr=f16), dict(K=1, COMPUTE="fp32", BLOCK=1024), 4),
+        "disc-fwd-k1-bf16": ("discriminator_loss", "_discriminator_loss_forward_kernel", dict(real_ptr=bf16, perm_ptr=bf16, loss_ptr=bf16),
+                             dict(K=1, COMPUTE="fp32", BLOCK=1024), 4),
+        "disc-bwd-k2-f64": ("discriminator_loss", "_discriminator_loss_backward_kernel",
+                            dict(grad_loss_ptr=f64, real_ptr=f64, perm_ptr=f64, grad_real_ptr=f64, grad_perm_ptr=f64),
+                            dict(K=2, COMPUTE="fp64", BLOCK=1024), 4),
+    }
+
+
+@pytest.mark.skipif(INTERPRET, reason="under TRITON_INTERPRET=1 the kernels are interpreted, not compiled")
+@pytest.mark.parametrize("case", list(_compile_cases()))
+def test_kernel_compiles_for_sm90(case):
+    """Lower each kernel through Triton's full pipeline to an sm_90 cubin (ptxas ships with
+    triton; no GPU needed). The interpreter does not catch what only the compiler rejects
+    (non-constexpr globals, type rules of the specialised signature, register limits)."""
+    import importlib
+
+    triton = pytest.importorskip("triton")
+    tl = pytest.importorskip("triton.language")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    module_name, kernel_name, pointers, constexprs, num_warps = _compile_cases()[case]
+    kernel = getattr(importlib.import_module(f"fastfvae.backends.triton.{module_name}"), kernel_name)
+    constexprs = dict(constexprs)
+    ints_are_one = constexprs.pop("ones", False)
+    if "COMPUTE" in constexprs:
+        constexprs["COMPUTE"] = tl.float64 if constexprs["COMPUTE"] == "fp64" else tl.float32
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in pointers:
+            signature[name] = pointers[name]
+        elif ints_are_one:
+            signature[name] = "constexpr"
+            constexprs[name] = 1
+        else:
+            signature[name] = "i32"
+    compiled = triton.compile(
+        ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}
+    )
+    assert compiled.asm["cubin"]
