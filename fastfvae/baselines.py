@@ -88,3 +88,48 @@ def reference_loss_head(mu, logvar, mu2, logvar2, d_logits_fn):
     z_pperm = argsort_permute_dims(z_prime.detach())
     d_loss = reference.discriminator_loss(d_logits_fn(z.detach()), d_logits_fn(z_pperm))
     return kl + vae_tc, d_loss
+
+
+class KonnyTrainStep:
+    """One FactorVAE training step as 1Konny/FactorVAE's solver writes it (eager ops, per-column
+    randperm), on given networks, for like-with-like comparisons with fastfvae.train.Trainer.
+
+    encoder: x -> (mu, logvar); decoder: z -> Bernoulli logits; discriminator: z -> (B, 2).
+    Adam 1e-4 (0.9, 0.999) for the VAE and 1e-4 (0.5, 0.9) for the discriminator, as the paper.
+    1Konny's loop reuses D(z) from the VAE step in the discriminator loss after the VAE optimiser
+    has stepped, which current PyTorch rejects (an in-place modification of saved tensors); here
+    the discriminator sees ``z.detach()`` in a second call, and the VAE backward needs no
+    ``retain_graph``. Everything else follows it: the VAE backward also fills D's gradients (then
+    zeroed), z' of the second batch is computed with grad and detached after permute_dims.
+    """
+
+    def __init__(self, encoder, decoder, discriminator, gamma: float = 35.0, lr_vae: float = 1e-4,
+                 lr_d: float = 1e-4):
+        self.encoder, self.decoder, self.discriminator, self.gamma = encoder, decoder, discriminator, gamma
+        vae_params = list(encoder.parameters()) + list(decoder.parameters())
+        self.optim_vae = torch.optim.Adam(vae_params, lr=lr_vae, betas=(0.9, 0.999))
+        self.optim_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=(0.5, 0.9))
+
+    def __call__(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x1, x2: (B, C, 64, 64) images in [0, 1]. Returns the detached (vae_loss, d_loss)."""
+        batch = x1.size(0)
+        mu, logvar = self.encoder(x1)
+        z = konny_reparametrize(mu, logvar)
+        x_recon = self.decoder(z)
+        vae_recon_loss = F.binary_cross_entropy_with_logits(x_recon, x1, reduction="sum").div(batch)
+        vae_kld = konny_kl_divergence(mu, logvar)
+        d_z = self.discriminator(z)
+        vae_tc_loss = konny_tc(d_z)
+        vae_loss = vae_recon_loss + vae_kld + self.gamma * vae_tc_loss
+        self.optim_vae.zero_grad()
+        vae_loss.backward()
+        self.optim_vae.step()
+
+        mu2, logvar2 = self.encoder(x2)
+        z_prime = konny_reparametrize(mu2, logvar2)
+        z_pperm = konny_permute_dims(z_prime).detach()
+        d_loss = konny_discriminator_loss(self.discriminator(z.detach()), self.discriminator(z_pperm))
+        self.optim_d.zero_grad()
+        d_loss.backward()
+        self.optim_d.step()
+        return vae_loss.detach(), d_loss.detach()
