@@ -7,6 +7,7 @@ Sizes are reduced except in the tests named *defaults*.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -285,6 +286,8 @@ def test_evaluate_fast_preset_equals_single_metrics(dataset):
     assert out["factor_vae"]["eval_accuracy"] == alone["eval_accuracy"]
     # mig was the second metric called with its own generator: the same as calling it alone.
     assert out["mig"]["score"] == mig(enc(), dataset, seed=4, **PRESETS["fast"]["mig"])["score"]
+    # Training writes the result into its summary JSON.
+    assert json.loads(json.dumps(out))["factor_vae"]["active_dims"] == out["factor_vae"]["active_dims"]
 
 
 # ---------------------------------------------------------------- bad input

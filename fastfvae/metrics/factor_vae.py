@@ -8,7 +8,9 @@ prune_dims.threshold 0.05):
    sample variance (ddof=1) of dimension d.
 2. Pruning: dimension d is active when ``sqrt(global_var[d]) >= prune_threshold``. NOTE:
    disentanglement_lib's ``_prune_dims`` thresholds the standard deviation, not the variance, so
-   0.05 keeps dimensions with variance >= 0.0025. We do the same.
+   0.05 keeps dimensions with variance >= 0.0025. We do the same. Public ports disagree here:
+   some threshold the variance itself, some ``variance ** 2``, some only drop variance == 0; the
+   paper prunes "collapsed" dimensions without a number. ``prune_on: "std"`` in the result says which.
 3. One vote: draw a factor k uniformly, draw L = ``batch_size`` factor vectors, set factor k of all
    of them to the value of the first one, encode the L observations, and vote (k, d*) with
    ``d* = argmin over active d of var_L[d] / global_var[d]`` (ddof=1, first index on ties).
