@@ -139,15 +139,16 @@ struct RunningLse {
 
   FFV_INLINE void add_tile(const C* x, int64_t n) {
     C tile_max = -std::numeric_limits<C>::infinity();
-    bool nan = false;
-#pragma omp simd reduction(max : tile_max) reduction(| : nan)
-    for (int64_t jj = 0; jj < n; ++jj) {
-      tile_max = x[jj] > tile_max ? x[jj] : tile_max;
-      nan = nan | (x[jj] != x[jj]);
-    }
-    if (nan) sum = std::numeric_limits<C>::quiet_NaN();
+#pragma omp simd reduction(max : tile_max)
+    for (int64_t jj = 0; jj < n; ++jj) tile_max = x[jj] > tile_max ? x[jj] : tile_max;  // skips NaN
     if (tile_max == std::numeric_limits<C>::infinity()) pos_inf = true;
-    if (pos_inf || tile_max == -std::numeric_limits<C>::infinity()) return;
+    if (pos_inf || tile_max == -std::numeric_limits<C>::infinity()) {
+      // Rare: nothing finite to add (or the result is already +inf); only a NaN still matters.
+      for (int64_t jj = 0; jj < n; ++jj)
+        if (x[jj] != x[jj]) sum = x[jj];
+      return;
+    }
+    // A NaN term makes exp_fast return NaN, so tile_sum and the result become NaN.
     const C new_max = tile_max > max ? tile_max : max;
     C tile_sum = 0;
 #pragma omp simd reduction(+ : tile_sum)
