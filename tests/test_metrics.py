@@ -372,11 +372,33 @@ def test_bad_evaluate_arguments(dataset):
 # ---------------------------------------------------------------- device
 
 
+class _RecordingDataset(FactorsDataset):
+    def __init__(self, sizes):
+        super().__init__(sizes)
+        self.devices = set()
+
+    def images(self, factors):
+        self.devices.add(factors.device)
+        return super().images(factors)
+
+
+def test_data_device_moves_factors_before_images(dataset):
+    enc = GaussianMixEncoder(SIZES, 6, noise_std=0.0)
+    data = _RecordingDataset(SIZES)
+    moved = mig(enc, data, num_train=2000, data_device="cpu")
+    assert data.devices == {torch.device("cpu")}
+    assert moved["score"] == mig(enc, dataset, num_train=2000)["score"]
+    with pytest.raises(ValueError, match="data_device: expected None or a torch device"):
+        mig(enc, dataset, num_train=10, data_device="not-a-device")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_encoder_gives_cpu_scores(dataset):
     enc_cpu = GaussianMixEncoder(SIZES, 6, noise_std=0.0)
     enc_gpu = lambda x: enc_cpu(x).cuda()  # noqa: E731
     for metric, kw in ((factor_vae_metric, SMALL_FV), (beta_vae_metric, SMALL_BV), (mig, dict(num_train=3000))):
         cpu, gpu = metric(enc_cpu, dataset, **kw), metric(enc_gpu, dataset, **kw)
+        on_gpu = metric(lambda x: enc_cpu(x.cpu()).cuda(), dataset, data_device="cuda", **kw)
         key = "score" if metric is mig else "eval_accuracy"
-        assert gpu[key] == pytest.approx(cpu[key], abs=1.5 / kw.get("num_eval", 10**9) + 1e-12), metric.__name__
+        for result in (gpu, on_gpu):
+            assert result[key] == pytest.approx(cpu[key], abs=1.5 / kw.get("num_eval", 10**9) + 1e-12), metric.__name__

@@ -64,6 +64,31 @@ def check_dataset(dataset) -> tuple[int, ...]:
     return sizes
 
 
+class _ImagesOnDevice:
+    """The data set with ``images(factors)`` called on factors moved to ``device`` (a data set that
+    renders on its factors' device, as fastfvae.data.DSprites does, then renders there)."""
+
+    def __init__(self, dataset, device: torch.device):
+        self.dataset, self.device = dataset, device
+        self.factor_sizes = dataset.factor_sizes
+        self.sample_factors = dataset.sample_factors
+
+    def images(self, factors: torch.Tensor):
+        return self.dataset.images(factors.to(self.device))
+
+
+def images_on(dataset, data_device):
+    """``dataset`` itself when data_device is None, else a view of it whose images() get factors on
+    ``data_device`` (factors are sampled on the CPU either way)."""
+    if data_device is None:
+        return dataset
+    try:
+        device = torch.device(data_device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"data_device: expected None or a torch device, got {data_device!r} ({error})") from None
+    return _ImagesOnDevice(dataset, device)
+
+
 def make_generator(seed: int | None, generator: torch.Generator | None) -> tuple[torch.Generator, int | None]:
     """The CPU generator every draw of a metric comes from, and the seed to report (None when the
     caller passed their own generator)."""

@@ -121,6 +121,7 @@ def beta_vae_metric(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     encode_batch_size: int = _common.DEFAULT_ENCODE_BATCH_SIZE,
+    data_device=None,
 ) -> dict:
     """The beta-VAE metric (module docstring: protocol, defaults, classifier).
 
@@ -128,11 +129,14 @@ def beta_vae_metric(
     batch_size: L, pairs averaged per point. max_iter: L-BFGS iterations of the classifier.
     seed / generator: as in factor_vae_metric (one CPU generator; seed 0 by default).
 
+    data_device: None (default: dataset.images gets CPU factors) or a device to move each chunk of
+    factors to before dataset.images, e.g. "cuda" to render dSprites on the GPU.
     Returns a dict: train_accuracy, eval_accuracy, num_dims, the protocol parameters, classifier
     description, seed, num_images_encoded and seconds.
     """
     start_time = time.perf_counter()
     sizes = _common.check_dataset(dataset)
+    dataset = _common.images_on(dataset, data_device)
     _common.check_positive_int("batch_size", batch_size)
     _common.check_positive_int("num_train", num_train)
     _common.check_positive_int("num_eval", num_eval)

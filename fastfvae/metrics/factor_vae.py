@@ -128,6 +128,7 @@ def factor_vae_metric(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     encode_batch_size: int = _common.DEFAULT_ENCODE_BATCH_SIZE,
+    data_device=None,
 ) -> dict:
     """The FactorVAE metric (module docstring: protocol and defaults of disentanglement_lib).
 
@@ -137,12 +138,15 @@ def factor_vae_metric(
     seed / generator: all draws come from one CPU generator, ``torch.Generator().manual_seed(seed)``
     (seed 0 when neither is given) or the caller's generator; pass at most one.
 
+    data_device: None (default: dataset.images gets CPU factors) or a device to move each chunk of
+    factors to before dataset.images, e.g. "cuda" to render dSprites on the GPU.
     Returns a dict: train_accuracy, eval_accuracy (floats), num_active_dims, active_dims, num_dims,
     all_dims_collapsed, classifier (factor per dimension), the protocol parameters, seed,
     num_images_encoded and seconds.
     """
     start_time = time.perf_counter()
     sizes = _common.check_dataset(dataset)
+    dataset = _common.images_on(dataset, data_device)
     _common.check_positive_int("batch_size", batch_size, minimum=2)
     _common.check_positive_int("num_train", num_train)
     _common.check_positive_int("num_eval", num_eval)

@@ -103,17 +103,21 @@ def mig(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     encode_batch_size: int = _common.DEFAULT_ENCODE_BATCH_SIZE,
+    data_device=None,
 ) -> dict:
     """MIG (module docstring: protocol and defaults of disentanglement_lib).
 
     encode: callable, observations (n, ...) -> floating (n, D) tensor. dataset: ground-truth data set.
     seed / generator: as in factor_vae_metric (one CPU generator; seed 0 by default).
 
+    data_device: None (default: dataset.images gets CPU factors) or a device to move each chunk of
+    factors to before dataset.images, e.g. "cuda" to render dSprites on the GPU.
     Returns a dict: score, per_factor (normalised gap per factor), top_dims, factors_skipped,
     num_dims, the protocol parameters, seed, num_images_encoded and seconds.
     """
     start_time = time.perf_counter()
     sizes = _common.check_dataset(dataset)
+    dataset = _common.images_on(dataset, data_device)
     _common.check_positive_int("num_train", num_train)
     _common.check_positive_int("num_bins", num_bins, minimum=2)
     _common.check_positive_int("encode_batch_size", encode_batch_size)
