@@ -302,44 +302,33 @@ def test_why_not(monkeypatch):
 # =============================================================================================
 # compiled GPU code, checked without a GPU
 # =============================================================================================
+INTEGER_POINTERS = {"seed_ptr": "*i64", "keys_ptr": "*i64", "sorted_keys_ptr": "*i64", "index_ptr": "*i32"}
+
+
 def _compile_cases():
-    """(kernel module, kernel name, pointer types, constexprs, num_warps): every constexpr branch
-    once, each compute dtype, the largest in-kernel sort tile, and one case with every int
-    argument specialised to the constant 1 (what the JIT does for B = 1, D = 1, stride 1)."""
-    f32, f64, f16, bf16, i64, i32 = "*fp32", "*fp64", "*fp16", "*bf16", "*i64", "*i32"
-
-    def rkl_fwd(t, kl, **c):
-        return ("reparameterize_kl", "_reparameterize_kl_forward_kernel",
-                dict(mu_ptr=t, logvar_ptr=t, eps_ptr=t, seed_ptr=i64, z_ptr=t, kl_ptr=kl), c, 4)
-
-    def rkl_bwd(t, **c):
-        names = ("grad_z_ptr", "grad_kl_ptr", "mu_ptr", "logvar_ptr", "z_ptr", "grad_mu_ptr", "grad_logvar_ptr", "grad_eps_ptr")
-        return ("reparameterize_kl", "_reparameterize_kl_backward_kernel", dict.fromkeys(names, t), c, 4)
-
-    sort_ptrs = dict(z_ptr=f32, seed_ptr=i64, out_ptr=f32, index_ptr=i32)
+    """name -> (module, kernel, float pointer type, constexprs, num_warps): every constexpr branch
+    once, each compute dtype, the largest in-kernel sort tile, and cases with every int argument
+    specialised to the constant 1 (what the JIT does for B = 1, D = 1, unit strides)."""
+    rkl, perm, tc, disc = "reparameterize_kl", "permute_dims", "tc_loss", "discriminator_loss"
+    fwd, bwd = "_reparameterize_kl_forward_kernel", "_reparameterize_kl_backward_kernel"
+    tile = dict(BLOCK_B=64, BLOCK_D=16)
     return {
-        "rkl-fwd-draw-reduce-f32": rkl_fwd(f32, f32, HAS_EPS=False, REDUCE=True, COMPUTE="fp32", BLOCK_B=64, BLOCK_D=16),
-        "rkl-fwd-eps-rows-f64": rkl_fwd(f64, f64, HAS_EPS=True, REDUCE=False, COMPUTE="fp64", BLOCK_B=64, BLOCK_D=16),
-        "rkl-fwd-draw-rows-bf16": rkl_fwd(bf16, f32, HAS_EPS=False, REDUCE=False, COMPUTE="fp32", BLOCK_B=16, BLOCK_D=64),
-        "rkl-fwd-all-ints-1": rkl_fwd(f16, f16, HAS_EPS=False, REDUCE=True, COMPUTE="fp32", BLOCK_B=1, BLOCK_D=1, ones=True),
-        "rkl-sum-rows": ("reparameterize_kl", "_sum_rows_kernel", dict(rows_ptr=f32, out_ptr=f16), dict(BLOCK=1024), 4),
-        "rkl-bwd-eps-f32": rkl_bwd(f32, NEED_EPS=True, COMPUTE="fp32", BLOCK_B=64, BLOCK_D=16),
-        "rkl-bwd-bf16": rkl_bwd(bf16, NEED_EPS=False, COMPUTE="fp32", BLOCK_B=64, BLOCK_D=16),
-        "perm-sort-4096": ("permute_dims", "_permute_dims_sort_kernel", sort_ptrs, dict(NEED_INDEX=True, BLOCK_B=4096, BLOCK_D=1), 8),
-        "perm-sort-all-ints-1": ("permute_dims", "_permute_dims_sort_kernel", sort_ptrs,
-                                 dict(NEED_INDEX=False, BLOCK_B=1, BLOCK_D=1, ones=True), 4),
-        "perm-keys": ("permute_dims", "_permute_dims_keys_kernel", dict(seed_ptr=i64, keys_ptr=i64), dict(BLOCK_B=64, BLOCK_D=16), 4),
-        "perm-gather": ("permute_dims", "_permute_dims_gather_kernel",
-                        dict(z_ptr=f64, sorted_keys_ptr=i64, out_ptr=f64, index_ptr=i32), dict(NEED_INDEX=True, BLOCK_B=64, BLOCK_D=16), 4),
-        "perm-bwd": ("permute_dims", "_permute_dims_backward_kernel", dict(grad_out_ptr=bf16, index_ptr=i32, grad_z_ptr=bf16),
-                     dict(BLOCK_B=64, BLOCK_D=16), 4),
-        "tc-fwd-k2-f64": ("tc_loss", "_tc_loss_forward_kernel", dict(logits_ptr=f64, tc_ptr=f64), dict(K=2, COMPUTE="fp64", BLOCK=1024), 4),
-        "tc-bwd-k1-f16": ("tc_loss", "_tc_loss_backward_kernel", dict(grad_tc_ptr=f16, grad_ptr=f16), dict(K=1, COMPUTE="fp32", BLOCK=1024), 4),
-        "disc-fwd-k1-bf16": ("discriminator_loss", "_discriminator_loss_forward_kernel", dict(real_ptr=bf16, perm_ptr=bf16, loss_ptr=bf16),
-                             dict(K=1, COMPUTE="fp32", BLOCK=1024), 4),
-        "disc-bwd-k2-f64": ("discriminator_loss", "_discriminator_loss_backward_kernel",
-                            dict(grad_loss_ptr=f64, real_ptr=f64, perm_ptr=f64, grad_real_ptr=f64, grad_perm_ptr=f64),
-                            dict(K=2, COMPUTE="fp64", BLOCK=1024), 4),
+        "rkl-fwd-draw-reduce-f32": (rkl, fwd, "*fp32", dict(HAS_EPS=False, REDUCE=True, COMPUTE="fp32", **tile), 4),
+        "rkl-fwd-eps-rows-f64": (rkl, fwd, "*fp64", dict(HAS_EPS=True, REDUCE=False, COMPUTE="fp64", **tile), 4),
+        "rkl-fwd-draw-rows-bf16": (rkl, fwd, "*bf16", dict(HAS_EPS=False, REDUCE=False, COMPUTE="fp32", **tile), 4),
+        "rkl-fwd-ints-1": (rkl, fwd, "*fp16", dict(HAS_EPS=False, REDUCE=True, COMPUTE="fp32", ones=True, **tile), 4),
+        "rkl-sum-rows": (rkl, "_sum_rows_kernel", "*fp32", dict(BLOCK=1024), 4),
+        "rkl-bwd-eps-f32": (rkl, bwd, "*fp32", dict(NEED_EPS=True, COMPUTE="fp32", **tile), 4),
+        "rkl-bwd-bf16-ints-1": (rkl, bwd, "*bf16", dict(NEED_EPS=False, COMPUTE="fp32", ones=True, **tile), 4),
+        "perm-sort-4096": (perm, "_permute_dims_sort_kernel", "*fp32", dict(NEED_INDEX=True, BLOCK_B=4096, BLOCK_D=1), 8),
+        "perm-sort-ints-1": (perm, "_permute_dims_sort_kernel", "*fp16", dict(NEED_INDEX=False, ones=True, **tile), 4),
+        "perm-keys": (perm, "_permute_dims_keys_kernel", "*fp32", tile, 4),
+        "perm-gather-f64": (perm, "_permute_dims_gather_kernel", "*fp64", dict(NEED_INDEX=True, **tile), 4),
+        "perm-bwd-bf16": (perm, "_permute_dims_backward_kernel", "*bf16", tile, 4),
+        "tc-fwd-k2-f64": (tc, "_tc_loss_forward_kernel", "*fp64", dict(K=2, COMPUTE="fp64", BLOCK=1024), 4),
+        "tc-bwd-k1-f16": (tc, "_tc_loss_backward_kernel", "*fp16", dict(K=1, COMPUTE="fp32", BLOCK=1024), 4),
+        "disc-fwd-k1-bf16": (disc, "_discriminator_loss_forward_kernel", "*bf16", dict(K=1, COMPUTE="fp32", BLOCK=1024), 4),
+        "disc-bwd-k2-f64": (disc, "_discriminator_loss_backward_kernel", "*fp64", dict(K=2, COMPUTE="fp64", BLOCK=1024), 4),
     }
 
 
@@ -356,7 +345,7 @@ def test_kernel_compiles_for_sm90(case):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    module_name, kernel_name, pointers, constexprs, num_warps = _compile_cases()[case]
+    module_name, kernel_name, float_pointer, constexprs, num_warps = _compile_cases()[case]
     kernel = getattr(importlib.import_module(f"fastfvae.backends.triton.{module_name}"), kernel_name)
     constexprs = dict(constexprs)
     ints_are_one = constexprs.pop("ones", False)
@@ -366,8 +355,8 @@ def test_kernel_compiles_for_sm90(case):
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name in pointers:
-            signature[name] = pointers[name]
+        elif name.endswith("_ptr"):
+            signature[name] = INTEGER_POINTERS.get(name, float_pointer)
         elif ints_are_one:
             signature[name] = "constexpr"
             constexprs[name] = 1
