@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 
-
 from fastfvae.metrics import _common
 from fastfvae.metrics.beta_vae import beta_vae_metric
 from fastfvae.metrics.factor_vae import factor_vae_metric
