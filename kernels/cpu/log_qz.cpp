@@ -15,8 +15,9 @@
 // a loop over d would fill less than one AVX-512 register). Rows are processed in blocks of
 // kRowBlock queries per component tile, so a tile (3 * kTileJ * D values) is reused from L1.
 // OpenMP splits the query rows; in the backward each thread accumulates grad_mu / grad_logvar
-// for its rows in its own [D][K] buffers (O(threads * K * D)), summed at the end in a fixed
-// order (results are deterministic for a given thread count).
+// for its rows in its own [D][K] buffers (O(threads * K * D), capped at kAccumulatorBudget bytes
+// by using fewer threads), summed at the end in a fixed order (deterministic for a given thread
+// count).
 // exp: float uses an inlined polynomial (below) that the compiler vectorises; the hot loops are
 // compiled for x86-64 baseline, AVX2 and AVX-512 (target_clones) and chosen at load time.
 #include <algorithm>
@@ -32,6 +33,7 @@ using ffv::Element;
 
 constexpr int64_t kTileJ = 128;   // components per tile
 constexpr int64_t kRowBlock = 8;  // queries sharing one component tile
+constexpr int64_t kAccumulatorBudget = int64_t{256} << 20;  // bytes of per-thread backward accumulators
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define FFV_MULTIVERSION __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
@@ -337,8 +339,12 @@ ffv_status backward(int64_t M, int64_t K, int64_t D, const void* grad_log_qz, in
   BackwardArgs<C> a{M, K, D, &comp, zc.data(), g.data(), h.data(), lq.data(), lqj.data(),
                     {static_cast<C>(log_w[0]), static_cast<C>(log_w[1]), static_cast<C>(log_w[2])},
                     grad_z.data()};
-  const bool parallel = worth_threads(M, K, D);
-  const int threads = parallel ? ffv::max_threads() : 1;
+  // Threads that accumulate their own grad_mu / grad_logvar copies: at most as many as fit
+  // kAccumulatorBudget (a many-core machine with a huge K then uses fewer threads, not more memory).
+  const int64_t per_thread_bytes = 2 * K * D * static_cast<int64_t>(sizeof(C));
+  const int64_t affordable = std::max<int64_t>(1, kAccumulatorBudget / per_thread_bytes);
+  const bool parallel = worth_threads(M, K, D) && affordable > 1;
+  const int threads = parallel ? static_cast<int>(std::min<int64_t>(ffv::max_threads(), affordable)) : 1;
   // Per-thread [D][K] accumulators of grad_mu and grad_logvar.
   std::vector<C> acc(static_cast<size_t>(threads) * 2 * static_cast<size_t>(K * D));
   const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
