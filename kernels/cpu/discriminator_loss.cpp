@@ -38,7 +38,7 @@ ffv_status forward(int64_t B, int64_t K, const void* real_base, int64_t r0, int6
   using C = typename E::compute;
   const T* real = static_cast<const T*>(real_base);  // [B, K], element (i, k) at i*r0 + k*r1
   const T* perm = static_cast<const T*>(perm_base);  // [B, K], element (i, k) at i*p0 + k*p1
-  const double sum = ffv::chunked_row_sum(B, B * K >= ffv::kParallelCheap / 8, [&](int64_t i) -> double {
+  const double sum = ffv::chunked_row_sum(B, B * K >= ffv::kParallelExpensive, [&](int64_t i) -> double {
     C real_loss, perm_loss;
     if (K == 2) {
       real_loss = cross_entropy2(E::load(real + i * r0), E::load(real + i * r0 + r1), 0);
@@ -73,7 +73,7 @@ ffv_status backward(int64_t B, int64_t K, const void* grad_loss, const void* rea
   T* grad_real = static_cast<T*>(grad_real_out);  // [B, K] contiguous
   T* grad_perm = static_cast<T*>(grad_perm_out);  // [B, K] contiguous
   const C scale = E::load(static_cast<const T*>(grad_loss)) * C(0.5) / static_cast<C>(B);
-  FFV_OMP(parallel for if(B * K >= ffv::kParallelCheap / 8) schedule(static))
+  FFV_OMP(parallel for if(B * K >= ffv::kParallelExpensive) schedule(static))
   for (int64_t i = 0; i < B; ++i) {
     if (K == 2) {
       C q0, q1;

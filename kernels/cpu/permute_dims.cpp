@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "cpu_common.h"
+#include "cpu_math.h"
+#include "cpu_philox_simd.h"
 #include "philox.h"
 
 namespace {
@@ -29,11 +31,18 @@ constexpr int64_t kInsertionOnlyRows = 32;
 struct Scratch {
   std::vector<uint64_t> keys;    // [B] keys of one column, in row order
   std::vector<uint64_t> sorted;  // [B] the same keys, sorted
-  std::vector<uint32_t> counts;  // [buckets + 1] counting-sort offsets
+  std::vector<uint32_t> counts;  // [buckets] counting-sort offsets
   std::vector<int32_t> perm;     // [block columns, B] source rows of the unit's columns
+  std::vector<uint32_t> c0, c1;  // [B] Philox words 0 and 1 of one column
+  std::vector<uint64_t> columns;   // [block columns, B] elements of z (8-byte words, any dtype)
+  std::vector<uint64_t> gathered;  // [block columns, B] the permuted elements
 };
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Leading dimension of the per-column buffers: B rounded up to 16, plus 16 (one cache line of
+// int32/float32) so that consecutive columns start in different cache sets.
+int64_t padded_rows(int64_t B) { return ceil_div(B, 16) * 16 + 16; }
 
 // Straight insertion sort: linear when every key is already near its place.
 void insertion_sort(uint64_t* a, int64_t n) {
@@ -48,34 +57,83 @@ void insertion_sort(uint64_t* a, int64_t n) {
   }
 }
 
-// Source rows P[0..B) of column (g, d) into perm_column.
-void column_permutation(uint64_t seed, int64_t g, int64_t B, int64_t D, int64_t d, int row_bits, Scratch& s,
-                        int32_t* perm_column) {
+// Sorted keys of column (g, d) of B rows: returns s.keys or s.sorted, whichever holds them.
+FFV_CLONES const uint64_t* sorted_column_keys(uint64_t seed, int64_t g, int64_t B, int64_t D, int64_t d,
+                                              int row_bits, Scratch& s) {
   uint64_t* keys = s.keys.data();
-  const uint64_t first_offset = static_cast<uint64_t>(g * B * D + d);
+  uint32_t* c0 = s.c0.data();
+  uint32_t* c1 = s.c1.data();
+  // permutation_key: random high bits (c0 & 0x7fffffff) << 32 | c1, low row_bits = the row.
+  ffv::simd::philox_c0c1(seed, static_cast<uint64_t>(g * B * D + d), static_cast<uint64_t>(D), B, c0, c1);
+  const uint32_t row_mask32 = static_cast<uint32_t>((uint64_t{1} << row_bits) - 1);
   for (int64_t i = 0; i < B; ++i) {
-    keys[i] = static_cast<uint64_t>(
-        ffv::permutation_key(seed, first_offset + static_cast<uint64_t>(i * D), i, row_bits));
+    const uint32_t low = (c1[i] & ~row_mask32) | static_cast<uint32_t>(i);
+    keys[i] = (static_cast<uint64_t>(c0[i] & 0x7FFFFFFFu) << 32) | low;
   }
-  const uint64_t row_mask = (uint64_t{1} << row_bits) - 1;
-  const uint64_t* sorted = keys;
   if (B <= kInsertionOnlyRows) {
     insertion_sort(keys, B);
-  } else {
-    // Counting sort on the top bucket_bits of the 63-bit keys (uniform random bits).
-    const int bucket_bits = std::min(row_bits - 1, kMaxBucketBits);
-    const int shift = 63 - bucket_bits;
-    const int64_t buckets = int64_t{1} << bucket_bits;
-    uint32_t* counts = s.counts.data();
-    std::memset(counts, 0, sizeof(uint32_t) * static_cast<size_t>(buckets + 1));
-    for (int64_t i = 0; i < B; ++i) ++counts[(keys[i] >> shift) + 1];
-    for (int64_t b = 0; b < buckets; ++b) counts[b + 1] += counts[b];
-    uint64_t* out = s.sorted.data();
-    for (int64_t i = 0; i < B; ++i) out[counts[keys[i] >> shift]++] = keys[i];
-    insertion_sort(out, B);  // buckets are in order; only keys sharing a bucket move
-    sorted = out;
+    return keys;
   }
-  for (int64_t i = 0; i < B; ++i) perm_column[i] = static_cast<int32_t>(sorted[i] & row_mask);
+  // Counting sort on the top bucket_bits key bits (bits of c0: uniform random), about two
+  // buckets per key, then an insertion pass that only moves keys sharing a bucket.
+  const int bucket_bits = std::min(row_bits + 1, kMaxBucketBits);
+  const int64_t buckets = int64_t{1} << bucket_bits;
+  uint32_t* bucket = c1;  // c1 is folded into keys: reuse it for the bucket numbers
+  const int shift = 31 - bucket_bits;
+  for (int64_t i = 0; i < B; ++i) bucket[i] = (c0[i] & 0x7FFFFFFFu) >> shift;
+  uint32_t* counts = s.counts.data();
+  std::memset(counts, 0, sizeof(uint32_t) * static_cast<size_t>(buckets));
+  for (int64_t i = 0; i < B; ++i) ++counts[bucket[i]];
+  uint32_t start = 0;
+  for (int64_t b = 0; b < buckets; ++b) {
+    const uint32_t count = counts[b];
+    counts[b] = start;
+    start += count;
+  }
+  uint64_t* sorted = s.sorted.data();
+  for (int64_t i = 0; i < B; ++i) sorted[counts[bucket[i]]++] = keys[i];
+  insertion_sort(sorted, B);
+  return sorted;
+}
+
+// One unit of work: columns [d0, d0 + width) of group g. The block of z is first copied into
+// per-column buffers (sequential reads of z), each column is gathered from its buffer (random
+// reads that stay in cache), and the results go out as row segments (sequential writes).
+template <typename Bits>
+FFV_CLONES void permute_block(uint64_t seed, int64_t g, int64_t B, int64_t D, int64_t d0, int64_t width,
+                              int row_bits, const Bits* zg /* z[g, 0, d0] */, int64_t s1, int64_t s2,
+                              Bits* out, int32_t* index, Scratch& s) {
+  // Column buffers [width, ld]: ld = B + padding, so that the width streams of one row do not
+  // all map to the same cache set (a power-of-two B would make them alias).
+  const int64_t ld = padded_rows(B);
+  Bits* columns = reinterpret_cast<Bits*>(s.columns.data());    // input columns
+  Bits* gathered = reinterpret_cast<Bits*>(s.gathered.data());  // permuted columns
+  int32_t* perm = s.perm.data();                                 // source rows
+  for (int64_t i = 0; i < B; ++i) {
+    for (int64_t c = 0; c < width; ++c) columns[c * ld + i] = zg[i * s1 + c * s2];
+  }
+  const uint64_t row_mask = (uint64_t{1} << row_bits) - 1;
+  for (int64_t c = 0; c < width; ++c) {
+    const uint64_t* sorted = sorted_column_keys(seed, g, B, D, d0 + c, row_bits, s);
+    const Bits* column = columns + c * ld;
+    int32_t* column_perm = perm + c * ld;
+    Bits* column_out = gathered + c * ld;
+    for (int64_t i = 0; i < B; ++i) {
+      const int32_t src = static_cast<int32_t>(sorted[i] & row_mask);
+      column_perm[i] = src;
+      column_out[i] = column[src];
+    }
+  }
+  for (int64_t i = 0; i < B; ++i) {
+    const int64_t row = (g * B + i) * D + d0;
+    for (int64_t c = 0; c < width; ++c) out[row + c] = gathered[c * ld + i];
+  }
+  if (index != nullptr) {
+    for (int64_t i = 0; i < B; ++i) {
+      const int64_t row = (g * B + i) * D + d0;
+      for (int64_t c = 0; c < width; ++c) index[row + c] = perm[c * ld + i];
+    }
+  }
 }
 
 // Forward over raw elements of `Bits` (the permutation only moves bits: no arithmetic).
@@ -85,7 +143,7 @@ ffv_status forward(int64_t G, int64_t B, int64_t D, const void* z_base, int64_t 
   const Bits* z = static_cast<const Bits*>(z_base);  // [G, B, D], element (g, i, d) at g*s0 + i*s1 + d*s2
   Bits* out = static_cast<Bits*>(out_base);          // [G, B, D] contiguous
   const int row_bits = ffv::permutation_row_bits(B);
-  const int threads = G * B * D >= ffv::kParallelRandom ? ffv::max_threads() : 1;
+  const int threads = G * B * D >= ffv::kParallelExpensive ? ffv::max_threads() : 1;
 
   // Column blocks: as wide as a cache line, narrower when that leaves threads idle.
   int64_t block = std::min(kMaxBlockColumns, D);
@@ -95,33 +153,32 @@ ffv_status forward(int64_t G, int64_t B, int64_t D, const void* z_base, int64_t 
 
   thread_local std::vector<Scratch> pool;
   if (static_cast<int>(pool.size()) < threads) pool.resize(static_cast<size_t>(threads));
-  const int64_t buckets = int64_t{1} << std::min(row_bits - 1, kMaxBucketBits);
+  const int64_t buckets = int64_t{1} << std::min(row_bits + 1, kMaxBucketBits);
+  const int64_t ld = padded_rows(B);
+  const size_t column_words = static_cast<size_t>((block * ld * static_cast<int64_t>(sizeof(Bits)) + 7) / 8);
   for (int t = 0; t < threads; ++t) {
     Scratch& s = pool[static_cast<size_t>(t)];
-    if (static_cast<int64_t>(s.keys.size()) < B) s.keys.resize(static_cast<size_t>(B));
-    if (static_cast<int64_t>(s.sorted.size()) < B) s.sorted.resize(static_cast<size_t>(B));
-    if (static_cast<int64_t>(s.counts.size()) < buckets + 1) s.counts.resize(static_cast<size_t>(buckets + 1));
-    if (static_cast<int64_t>(s.perm.size()) < block * B) s.perm.resize(static_cast<size_t>(block * B));
+    const auto grow = [](auto& buffer, int64_t size) {
+      if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
+    };
+    grow(s.keys, B);
+    grow(s.sorted, B);
+    grow(s.c0, B);
+    grow(s.c1, B);
+    grow(s.counts, buckets);
+    grow(s.perm, block * ld);
+    grow(s.columns, static_cast<int64_t>(column_words));
+    grow(s.gathered, static_cast<int64_t>(column_words));
   }
 
   // `pool` is the calling thread's; inside the region the name would mean each worker's own.
   Scratch* const scratch = pool.data();
   FFV_OMP(parallel for num_threads(threads) if(threads > 1) schedule(dynamic, 1))
   for (int64_t unit = 0; unit < units; ++unit) {
-    Scratch& s = scratch[threads > 1 ? ffv::thread_id() : 0];
     const int64_t g = unit / blocks_per_group;
     const int64_t d0 = (unit % blocks_per_group) * block;
-    const int64_t width = std::min(block, D - d0);
-    int32_t* perm = s.perm.data();  // [width, B]
-    for (int64_t c = 0; c < width; ++c) column_permutation(seed, g, B, D, d0 + c, row_bits, s, perm + c * B);
-    const Bits* zg = z + g * s0 + d0 * s2;
-    for (int64_t i = 0; i < B; ++i) {
-      const int64_t row = (g * B + i) * D + d0;
-      for (int64_t c = 0; c < width; ++c) out[row + c] = zg[perm[c * B + i] * s1 + c * s2];
-      if (index != nullptr) {
-        for (int64_t c = 0; c < width; ++c) index[row + c] = perm[c * B + i];
-      }
-    }
+    permute_block<Bits>(seed, g, B, D, d0, std::min(block, D - d0), row_bits, z + g * s0 + d0 * s2, s1, s2, out,
+                        index, scratch[threads > 1 ? ffv::thread_id() : 0]);
   }
   return FFV_OK;
 }

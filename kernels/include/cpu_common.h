@@ -39,10 +39,13 @@ inline int thread_id() {
 #endif
 }
 
-// Element count above which a loop of cheap arithmetic (a few flops per element) is worth
-// waking the OpenMP team; loops that draw Philox numbers or sort use a smaller one.
-constexpr int64_t kParallelCheap = int64_t{1} << 16;
-constexpr int64_t kParallelRandom = int64_t{1} << 12;
+// Element counts above which a loop wakes the OpenMP team: about a millisecond of single-thread
+// work: kParallelCheap for loops of cheap arithmetic (~1 ns per element), kParallelExpensive for
+// loops that draw Philox numbers, sort, or call exp/log per element (~5-15 ns per element). Below that, waking a second thread costs more than it saves,
+// and on a busy machine a worker that is not scheduled stalls the whole call at the barrier.
+// torch.set_num_threads / OMP_NUM_THREADS bound the team (omp_get_max_threads).
+constexpr int64_t kParallelCheap = int64_t{1} << 20;
+constexpr int64_t kParallelExpensive = int64_t{1} << 18;
 
 // Call fn(T{}) with T the storage type of `dtype`; FFV_ERR_UNSUPPORTED_DTYPE otherwise.
 template <typename Fn>
@@ -96,13 +99,11 @@ ffv_status guarded(const char* entry, Fn&& body) {
   }
 }
 
-// Deterministic sum over rows of row_value(i) (double), parallel when asked: rows are cut into
-// fixed chunks whose partial sums are added in order, so the result does not depend on the
-// number of threads. row_value may also write the row's outputs.
-template <typename RowValue>
-double chunked_row_sum(int64_t rows, bool parallel, RowValue&& row_value) {
-  constexpr int64_t kChunkRows = 1024;
-  const int64_t chunks = (rows + kChunkRows - 1) / kChunkRows;
+// Deterministic sum of chunk_value(c) over chunks c = 0..chunks-1 (each a double), parallel
+// when asked: the partial sums are added in chunk order, so the result does not depend on the
+// number of threads. chunk_value may also write the chunk's outputs.
+template <typename ChunkValue>
+double chunked_sum(int64_t chunks, bool parallel, ChunkValue&& chunk_value) {
   double stack_partials[64];
   std::vector<double> heap_partials;
   double* partials = stack_partials;
@@ -111,16 +112,23 @@ double chunked_row_sum(int64_t rows, bool parallel, RowValue&& row_value) {
     partials = heap_partials.data();
   }
   FFV_OMP(parallel for if(parallel && chunks > 1) schedule(static))
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) partials[chunk] = chunk_value(chunk);
+  double total = 0.0;
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partials[chunk];
+  return total;
+}
+
+// Deterministic sum over rows of row_value(i) (double), in fixed chunks of 1024 rows.
+template <typename RowValue>
+double chunked_row_sum(int64_t rows, bool parallel, RowValue&& row_value) {
+  constexpr int64_t kChunkRows = 1024;
+  return chunked_sum((rows + kChunkRows - 1) / kChunkRows, parallel, [&](int64_t chunk) {
     const int64_t begin = chunk * kChunkRows;
     const int64_t end = begin + kChunkRows < rows ? begin + kChunkRows : rows;
     double sum = 0.0;
     for (int64_t i = begin; i < end; ++i) sum += row_value(i);
-    partials[chunk] = sum;
-  }
-  double total = 0.0;
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partials[chunk];
-  return total;
+    return sum;
+  });
 }
 
 // Evaluate a check; return its failure status from the calling function.
