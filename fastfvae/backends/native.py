@@ -233,7 +233,7 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
         mu.data_ptr(), mu_s[0], mu_s[1],
         logvar.data_ptr(), logvar_s[0], logvar_s[1],
         eps_ptr, eps_s[0], eps_s[1],
-        seed.data_ptr(), REDUCTION_CODES[reduction], z.data_ptr(), kl.data_ptr(),
+        None if seed is None else seed.data_ptr(), REDUCTION_CODES[reduction], z.data_ptr(), kl.data_ptr(),
     )
     return z, kl
 

@@ -1,0 +1,237 @@
+"""What is specific to the native backend (fastfvae/backends/native.py over kernels/).
+
+The op-by-op comparisons with the reference live in tests/test_<op>.py (parametrized over every
+backend); here: the C ABI's errors reaching Python with the library's message, the package
+without the library (reference fallback), Philox agreement with the reference bit for bit
+(permutations) and to float rounding (eps), and the 16-bit conversions of kernels/include/dtype.h.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from fastfvae import reference as ref
+from fastfvae.backends import native
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def library():
+    lib, reason = native.load("cpu")
+    if lib is None:
+        pytest.skip(f"native CPU library unavailable: {reason}")
+    return lib
+
+
+def _seed(value: int) -> torch.Tensor:
+    return torch.tensor([value], dtype=torch.int64)
+
+
+# ------------------------------------------------------------------------------------------- ABI
+def test_bad_arguments_return_status_and_message(library):
+    """Called directly, a bad argument gives a non-zero status and a message naming it."""
+    logits = torch.randn(4, 2)
+    out = torch.empty(())
+    forward = library.functions["ffv_tc_loss_forward"]
+    cases = [
+        ((0, 0, 2, logits.data_ptr(), 2, 1, out.data_ptr(), None), 1, "B must be >= 1, got 0"),
+        ((0, 4, 3, logits.data_ptr(), 2, 1, out.data_ptr(), None), 1, "K (logits per row) must be 1 or 2, got 3"),
+        ((9, 4, 2, logits.data_ptr(), 2, 1, out.data_ptr(), None), 2, "dtype code 9"),
+        ((0, 4, 2, None, 2, 1, out.data_ptr(), None), 1, "logits must not be NULL"),
+    ]
+    for args, status, message in cases:
+        assert forward(*args) == status
+        text = library.last_error()
+        assert "ffv_tc_loss_forward" in text and message in text, text
+
+
+def test_library_errors_become_python_exceptions(library):
+    """The launcher path raises ValueError / TypeError carrying the C message."""
+    mu = torch.randn(3, 2)
+    z, kl = torch.empty(3, 2), torch.empty(())
+    common = (3, 2, mu.data_ptr(), 2, 1, mu.data_ptr(), 2, 1, None, 0, 0, _seed(1).data_ptr())
+    with pytest.raises(ValueError, match=r"reduction code 7 is not one of none=0, mean=1, sum=2"):
+        native._call("ffv_reparameterize_kl_forward", mu, 0, *common, 7, z.data_ptr(), kl.data_ptr())
+    with pytest.raises(TypeError, match=r"dtype code 5"):
+        native._call("ffv_reparameterize_kl_forward", mu, 5, *common, 1, z.data_ptr(), kl.data_ptr())
+    with pytest.raises(ValueError, match=r"seed \(needed when eps is NULL\) must not be NULL"):
+        args = (0, 3, 2, mu.data_ptr(), 2, 1, mu.data_ptr(), 2, 1, None, 0, 0, None, 1, z.data_ptr(), kl.data_ptr())
+        native._call("ffv_reparameterize_kl_forward", mu, *args)
+
+
+def test_permute_backward_rejects_an_index_out_of_range(library):
+    grad = torch.randn(1, 4, 2)
+    index = torch.tensor([[[0, 1], [1, 0], [2, 3], [3, 9]]], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"index holds a row outside \[0, B\)"):
+        native.permute_dims_backward(grad, index)
+
+
+def test_why_not_names_the_problem(library):
+    assert native.why_not("tc_loss", CPU, torch.float32) is None
+    assert "not supported" in native.why_not("tc_loss", CPU, torch.int32)
+    assert "no native library for meta tensors" in native.why_not("tc_loss", torch.device("meta"), torch.float32)
+    assert "does not export ffv_no_such_op_forward" in native.why_not("no_such_op", CPU, torch.float32)
+
+
+# ------------------------------------------------------------------------- without the library
+_FALLBACK_SCRIPT = textwrap.dedent(
+    """
+    import torch, fastfvae
+    from fastfvae import backends
+    from fastfvae.backends import native
+    reason = native.availability()
+    assert reason is not None and EXPECTED in reason, reason
+    assert backends.select("tc_loss", "auto", torch.device("cpu"), torch.float32).NAME == "reference"
+    x = torch.randn(8, 2, requires_grad=True)
+    tc = fastfvae.tc_loss(x)
+    tc.backward()
+    assert torch.allclose(tc, (x[:, 0] - x[:, 1]).mean())
+    z, kl = fastfvae.reparameterize_kl(torch.randn(5, 3), torch.randn(5, 3))
+    assert z.shape == (5, 3) and kl.shape == ()
+    try:
+        fastfvae.tc_loss(x, backend="native")
+    except ValueError as error:
+        assert "native: " in str(error) and EXPECTED in str(error), error
+    else:
+        raise AssertionError("backend='native' without its library did not raise")
+    print("fallback ok")
+    """
+)
+
+
+@pytest.mark.parametrize("library_state", ["missing", "corrupt"])
+def test_package_works_without_the_library(tmp_path, library_state):
+    """FASTFVAE_NATIVE_LIB_DIR pointing at an empty folder (or at a broken .so): the package
+    imports, native says why it is unavailable, auto falls back to the reference."""
+    if library_state == "corrupt":
+        (tmp_path / native.LIBRARY_FILES["cpu"]).write_bytes(b"not a shared library")
+        expected = "cannot be loaded"
+    else:
+        expected = "libfastfvae_cpu.so not found"
+    env = dict(os.environ, FASTFVAE_NATIVE_LIB_DIR=str(tmp_path))
+    env.pop("FASTFVAE_BACKEND", None)
+    result = subprocess.run(
+        [sys.executable, "-c", f"EXPECTED = {expected!r}\n" + _FALLBACK_SCRIPT],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fallback ok" in result.stdout
+
+
+# ------------------------------------------------------------------------- Philox agreement
+PERMUTATION_SHAPES = [(1, 1, 1), (1, 1, 7), (1, 2, 3), (1, 5, 3), (2, 64, 10), (3, 100, 5), (1, 33, 17),
+                      (2, 1000, 3), (1, 70000, 2)]
+
+
+@pytest.mark.parametrize("shape", PERMUTATION_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_permutation_equals_reference_bit_for_bit(library, shape):
+    groups, batch, dim = shape
+    seed = _seed(int(torch.randint(2**62, ())))
+    z = torch.randn(shape)
+    out, index = native.permute_dims_forward(z, seed, True)
+    expected = ref.philox_permutation(seed, groups, batch, dim)
+    assert torch.equal(index.long(), expected)
+    assert torch.equal(out, torch.gather(z, 1, expected))
+    # every column of every group is a permutation of the rows
+    rows = torch.arange(batch).view(1, batch, 1).expand(shape)
+    assert torch.equal(index.long().sort(dim=1).values, rows)
+    # the backward puts every gradient back where its element came from
+    grad_out = torch.randn(shape)
+    grad_z = native.permute_dims_backward(grad_out, index)
+    assert torch.equal(torch.gather(grad_z, 1, expected), grad_out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_permutation_moves_other_dtypes_and_strides_unchanged(library, dtype):
+    seed = _seed(12345)
+    z = torch.randn(2, 37, 9, dtype=torch.float64).to(dtype).transpose(1, 2).contiguous().transpose(1, 2)
+    assert not z.is_contiguous()
+    out, index = native.permute_dims_forward(z, seed, True)
+    expected = ref.philox_permutation(seed, 2, 37, 9)
+    assert torch.equal(index.long(), expected)
+    assert torch.equal(out, torch.gather(z, 1, expected))
+
+
+def test_public_permute_dims_matches_reference_backend_under_the_same_seed(library):
+    z = torch.randn(3, 200, 6)
+    torch.manual_seed(7)
+    native_out = __import__("fastfvae").permute_dims(z, backend="native")
+    torch.manual_seed(7)
+    reference_out = __import__("fastfvae").permute_dims(z, backend="reference")
+    assert torch.equal(native_out, reference_out)
+
+
+EPS_SHAPES = [(1, 1), (1, 5), (7, 3), (64, 10), (333, 17), (3, 3000), (70000, 3)]
+
+
+@pytest.mark.parametrize("shape", EPS_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_in_kernel_eps_equals_reference_to_float_rounding(library, shape):
+    """With mu = 0 and logvar = 0, z is the drawn eps: philox_randn(seed, i*D + d)."""
+    batch, dim = shape
+    seed = _seed(int(torch.randint(2**62, ())))
+    zeros = torch.zeros(shape)
+    z, _ = native.reparameterize_kl_forward(zeros, zeros, None, seed, "none")
+    expected = ref.philox_randn(seed, torch.arange(batch * dim).reshape(shape))
+    torch.testing.assert_close(z, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_in_kernel_eps_ignores_input_strides_and_dtype(library):
+    """eps depends on (seed, i*D + d) only: a non-contiguous float64 input draws the same numbers."""
+    seed = _seed(99)
+    zeros = torch.zeros(40, 12, dtype=torch.float64).t().contiguous().t()
+    z, _ = native.reparameterize_kl_forward(zeros, zeros, None, seed, "none")
+    expected = ref.philox_randn(seed, torch.arange(40 * 12).reshape(40, 12)).double()
+    torch.testing.assert_close(z, expected, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- 16-bit conversions
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_16_bit_pattern_survives_load_and_store(library, dtype):
+    """z = mu + exp(-inf/2) * (-0) = mu for all 65536 bit patterns (NaNs stay NaN)."""
+    mu = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype).reshape(-1, 1)
+    logvar = torch.full_like(mu, float("-inf"))
+    eps = torch.full_like(mu, -0.0)
+    z, _ = native.reparameterize_kl_forward(mu, logvar, eps, None, "none")
+    nan = torch.isnan(mu)
+    assert torch.equal(torch.isnan(z), nan)
+    assert torch.equal(z[~nan].view(torch.int16), mu[~nan].view(torch.int16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_float32_results_round_to_nearest_even(library, dtype):
+    """tc_loss backward stores g/B computed in float32: compare with PyTorch's rounding, over
+    normal and subnormal values."""
+    info = torch.finfo(dtype)
+    grads = torch.cat([
+        torch.randn(64) * 3, torch.rand(32) * info.tiny * 4, torch.tensor([info.max, -info.max, info.tiny]),
+    ]).to(dtype)
+    for batch in (1, 3, 7, 1000):
+        logits = torch.zeros(batch, 2, dtype=dtype)
+        for g in grads:
+            expected = (g.float() / batch).to(dtype)
+            got = native.tc_loss_backward(g.reshape(()), logits)
+            assert got[0, 0].view(torch.int16) == expected.view(torch.int16), (g, batch, got[0, 0], expected)
+            assert got[batch - 1, 1].view(torch.int16) == (-expected).view(torch.int16)
+
+
+def test_ctypes_table_matches_header():
+    """Every entry point of the argtypes table is declared in kernels/include/fastfvae.h."""
+    header = os.path.join(os.path.dirname(__file__), "..", "kernels", "include", "fastfvae.h")
+    if not os.path.exists(header):
+        pytest.skip("kernels/ not present (installed package)")
+    text = re.sub(r"/\*.*?\*/", "", open(header).read(), flags=re.S)  # drop comments
+    for name, argtypes in native.ARGTYPES.items():
+        assert f"ffv_status {name}(" in text, name
+        declaration = text.split(f"ffv_status {name}(")[1].split(");")[0]
+        declared = [part for part in declaration.replace("\n", " ").split(",") if part.strip()]
+        assert len(declared) == len(argtypes), (name, len(declared), len(argtypes))
+    assert all(t in (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int, ctypes.c_double)
+               for argtypes in native.ARGTYPES.values() for t in argtypes)
