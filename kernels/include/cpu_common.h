@@ -104,6 +104,7 @@ ffv_status guarded(const char* entry, Fn&& body) {
 // number of threads. chunk_value may also write the chunk's outputs.
 template <typename ChunkValue>
 double chunked_sum(int64_t chunks, bool parallel, ChunkValue&& chunk_value) {
+  (void)parallel;  // unused when built without OpenMP
   double stack_partials[64];
   std::vector<double> heap_partials;
   double* partials = stack_partials;
