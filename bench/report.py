@@ -222,10 +222,9 @@ def target_rows(rows: list[dict], comps: list[dict]) -> list[list[str]]:
             out.append([label, "not measured in this run", "NOT met (no data)"])
             return
         for c in matches:
-            ok = c["ratio"] > needed if strict else c["ratio"] >= needed
             out.append([f"{label} — {c['fastfvae']}",
                         f"{c['ratio']:.2f}× (min-time ratio {c['min_ratio']:.2f}×): {fmt_time(c['t_fastfvae'])} vs "
-                        f"{fmt_time(c['t_baseline'])}", "met" if ok else "**NOT met**"])
+                        f"{fmt_time(c['t_baseline'])}", status(c, needed, strict)])
 
     ratio_check("loss head fwd+bwd ≥ 5× 1Konny eager at B=64, D=10 (cpu)", 5.0,
                 find(comps, op="loss_head", device="cpu", direction="full", B=64, D=10, baseline="eager-1konny"))
@@ -241,9 +240,16 @@ def target_rows(rows: list[dict], comps: list[dict]) -> list[list[str]]:
     for name in sorted({c["fastfvae"] for c in argsort}):
         mine = sorted((c for c in argsort if c["fastfvae"] == name), key=lambda c: (c["B"], c["D"]))
         losing = [c for c in mine if c["ratio"] <= 1]
-        figures = ", ".join(f"{c['B']}×{c['D']}: {c['ratio']:.2f}×" for c in mine)
-        out.append([f"permute_dims faster than argsort+gather at every size (cpu, forward) — {name}", figures,
-                    "met" if not losing else "**NOT met** at " + ", ".join(f"{c['B']}×{c['D']}" for c in losing)])
+        losing_min = [c for c in mine if c["min_ratio"] <= 1]
+        figures = ", ".join(f"{c['B']}×{c['D']}: {c['ratio']:.2f}× (min {c['min_ratio']:.2f}×)" for c in mine)
+        if not losing:
+            verdict = "met" + (" (by median; by min time not at " + ", ".join(f"{c['B']}×{c['D']}" for c in losing_min)
+                               + ")" if losing_min else "")
+        else:
+            verdict = "**NOT met** at " + ", ".join(f"{c['B']}×{c['D']}" for c in losing) + " (by median)"
+            if not losing_min:
+                verdict += "; met by min time (a noisy run)"
+        out.append([f"permute_dims faster than argsort+gather at every size (cpu, forward) — {name}", figures, verdict])
     # issue 7: log_qz at B=2048, D=10 on the CPU, forward + backward.
     lq = find(comps, op="log_qz", device="cpu", direction="full", B=2048, D=10, baseline="eager-reference-materialised")
     ratio_check("log_qz fwd+bwd ≥ 3× the materialised reference at B=2048, D=10 (cpu)", 3.0, lq)
@@ -260,6 +266,15 @@ def target_rows(rows: list[dict], comps: list[dict]) -> list[list[str]]:
                             f"{factor:.0f}× ({fmt_bytes(r[key])} vs {fmt_bytes(ref[key])})",
                             "met" if factor >= 50 else "**NOT met**"])
     return out
+
+
+def status(c: dict, needed: float, strict: bool = False) -> str:
+    """met / NOT met by the median ratio; says so when the min-time ratio disagrees (noise)."""
+    def ok(ratio):
+        return ratio > needed if strict else ratio >= needed
+    if ok(c["ratio"]):
+        return "met" if ok(c["min_ratio"]) else "met by median (not by min time)"
+    return "**NOT met**" if not ok(c["min_ratio"]) else "**NOT met** by median (met by min time: a noisy run)"
 
 
 def slower_lines(comps: list[dict]) -> list[str]:

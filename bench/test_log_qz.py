@@ -46,7 +46,9 @@ def sizes(device):
     return common.sizes_for(device, common.LOG_QZ_SIZES, common.LOG_QZ_CUDA_EXTRA)
 
 
-@pytest.mark.parametrize("device,direction,size,impl", common.cases(impls, sizes))
+# forward and forward + backward: the materialised reference takes seconds per call at B=2048 on
+# 2 cores, so the backward-only direction (full minus forward) is left out to keep the suite short.
+@pytest.mark.parametrize("device,direction,size,impl", common.cases(impls, sizes, directions=("forward", "full")))
 def test_log_qz(benchmark, device, direction, size, impl):
     batch, dim = size
 
