@@ -62,23 +62,23 @@ def _inputs():
 
 
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
-def test_compile_fullgraph_matches_eager(backend, compiler, monkeypatch):
+def test_compile_fullgraph_matches_eager(backend, compiler):
     require(backend, "permute_dims", "cpu", torch.float32)
     if backend == "triton":
         pytest.skip("Triton kernels are traced on CUDA only (see module docstring)")
     if compiler == "inductor" and backend != "native" and backends.reason_not_served("native", "tc_loss", CPU, torch.float32) is None:
         pytest.skip("one inductor compile (native) is enough for CI time")
     torch._dynamo.reset()
-    # Inductor otherwise draws the seed with its own RNG; the eager stream is needed to compare.
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     eager_inputs, compiled_inputs = _inputs(), _inputs()
     torch.manual_seed(3)
     expected = _loss_step(*eager_inputs, backend)
     expected.backward()
     compiled = torch.compile(_loss_step, fullgraph=True, backend=compiler)
-    torch.manual_seed(3)
-    actual = compiled(*compiled_inputs, backend)
-    actual.backward()
+    # Inductor otherwise draws the seed with its own RNG; the eager stream is needed to compare.
+    with torch._inductor.config.patch(fallback_random=True):
+        torch.manual_seed(3)
+        actual = compiled(*compiled_inputs, backend)
+        actual.backward()
     torch.testing.assert_close(actual, expected)
     for a, e in zip(compiled_inputs, eager_inputs):
         torch.testing.assert_close(a.grad, e.grad)
