@@ -44,15 +44,17 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // int32/float32) so that consecutive columns start in different cache sets.
 int64_t padded_rows(int64_t B) { return ceil_div(B, 16) * 16 + 16; }
 
-// Straight insertion sort: linear when every key is already near its place.
+// Straight insertion sort: linear when every key is already near its place (the common case
+// is one well-predicted comparison per key and no store).
 void insertion_sort(uint64_t* a, int64_t n) {
   for (int64_t i = 1; i < n; ++i) {
     const uint64_t x = a[i];
+    if (a[i - 1] <= x) continue;
     int64_t j = i;
-    while (j > 0 && a[j - 1] > x) {
+    do {
       a[j] = a[j - 1];
       --j;
-    }
+    } while (j > 0 && a[j - 1] > x);
     a[j] = x;
   }
 }
