@@ -68,24 +68,27 @@ FFV_CLONES const uint64_t* sorted_column_keys(uint64_t seed, int64_t g, int64_t 
   // permutation_key: random high bits (c0 & 0x7fffffff) << 32 | c1, low row_bits = the row.
   ffv::simd::philox_c0c1(seed, static_cast<uint64_t>(g * B * D + d), static_cast<uint64_t>(D), B, c0, c1);
   const uint32_t row_mask32 = static_cast<uint32_t>((uint64_t{1} << row_bits) - 1);
-  for (int64_t i = 0; i < B; ++i) {
+  const auto key_of = [&](int64_t i) {
     const uint32_t low = (c1[i] & ~row_mask32) | static_cast<uint32_t>(i);
-    keys[i] = (static_cast<uint64_t>(c0[i] & 0x7FFFFFFFu) << 32) | low;
-  }
+    return (static_cast<uint64_t>(c0[i] & 0x7FFFFFFFu) << 32) | low;
+  };
   if (B <= kInsertionOnlyRows) {
+    for (int64_t i = 0; i < B; ++i) keys[i] = key_of(i);
     insertion_sort(keys, B);
     return keys;
   }
-  // Counting sort on the top bucket_bits key bits (bits of c0: uniform random), about two
+  // Counting sort on the top bucket_bits key bits (uniform random bits of c0), about two
   // buckets per key, then an insertion pass that only moves keys sharing a bucket.
   const int bucket_bits = std::min(row_bits + 1, kMaxBucketBits);
   const int64_t buckets = int64_t{1} << bucket_bits;
-  uint32_t* bucket = c1;  // c1 is folded into keys: reuse it for the bucket numbers
-  const int shift = 31 - bucket_bits;
-  for (int64_t i = 0; i < B; ++i) bucket[i] = (c0[i] & 0x7FFFFFFFu) >> shift;
+  const int shift = 63 - bucket_bits;
   uint32_t* counts = s.counts.data();
   std::memset(counts, 0, sizeof(uint32_t) * static_cast<size_t>(buckets));
-  for (int64_t i = 0; i < B; ++i) ++counts[bucket[i]];
+  for (int64_t i = 0; i < B; ++i) {
+    const uint64_t key = key_of(i);
+    keys[i] = key;
+    ++counts[key >> shift];
+  }
   uint32_t start = 0;
   for (int64_t b = 0; b < buckets; ++b) {
     const uint32_t count = counts[b];
@@ -93,7 +96,10 @@ FFV_CLONES const uint64_t* sorted_column_keys(uint64_t seed, int64_t g, int64_t 
     start += count;
   }
   uint64_t* sorted = s.sorted.data();
-  for (int64_t i = 0; i < B; ++i) sorted[counts[bucket[i]]++] = keys[i];
+  for (int64_t i = 0; i < B; ++i) {
+    const uint64_t key = keys[i];
+    sorted[counts[key >> shift]++] = key;
+  }
   insertion_sort(sorted, B);
   return sorted;
 }
