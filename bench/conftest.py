@@ -48,7 +48,10 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str:
-    root = Path(__file__).resolve().parents[1]
+    """The commit of the fastfvae being measured (the imported package's checkout), + dirty flag."""
+    import fastfvae
+
+    root = Path(fastfvae.__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, timeout=10).stdout.strip()

@@ -290,13 +290,15 @@ def slower_lines(comps: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def render(meta: dict, rows: list[dict]) -> str:
+def render(meta: dict, rows: list[dict], targets_only: bool = False) -> str:
     comps = comparisons(rows)
     groups = by_group(rows)
     lines = ["## fastfvae benchmark results", ""] + header(meta, rows) + [""]
     lines += ["### Targets", "", "| target | measured | status |", "|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in target_rows(rows, comps)]
     lines.append("")
+    if targets_only:
+        return "\n".join(lines) + "\n"
     lines += train_step_lines(rows)
     ops = sorted(groups, key=lambda k: (k[1], OP_ORDER.index(k[0]) if k[0] in OP_ORDER else 99, k[0]))
     for op, device in ops:
@@ -309,12 +311,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s) (--benchmark-json)")
     parser.add_argument("--output", "-o", help="write the markdown here instead of stdout")
+    parser.add_argument("--targets-only", action="store_true", help="only the header and the targets")
     args = parser.parse_args(argv)
     meta, rows = load(args.json)
     if not rows:
         print(f"report: no fastfvae benchmark rows in {', '.join(args.json)}", file=sys.stderr)
         return 1
-    text = render(meta, rows)
+    text = render(meta, rows, targets_only=args.targets_only)
     if args.output:
         Path(args.output).write_text(text)
     else:
