@@ -392,7 +392,9 @@ class Trainer:
         b = self.config.batch_size
         count = 2 * b if self.disc_module is not None else b
         factors = self.dataset.sample_factors(count, self.data_generator)
-        x = self.dataset.images(factors).to(self.device, non_blocking=True).float()
+        # The procedural renderer runs on the factors' device (on a GPU it would otherwise be
+        # the bottleneck); a file-backed data set gathers on the CPU and copies.
+        x = self.dataset.images(factors.to(self.device)).to(self.device, non_blocking=True).float()
         x = x.contiguous(memory_format=torch.channels_last)
         return (x[:b], x[b:]) if self.disc_module is not None else (x, None)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -180,3 +181,34 @@ def test_two_process_ddp_training(tmp_path):
     # Each rank drew its own batches (different data streams) ...
     assert not torch.equal(state["rng"][0]["data"], state["rng"][1]["data"])
     assert [r["step"] for r in read_log(out)] == [1, 2, 3]
+
+
+def test_eval_every_logs_metrics_during_training(tmp_path, monkeypatch):
+    import fastfvae.train as train_mod
+    calls = []
+
+    def fake_evaluate_metrics(vae, dataset, device, seed=0, preset="auto"):
+        calls.append(preset)  # the metrics themselves are tested in tests/test_metrics.py
+        return {"factor_vae": {"eval_accuracy": 0.25}}
+
+    monkeypatch.setattr(train_mod, "evaluate_metrics", fake_evaluate_metrics)
+    summary = Trainer(tiny(tmp_path, steps=4, eval_every=2, metrics=True)).run()
+    with open(tmp_path / "log.jsonl") as f:
+        evals = [json.loads(line) for line in f if '"event": "eval"' in line]
+    assert [r["step"] for r in evals] == [2, 4] and calls == ["auto", "auto"]
+    assert summary["metrics"] == {"factor_vae": {"eval_accuracy": 0.25}}
+    assert summary["evals"][0]["step"] == 2
+
+
+def test_log_tc_every_logs_both_estimates_or_fails_clearly(tmp_path):
+    try:
+        from fastfvae.diagnostics import minibatch_tc  # noqa: F401
+    except ImportError:
+        with pytest.raises(TrainingError, match="minibatch_tc"):
+            Trainer(tiny(tmp_path, log_tc_every=1))
+        return
+    Trainer(tiny(tmp_path, steps=2, log_tc_every=1)).run()
+    with open(tmp_path / "log.jsonl") as f:
+        tc_rows = [json.loads(line) for line in f if '"event": "tc"' in line]
+    assert [r["step"] for r in tc_rows] == [1, 2]
+    assert all(math.isfinite(r["tc_minibatch"]) and math.isfinite(r["tc_discriminator"]) for r in tc_rows)
