@@ -11,8 +11,8 @@ import torch
 from fastfvae.data import DSprites, render_dsprites
 from fastfvae.data.dsprites import FACTOR_SIZES
 
-SAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dsprites_real_samples.npz")
-SAMPLES = os.environ.get("FASTFVAE_DSPRITES_SAMPLES", SAMPLES)
+# Four real dSprites images (DeepMind, Apache-2.0; tests/data/README.md).
+SAMPLES = os.path.join(os.path.dirname(__file__), "data", "dsprites_real_samples.npz")
 
 
 def classes_from_values(values: np.ndarray) -> torch.Tensor:
@@ -30,7 +30,6 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a & b).sum()) / float((a | b).sum())
 
 
-@pytest.mark.skipif(not os.path.exists(SAMPLES), reason=f"real dSprites samples not found at {SAMPLES}")
 def test_renderer_matches_real_dsprites_samples():
     real = np.load(SAMPLES)
     factors = classes_from_values(real["latents_values"])
