@@ -23,8 +23,9 @@
 namespace {
 
 constexpr int64_t kMaxBlockColumns = 16;  // 16 float32 = one 64-byte cache line of an output row
-constexpr int kMaxBucketBits = 16;        // counting-sort table of at most 65536 buckets
+constexpr int kMaxBucketBits = 20;        // counting-sort table of at most 2^20 buckets
 constexpr int64_t kInsertionOnlyRows = 32;
+constexpr int64_t kMaxBlockElements = int64_t{1} << 21;  // rows x block columns held per thread
 
 // Per-thread buffers, kept between calls (thread_local on the calling thread) so that repeated
 // calls do not fault in fresh pages.
@@ -156,6 +157,8 @@ ffv_status forward(int64_t G, int64_t B, int64_t D, const void* z_base, int64_t 
   // Column blocks: as wide as a cache line, narrower when that leaves threads idle.
   int64_t block = std::min(kMaxBlockColumns, D);
   while (block > 1 && G * ceil_div(D, block) < threads) block = ceil_div(block, 2);
+  // ... and narrower for very tall columns, so that the per-thread buffers stay bounded.
+  block = std::max<int64_t>(1, std::min(block, kMaxBlockElements / B));
   const int64_t blocks_per_group = ceil_div(D, block);
   const int64_t units = G * blocks_per_group;
 
@@ -188,6 +191,8 @@ ffv_status forward(int64_t G, int64_t B, int64_t D, const void* z_base, int64_t 
     permute_block<Bits>(seed, g, B, D, d0, std::min(block, D - d0), row_bits, z + g * s0 + d0 * s2, s1, s2, out,
                         index, scratch[threads > 1 ? ffv::thread_id() : 0]);
   }
+  // Keep buffers for the next call of a typical size; give back those of an outsized one.
+  if (B * (block + 1) > kMaxBlockElements) pool.clear();
   return FFV_OK;
 }
 
