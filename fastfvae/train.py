@@ -51,11 +51,12 @@ OBJECTIVES = ("factorvae", "betatcvae", "betavae")
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "fastfvae-checkpoint-1"
 # The default run (``fastfvae train`` with no options) is sized to finish in about five minutes
-# on this project's shared 2-core CPU, metrics ("fast" preset) included. Measured 2026-11-28 with
-# other jobs on the machine: 1.29 steps/s at batch 64 (about 2.5 steps/s expected on two idle
-# cores), metrics ~70 s. 300 steps reach recon ~650 nats, KL ~16: the "mean blob" stage of
-# dSprites training, not yet disentangled; the paper trains 3e5 steps (a GPU run).
-DEFAULT_STEPS = 300
+# on this project's shared 2-core CPU, metrics ("fast" preset) included. Measured 2026-11-28 at
+# batch 64: 3.3 steps/s and 18 s of metrics on quiet cores (400 steps: ~2.5 min in all), 1.3
+# steps/s and ~70 s of metrics while ~8 other jobs shared the cores (~6 min). 400 steps reach
+# recon ~580-650 nats, KL ~15: the "mean blob" stage of dSprites training, not yet disentangled;
+# the paper trains 3e5 steps (a GPU run).
+DEFAULT_STEPS = 400
 
 
 @dataclasses.dataclass
@@ -589,17 +590,22 @@ class Trainer:
     def _handle_signal(self, signum, frame) -> None:
         if self._stop_signal is not None:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
-        self._stop_signal = signum
-        self._log(f"\nreceived {signal.Signals(signum).name}: finishing step {self.step + 1}, then writing a checkpoint")
+        self._stop_signal = signum  # no I/O here: the signal may interrupt a write to the same stream
 
     def _should_stop(self) -> bool:
         flag = 1 if self._stop_signal is not None else 0
-        if self.distributed:
+        # Ranks agree through an all-reduce (a host sync), so only every log_every steps.
+        if self.distributed and self.step % self.config.log_every == 0:
             t = torch.tensor([flag], device=self.device if self.device.type == "cuda" else "cpu")
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = int(t.item())
             if flag and self._stop_signal is None:
                 self._stop_signal = signal.SIGTERM
+        elif self.distributed:
+            flag = 0
+        if flag:
+            self._log(f"\nreceived {signal.Signals(self._stop_signal).name} after step {self.step}: "
+                      f"writing a checkpoint")
         return bool(flag)
 
     def run(self) -> dict:
