@@ -193,9 +193,10 @@ grep -E '^(libs|backends)' "$DEST/build.log" >>"$DEST/env.log"
 if [ "$MODE" = "--build-only" ]; then finish; exit $OVERALL; fi
 
 # ---------------------------------------------------------------------------------------- tests
+has_module() { grep -q "^module $1: " "$DEST/env.log" && ! grep -q "^module $1: MISSING" "$DEST/env.log"; }
 TEST_ARGS=(-q -ra -p no:cacheprovider --maxfail=10)
-grep -q '^module pytest_timeout: [0-9]' "$DEST/env.log" && TEST_ARGS+=(--timeout=120)
-if [ -n "${GPU_CHECK_XDIST:-}" ] && grep -q '^module xdist: [0-9]' "$DEST/env.log"; then
+has_module pytest_timeout && TEST_ARGS+=(--timeout=120)
+if [ -n "${GPU_CHECK_XDIST:-}" ] && has_module xdist; then
   TEST_ARGS+=(-n "$GPU_CHECK_XDIST")
 fi
 run_stage tests "$TESTS_S" "$DEST/tests.log" "$PY" -m pytest tests "${TEST_ARGS[@]}"
