@@ -99,6 +99,7 @@ def test_train_resume_traverse_and_evaluate(tmp_path, capsys, monkeypatch):
     (["train", "--resume", "--steps", "1"], "--resume needs --out"),
     (["train", "--data", "/nonexistent/dsprites.npz", "--steps", "1"], "/nonexistent/dsprites.npz"),
     (["evaluate", "/nonexistent/checkpoint.pt"], "does not exist"),
+    (["train", "--threads", "zero", "--steps", "1"], "--threads: expected a positive integer or auto"),
 ])
 def test_bad_options_give_clear_errors(tmp_path, capsys, argv, message):
     if "--resume" not in argv and argv[0] == "train":
