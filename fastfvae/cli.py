@@ -118,7 +118,18 @@ def _cmd_train(args) -> int:
         metrics_preset=args.metrics_preset, images=not args.no_images,
         progress=not args.quiet,
     )
-    threads = _set_threads(args.threads)
+    threads_choice = args.threads
+    if args.resume and threads_choice == "auto":
+        # Same thread count as the run being continued: CPU kernels may sum in a different order
+        # with another count, and the resumed losses should equal an uninterrupted run's.
+        try:
+            recorded = train_mod.load_checkpoint(out)["config"].get("threads")
+        except TrainingError:
+            recorded = None  # the Trainer reports the unreadable checkpoint
+        if recorded:
+            threads_choice = str(recorded)
+    threads = _set_threads(threads_choice)
+    config.threads = threads
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
         print(f"fastfvae train: {threads} CPU thread(s), output folder {out}", file=sys.stderr)
     trainer = train_mod.Trainer(config)

@@ -87,6 +87,7 @@ class TrainConfig:
     metrics_preset: str = "auto"       # fastfvae.metrics preset; auto: "fast" on CPU, "default" on GPU
     images: bool = True                # write reconstructions.png and traversals.png
     progress: bool = True
+    threads: Optional[int] = None      # torch CPU threads the run used (recorded; set by the CLI)
 
 
 class TrainingError(RuntimeError):
