@@ -214,6 +214,7 @@ def _checkpoint_dir(path: str) -> str:
 
 
 def _cmd_evaluate(args) -> int:
+    _set_threads("auto")
     state, vae, device, torch = _load_for_inference(args.checkpoint, args.device)
     from fastfvae.train import encoder_gaussian_fn, evaluate_metrics, make_dataset
     dataset = make_dataset(args.data)
