@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "cpu_philox_simd.h"
+#include "dtype.h"
 #include "philox.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
@@ -24,20 +25,12 @@
 namespace ffv {
 namespace cpu_math {
 
-FFV_INLINE float as_float(uint32_t u) {
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-FFV_INLINE uint32_t as_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  return u;
-}
+// Bit casts: dtype.h's bits_float / float_bits.
+using ffv::bits_float;
+using ffv::float_bits;
 
 // 2^n for integer n in [-126, 127], as a float built from its exponent bits.
-FFV_INLINE float pow2i(int32_t n) { return as_float(static_cast<uint32_t>(n + 127) << 23); }
+FFV_INLINE float pow2i(int32_t n) { return bits_float(static_cast<uint32_t>(n + 127) << 23); }
 
 // e^x; +inf above 88.72, 0 far below -87 (gradual underflow in between), nan stays nan.
 FFV_INLINE float exp_f32(float x) {
@@ -62,9 +55,9 @@ FFV_INLINE float exp_f32(float x) {
 
 // log(x) for positive normal x (the Box-Muller radius needs x in [1e-7, 1)).
 FFV_INLINE float log_f32_positive(float x) {
-  const uint32_t bits = as_bits(x);
+  const uint32_t bits = float_bits(x);
   int32_t e = static_cast<int32_t>(bits >> 23) - 126;       // x = m * 2^e, m in [0.5, 1)
-  float m = as_float((bits & 0x007FFFFFu) | 0x3F000000u);
+  float m = bits_float((bits & 0x007FFFFFu) | 0x3F000000u);
   const bool small = m < 0.707106781186547524f;
   e = small ? e - 1 : e;
   m = small ? m + m - 1.0f : m - 1.0f;                        // m - 1 in [-0.29, 0.41]
@@ -101,18 +94,11 @@ FFV_INLINE float cos_f32_small(float x) {
   return ((j + 2) & 4) ? -value : value;
 }
 
-// Triton's uint_to_uniform_float for 32-bit input (philox.h's uint32_to_uniform).
-FFV_INLINE float uniform_f32(uint32_t x) {
-  int32_t s = static_cast<int32_t>(x);
-  s = s < 0 ? -s - 1 : s;
-  return static_cast<float>(s) * 4.6566127342e-10f;
-}
-
 // tl.randn(seed, offset) with the functions above (philox.h's philox_randn, vectorisable).
 FFV_INLINE float randn_f32(uint64_t seed, uint64_t offset) {
   const Philox4 r = philox_randint4x(seed, offset);
-  float u1 = uniform_f32(r.c0);
-  const float u2 = uniform_f32(r.c1);
+  float u1 = uint32_to_uniform(r.c0);
+  const float u2 = uint32_to_uniform(r.c1);
   u1 = u1 > 1.0e-7f ? u1 : 1.0e-7f;
   const float theta = 6.283185307179586f * u2;
   return std::sqrt(-2.0f * log_f32_positive(u1)) * cos_f32_small(theta);
@@ -128,9 +114,9 @@ FFV_INLINE void fill_randn_f32(uint64_t seed, uint64_t first, int64_t n, float* 
     const int64_t m = n - b < kBlock ? n - b : kBlock;
     simd::philox_c0c1(seed, first + static_cast<uint64_t>(b), 1, m, c0, c1);
     for (int64_t k = 0; k < m; ++k) {
-      const float u1 = uniform_f32(c0[k]);
+      const float u1 = uint32_to_uniform(c0[k]);
       u1s[k] = u1 > 1.0e-7f ? u1 : 1.0e-7f;
-      u2s[k] = uniform_f32(c1[k]);
+      u2s[k] = uint32_to_uniform(c1[k]);
     }
     for (int64_t k = 0; k < m; ++k) {
       out[b + k] = std::sqrt(-2.0f * log_f32_positive(u1s[k])) * cos_f32_small(6.283185307179586f * u2s[k]);
