@@ -35,6 +35,12 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def _needs_graph(*tensors) -> bool:
+    """Whether autograd must record the op: skipping autograd.Function when nothing requires a
+    gradient (evaluation, the discriminator step's permute) saves ~5 us per call on the CPU."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 # =============================================================================================
 # reparameterize_kl
 # =============================================================================================
@@ -124,6 +130,8 @@ def reparameterize_kl(
     seed = _draw_seed(mu.device)
     if _compiling():
         return _reparameterize_kl_op(mu, logvar, eps, seed, reduction, impl.NAME)
+    if not _needs_graph(mu, logvar, eps):
+        return impl.reparameterize_kl_forward(mu, logvar, eps, seed, reduction)
     return _ReparameterizeKL.apply(mu, logvar, eps, seed, reduction, impl)
 
 
@@ -199,6 +207,8 @@ def permute_dims(z: Tensor, *, backend: str = "auto") -> Tensor:
     if _compiling():
         out, _ = _permute_dims_op(_as_groups(z), seed, impl.NAME)
         return out.view(z.shape)
+    if not _needs_graph(z):
+        return impl.permute_dims_forward(_as_groups(z), seed, False)[0].view(z.shape)
     return _PermuteDims.apply(z, seed, impl)
 
 
@@ -267,6 +277,8 @@ def tc_loss(d_logits: Tensor, *, backend: str = "auto") -> Tensor:
     impl = select("tc_loss", backend, d_logits.device, d_logits.dtype)
     if _compiling():
         return _tc_loss_op(_as_columns(d_logits), impl.NAME)
+    if not _needs_graph(d_logits):
+        return impl.tc_loss_forward(_as_columns(d_logits))
     return _TCLoss.apply(d_logits, impl)
 
 
@@ -339,6 +351,8 @@ def discriminator_loss(d_real: Tensor, d_perm: Tensor, *, backend: str = "auto")
     impl = select("discriminator_loss", backend, d_real.device, d_real.dtype)
     if _compiling():
         return _discriminator_loss_op(_as_columns(d_real), _as_columns(d_perm), impl.NAME)
+    if not _needs_graph(d_real, d_perm):
+        return impl.discriminator_loss_forward(_as_columns(d_real), _as_columns(d_perm))
     return _DiscriminatorLoss.apply(d_real, d_perm, impl)
 
 
