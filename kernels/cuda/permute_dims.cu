@@ -188,6 +188,16 @@ ffv_status permute_dims_forward_sorted(const char* entry, int64_t G, int64_t B, 
 
 using namespace ffv::gpu;
 
+// G, B, D >= 1, B fits the int32 index, G*B*D fits int64 (the CPU library's order and messages).
+static ffv_status check_permute_sizes(const char* entry, int64_t G, int64_t B, int64_t D) {
+  FFV_GPU_CHECK(check_size(entry, "G", G));
+  FFV_GPU_CHECK(check_size(entry, "B", B));
+  FFV_GPU_CHECK(check_size(entry, "D", D));
+  FFV_GPU_CHECK(check_int32_rows(entry, B));
+  FFV_GPU_CHECK(check_numel(entry, G, B, D));
+  return FFV_OK;
+}
+
 extern "C" {
 
 FFV_API ffv_status ffv_permute_dims_forward(
@@ -197,11 +207,7 @@ FFV_API ffv_status ffv_permute_dims_forward(
     void* out, int32_t* index, void* stream) {
   const char* entry = "ffv_permute_dims_forward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_size(entry, "G", G));
-    FFV_GPU_CHECK(check_size(entry, "B", B));
-    FFV_GPU_CHECK(check_size(entry, "D", D));
-    FFV_GPU_CHECK(check_int32_rows(entry, B));
-    FFV_GPU_CHECK(check_numel(entry, G, B, D));
+    FFV_GPU_CHECK(check_permute_sizes(entry, G, B, D));
     FFV_GPU_CHECK(check_pointer(entry, "z", z));
     FFV_GPU_CHECK(check_pointer(entry, "seed", seed));
     FFV_GPU_CHECK(check_pointer(entry, "out", out));
@@ -232,11 +238,7 @@ FFV_API ffv_status ffv_permute_dims_backward(
     void* grad_z, void* stream) {
   const char* entry = "ffv_permute_dims_backward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_size(entry, "G", G));
-    FFV_GPU_CHECK(check_size(entry, "B", B));
-    FFV_GPU_CHECK(check_size(entry, "D", D));
-    FFV_GPU_CHECK(check_int32_rows(entry, B));
-    FFV_GPU_CHECK(check_numel(entry, G, B, D));
+    FFV_GPU_CHECK(check_permute_sizes(entry, G, B, D));
     FFV_GPU_CHECK(check_pointer(entry, "grad_out", grad_out));
     FFV_GPU_CHECK(check_pointer(entry, "index", index));
     FFV_GPU_CHECK(check_pointer(entry, "grad_z", grad_z));
