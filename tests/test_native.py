@@ -192,6 +192,41 @@ def test_in_kernel_eps_ignores_input_strides_and_dtype(library):
     torch.testing.assert_close(z, expected, rtol=1e-6, atol=1e-6)
 
 
+# ------------------------------------------------------------------------- thread count
+# (B, D) on both sides of the OpenMP thresholds of kernels/include/cpu_common.h (2^14 elements
+# for Philox/sort/exp loops, 2^17 for cheap ones): one thread and the full team must agree.
+THREAD_SHAPES = [(64, 10), (1024, 32), (4096, 40), (70000, 2)]
+
+
+def _all_native_outputs(batch, dim, seed):
+    torch.manual_seed(1)
+    mu, logvar, grad_z = torch.randn(batch, dim), torch.randn(batch, dim), torch.randn(batch, dim)
+    real, perm, grad = torch.randn(batch, 2), torch.randn(batch, 2), torch.tensor(1.5)
+    z, kl = native.reparameterize_kl_forward(mu, logvar, None, seed, "mean")
+    out, index = native.permute_dims_forward(z.unsqueeze(0), seed, True)
+    return (z, kl, *native.reparameterize_kl_backward(grad_z, grad, mu, logvar, z, "mean", True),
+            out, index, native.permute_dims_backward(grad_z.unsqueeze(0), index),
+            native.tc_loss_forward(real), native.tc_loss_backward(grad, real),
+            native.discriminator_loss_forward(real, perm), *native.discriminator_loss_backward(grad, real, perm))
+
+
+@pytest.mark.parametrize("shape", THREAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_results_do_not_depend_on_the_thread_count(library, shape):
+    """Every reduction sums fixed chunks in a fixed order, and every permutation depends on the
+    seed only: one OpenMP thread and two give bit-identical outputs."""
+    seed = _seed(2024)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = _all_native_outputs(*shape, seed)
+        torch.set_num_threads(max(2, threads))
+        team = _all_native_outputs(*shape, seed)
+    finally:
+        torch.set_num_threads(threads)
+    for k, (a, b) in enumerate(zip(single, team)):
+        assert torch.equal(a, b), f"output {k} differs between 1 and {max(2, threads)} threads"
+
+
 # ------------------------------------------------------------------------- 16-bit conversions
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_every_16_bit_pattern_survives_load_and_store(library, dtype):

@@ -39,13 +39,16 @@ inline int thread_id() {
 #endif
 }
 
-// Element counts above which a loop wakes the OpenMP team: about a millisecond of single-thread
-// work: kParallelCheap for loops of cheap arithmetic (~1 ns per element), kParallelExpensive for
-// loops that draw Philox numbers, sort, or call exp/log per element (~5-15 ns per element). Below that, waking a second thread costs more than it saves,
-// and on a busy machine a worker that is not scheduled stalls the whole call at the barrier.
+// Element counts above which a loop wakes the OpenMP team: about 100 us of single-thread work.
+// kParallelCheap for loops of cheap arithmetic (~1 ns per element), kParallelExpensive for loops
+// that draw Philox numbers, sort, or call exp/log per element (~5-10 ns per element). Waking the
+// team costs ~5 us here (2-core Xeon, warm libgomp pool), so below these sizes one thread wins.
+// (Until 2026-11-28 they were 2^20 and 2^18, ~1 ms of work: permute_dims at B=1024, D=32 then
+// ran on one thread, 208 us against 107 us on two.) On a busy machine a worker that is not
+// scheduled stalls the call at the barrier; torch.set_num_threads(1) / OMP_NUM_THREADS=1 turn it off.
 // torch.set_num_threads / OMP_NUM_THREADS bound the team (omp_get_max_threads).
-constexpr int64_t kParallelCheap = int64_t{1} << 20;
-constexpr int64_t kParallelExpensive = int64_t{1} << 18;
+constexpr int64_t kParallelCheap = int64_t{1} << 17;
+constexpr int64_t kParallelExpensive = int64_t{1} << 14;
 
 // Call fn(T{}) with T the storage type of `dtype`; FFV_ERR_UNSUPPORTED_DTYPE otherwise.
 template <typename Fn>
