@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""How fast can the FactorVAE loss head be with PyTorch's eager autograd? (issue 3's 5x at B=64)
+
+    python bench/head_floor.py [--batch 64 --dim 10 --rounds 2000]
+
+Times one forward + backward of the loss head (bench/test_loss_head.py: reparameterise + KL,
+TC term, a second reparameterised batch, permute_dims, discriminator loss) three ways, with the
+fixed linear stand-in discriminator of the benchmark and without any network (the logits are
+then inputs, and z gets a gradient as a decoder would give it):
+
+- eager-1konny:  fastfvae.baselines (the 1Konny-style code the targets are measured against);
+- fastfvae:      the public fastfvae ops (backend "auto");
+- null-ops:      the same autograd graph built from ``torch.autograd.Function`` nodes that do no
+                 work at all (forward returns uninitialised tensors, backward returns cached
+                 ones; no validation, dispatch, seed or kernel). No implementation of the head
+                 on Python autograd Functions can be faster than this: it is the floor.
+
+The last column is eager-1konny / null-ops: the largest speed-up over the 1Konny code that any
+such implementation could show on this machine. Medians over fresh inputs, like bench/common.py.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from fastfvae import baselines
+from fastfvae import functional as ffv
+
+
+# ------------------------------------------------------------------------------ null-ops floor
+class _NullReparameterizeKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu, logvar):
+        ctx.grads = (torch.empty_like(mu), torch.empty_like(logvar))
+        return torch.empty_like(mu), mu.new_empty(())
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_kl):
+        return ctx.grads
+
+
+class _NullLogitLoss(torch.autograd.Function):
+    """tc_loss (one logits input) or discriminator_loss (two)."""
+
+    @staticmethod
+    def forward(ctx, *logits):
+        ctx.grads = tuple(torch.empty_like(t) for t in logits)
+        return logits[0].new_empty(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.grads
+
+
+def null_ops_head(mu, logvar, mu2, logvar2, d_logits_fn):
+    """The head's graph with no-op nodes: same calls, same autograd structure as fastfvae's."""
+    z, kl = _NullReparameterizeKL.apply(mu, logvar)
+    vae_tc = _NullLogitLoss.apply(d_logits_fn(z))
+    z_prime, _ = _NullReparameterizeKL.apply(mu2, logvar2)
+    z_pperm = torch.empty_like(z_prime)  # permute_dims of a detached tensor records no node
+    d_loss = _NullLogitLoss.apply(d_logits_fn(z.detach()), d_logits_fn(z_pperm))
+    return kl + vae_tc, d_loss
+
+
+def fastfvae_head(mu, logvar, mu2, logvar2, d_logits_fn):
+    return baselines.fastfvae_loss_head(mu, logvar, mu2, logvar2, d_logits_fn)
+
+
+IMPLEMENTATIONS = {"eager-1konny": baselines.konny_loss_head, "fastfvae": fastfvae_head, "null-ops": null_ops_head}
+
+
+# ------------------------------------------------------------------------------ the two heads
+def with_linear(head, batch, dim):
+    """The benchmark's head: a fixed linear map D -> 2 (weights with grad) as the discriminator."""
+
+    def make_inputs():
+        leaf = lambda *shape: torch.randn(*shape).requires_grad_()  # noqa: E731
+        return [leaf(batch, dim), leaf(batch, dim), leaf(batch, dim), leaf(batch, dim), leaf(2, dim), leaf(2)]
+
+    def run(mu, logvar, mu2, logvar2, weight, bias):
+        outputs = head(mu, logvar, mu2, logvar2, lambda x: F.linear(x, weight, bias))
+        torch.autograd.backward(outputs, (torch.ones(()), torch.ones(())))
+
+    return make_inputs, run
+
+
+def without_network(head, batch, dim):
+    """No network: the three logits tensors are inputs (as if D had run), z gets a decoder-like
+    gradient. The logits stand in for D(z), D(z.detach()) and D(permute_dims(z')) in call order."""
+
+    def make_inputs():
+        leaf = lambda *shape: torch.randn(*shape).requires_grad_()  # noqa: E731
+        return [leaf(batch, dim), leaf(batch, dim), leaf(batch, dim), leaf(batch, dim),
+                [leaf(batch, 2), leaf(batch, 2), leaf(batch, 2)], torch.randn(batch, dim)]
+
+    def run(mu, logvar, mu2, logvar2, logits, grad_z):
+        queue = list(logits)
+        captured = {}
+
+        def logits_of(x):  # hands out the next logits tensor; remembers z (the first argument)
+            captured.setdefault("z", x)
+            return queue.pop(0)
+
+        vae_loss, d_loss = head(mu, logvar, mu2, logvar2, logits_of)
+        torch.autograd.backward((vae_loss, d_loss, captured["z"]), (torch.ones(()), torch.ones(()), grad_z))
+
+    return make_inputs, run
+
+
+def median_us(make_inputs, run, rounds: int) -> float:
+    for _ in range(20):
+        run(*make_inputs())
+    times = []
+    for _ in range(rounds):
+        inputs = make_inputs()
+        start = time.perf_counter()
+        run(*inputs)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2] * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--dim", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2000)
+    args = parser.parse_args()
+    print(f"loss head fwd+bwd, B={args.batch}, D={args.dim}, cpu, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; median of {args.rounds} rounds (us)\n")
+    print("| head | eager-1konny | fastfvae | null-ops | 1konny / fastfvae | 1konny / null-ops (best possible) |")
+    print("|---|---|---|---|---|---|")
+    for label, variant in (("with the linear stand-in D", with_linear), ("without a network", without_network)):
+        times = {name: median_us(*variant(head, args.batch, args.dim), args.rounds)
+                 for name, head in IMPLEMENTATIONS.items()}
+        konny = times["eager-1konny"]
+        print(f"| {label} | {konny:.1f} | {times['fastfvae']:.1f} | {times['null-ops']:.1f} | "
+              f"{konny / times['fastfvae']:.2f}x | {konny / times['null-ops']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
