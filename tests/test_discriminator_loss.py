@@ -72,6 +72,34 @@ def test_nan_propagates(backend):
     assert torch.isnan(fastfvae.discriminator_loss(d_real, d_perm, backend=backend))
 
 
+SPECIAL_VALUES = [0.0, 1.5, -2.0, 87.0, -87.0, 1e30, float("inf"), float("-inf"), float("nan")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_special_values_give_the_reference_nan_and_inf_pattern(backend, dtype):
+    """Every (a, b) pair of special logits, as d_real and as d_perm (one row each, B = 1): loss and
+    gradients are NaN, +-inf or finite exactly where the reference's are, and close where finite."""
+    require(backend, "discriminator_loss", "cpu", dtype)
+    finite = torch.tensor([[0.3, -0.7]])
+    for a in SPECIAL_VALUES:
+        for b in SPECIAL_VALUES:
+            pair = torch.tensor([[a, b]])
+            for d_real, d_perm in ((pair, finite), (finite, pair)):
+                real, perm = (t.to(dtype, copy=True).requires_grad_() for t in (d_real, d_perm))
+                loss = fastfvae.discriminator_loss(real, perm, backend=backend)
+                loss.backward()
+                real64, perm64 = (t.detach().double().requires_grad_() for t in (real, perm))
+                loss_ref = reference.discriminator_loss(real64, perm64)
+                loss_ref.backward()
+                for name, got, want in (("loss", loss, loss_ref), ("grad d_real", real.grad, real64.grad),
+                                        ("grad d_perm", perm.grad, perm64.grad)):
+                    got, want = got.detach().double(), want.detach()
+                    assert torch.equal(got.isnan(), want.isnan()), f"{name} NaN at a={a}, b={b}: {got} vs {want}"
+                    assert torch.equal(got.isinf(), want.isinf()), f"{name} inf at a={a}, b={b}: {got} vs {want}"
+                    finite_mask = want.isfinite()
+                    assert_close(got[finite_mask].to(dtype), want[finite_mask], dtype, f"{name} at a={a}, b={b}")
+
+
 def test_gradcheck_float64(backend):
     require(backend, "discriminator_loss", "cpu", torch.float64)
     for shape in [(6, 2), (5,), (4, 1)]:

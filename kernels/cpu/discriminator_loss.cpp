@@ -8,13 +8,58 @@
 //                            K = 1: grad_real = s*(sigmoid(real_i) - 1), grad_perm = s*sigmoid(perm_i)
 // The formulas follow PyTorch's (log_softmax with the max subtracted; BCE-with-logits as
 // (1 - y)*x - log_sigmoid(x)) so that NaN and Inf propagate exactly as in the reference.
+// K = 2 in float32 compute (float32, float16, bfloat16 tensors) runs in blocks of 1024 rows through
+// loops that vectorise (cpu_math.h's exp/log): ~10x faster than libm's scalar calls at B = 16384.
 #include <cmath>
+#include <type_traits>
 
 #include "cpu_common.h"
+#include "cpu_math.h"
 
 namespace {
 
 using ffv::Element;
+using ffv::cpu_math::exp_f32;
+using ffv::cpu_math::log_f32_positive;
+
+constexpr int64_t kBlockRows = 1024;  // rows per vectorised block (and per deterministic chunk)
+
+// log of softmax's denominator exp(a - m) + exp(b - m): in [1, 2], or NaN, which stays NaN
+// (sum - sum is 0, or NaN for NaN; a select here would stop GCC vectorising the loop).
+FFV_INLINE float log_denominator_f32(float sum) { return log_f32_positive(sum) + (sum - sum); }
+
+// loss[k] = cross_entropy2(a[k], b[k], target) in float32, k < n (the same formula, vectorised).
+FFV_CLONES void cross_entropy2_f32(const float* a, const float* b, int64_t n, int target, float* loss) {
+  const float* picked = target == 0 ? a : b;
+  for (int64_t k = 0; k < n; ++k) {
+    const float m = a[k] > b[k] ? a[k] : b[k];
+    loss[k] = (m - picked[k]) + log_denominator_f32(exp_f32(a[k] - m) + exp_f32(b[k] - m));
+  }
+}
+
+// p_a[k], p_b[k] = softmax2(a[k], b[k]) in float32, k < n (the same formula, vectorised).
+FFV_CLONES void softmax2_f32(const float* a, const float* b, int64_t n, float* p_a, float* p_b) {
+  for (int64_t k = 0; k < n; ++k) {
+    const float m = a[k] > b[k] ? a[k] : b[k];
+    const float e_a = exp_f32(a[k] - m), e_b = exp_f32(b[k] - m);
+    const float total = e_a + e_b;
+    p_a[k] = e_a / total;
+    p_b[k] = e_b / total;
+  }
+}
+
+// GCC cannot see that load_pairs fills the block buffers before the vectorised loops (which take
+// them as const pointers) read them, and warns; every element read was written.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// Rows [begin, end) of a strided (B, 2) logits tensor into two float columns.
+template <typename T>
+void load_pairs(const T* logits, int64_t s0, int64_t s1, int64_t begin, int64_t end, float* a, float* b) {
+  for (int64_t i = begin; i < end; ++i) {
+    a[i - begin] = Element<T>::load(logits + i * s0);
+    b[i - begin] = Element<T>::load(logits + i * s0 + s1);
+  }
+}
 
 // Cross-entropy of two logits (a, b) against class `target` (0 or 1), as PyTorch computes it.
 template <typename C>
@@ -38,7 +83,26 @@ ffv_status forward(int64_t B, int64_t K, const void* real_base, int64_t r0, int6
   using C = typename E::compute;
   const T* real = static_cast<const T*>(real_base);  // [B, K], element (i, k) at i*r0 + k*r1
   const T* perm = static_cast<const T*>(perm_base);  // [B, K], element (i, k) at i*p0 + k*p1
-  const double sum = ffv::chunked_row_sum(B, B * K >= ffv::kParallelExpensive, [&](int64_t i) -> double {
+  const bool parallel = B * K >= ffv::kParallelExpensive;
+  if constexpr (std::is_same_v<C, float>) {
+    if (K == 2) {  // blocks of kBlockRows rows: the chunks (and summation order) of chunked_row_sum
+      const double sum = ffv::chunked_sum((B + kBlockRows - 1) / kBlockRows, parallel, [&](int64_t block) {
+        float a[kBlockRows], b[kBlockRows], real_loss[kBlockRows], perm_loss[kBlockRows];
+        const int64_t begin = block * kBlockRows, end = begin + kBlockRows < B ? begin + kBlockRows : B;
+        load_pairs(real, r0, r1, begin, end, a, b);
+        cross_entropy2_f32(a, b, end - begin, 0, real_loss);
+        load_pairs(perm, p0, p1, begin, end, a, b);
+        cross_entropy2_f32(a, b, end - begin, 1, perm_loss);
+        double block_sum = 0.0;
+        for (int64_t k = 0; k < end - begin; ++k)
+          block_sum += static_cast<double>(real_loss[k]) + static_cast<double>(perm_loss[k]);
+        return block_sum;
+      });
+      E::store(static_cast<T*>(loss_out), static_cast<C>(0.5 * sum / static_cast<double>(B)));  // [1]
+      return FFV_OK;
+    }
+  }
+  const double sum = ffv::chunked_row_sum(B, parallel, [&](int64_t i) -> double {
     C real_loss, perm_loss;
     if (K == 2) {
       real_loss = cross_entropy2(E::load(real + i * r0), E::load(real + i * r0 + r1), 0);
@@ -73,6 +137,29 @@ ffv_status backward(int64_t B, int64_t K, const void* grad_loss, const void* rea
   T* grad_real = static_cast<T*>(grad_real_out);  // [B, K] contiguous
   T* grad_perm = static_cast<T*>(grad_perm_out);  // [B, K] contiguous
   const C scale = E::load(static_cast<const T*>(grad_loss)) * C(0.5) / static_cast<C>(B);
+  if constexpr (std::is_same_v<C, float>) {
+    if (K == 2) {
+      const int64_t blocks = (B + kBlockRows - 1) / kBlockRows;
+      FFV_OMP(parallel for if(B * K >= ffv::kParallelExpensive) schedule(static))
+      for (int64_t block = 0; block < blocks; ++block) {
+        float a[kBlockRows], b[kBlockRows], q0[kBlockRows], q1[kBlockRows];
+        const int64_t begin = block * kBlockRows, end = begin + kBlockRows < B ? begin + kBlockRows : B;
+        load_pairs(real, r0, r1, begin, end, a, b);
+        softmax2_f32(a, b, end - begin, q0, q1);
+        for (int64_t i = begin; i < end; ++i) {
+          E::store(grad_real + 2 * i, (q0[i - begin] - C(1)) * scale);
+          E::store(grad_real + 2 * i + 1, q1[i - begin] * scale);
+        }
+        load_pairs(perm, p0, p1, begin, end, a, b);
+        softmax2_f32(a, b, end - begin, q0, q1);
+        for (int64_t i = begin; i < end; ++i) {
+          E::store(grad_perm + 2 * i, q0[i - begin] * scale);
+          E::store(grad_perm + 2 * i + 1, (q1[i - begin] - C(1)) * scale);
+        }
+      }
+      return FFV_OK;
+    }
+  }
   FFV_OMP(parallel for if(B * K >= ffv::kParallelExpensive) schedule(static))
   for (int64_t i = 0; i < B; ++i) {
     if (K == 2) {
