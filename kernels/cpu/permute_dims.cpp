@@ -8,6 +8,9 @@
 //
 // Sorting: the high key bits are uniform random, so a counting sort on the top bits puts ~2
 // keys in each bucket, and one insertion pass finishes the job (linear time, cache friendly).
+// Tall columns (more than 8192 buckets) sort in two counting passes, so that each pass's table
+// stays in L1: first on the top bits into buckets of ~128 keys, then each of those on the next
+// 8 bits.
 // Work is split into (group, block of up to 16 columns) units; a unit sorts its columns into a
 // scratch table and then writes whole row segments of `out`, so the writes stay sequential.
 #include <algorithm>
@@ -32,6 +35,7 @@ constexpr int64_t kMaxBlockElements = int64_t{1} << 21;  // rows x block columns
 struct Scratch {
   std::vector<uint64_t> keys;    // [B] keys of one column, in row order
   std::vector<uint64_t> sorted;  // [B] the same keys, sorted
+  std::vector<uint64_t> staged;  // [B] the keys after the first of two counting passes (tall columns)
   std::vector<uint32_t> counts;  // [buckets] counting-sort offsets
   std::vector<int32_t> perm;     // [block columns, B] source rows of the unit's columns
   std::vector<uint32_t> c0, c1;  // [B] Philox words 0 and 1 of one column
@@ -45,6 +49,30 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // key is 15% slower (the insertion pass mispredicts), four per key no faster (longer prefix sum).
 constexpr int kExtraBucketBits = 1;
 int bucket_bits_for(int row_bits) { return std::min(row_bits + kExtraBucketBits, kMaxBucketBits); }
+
+// Counting sorts with more bucket bits than this run in two passes (the second on kSubBucketBits).
+// At B = 16384 (15 bits) one pass spends its time in L2 misses on a 128 KB table.
+constexpr int kOnePassMaxBucketBits = 13;
+constexpr int kSubBucketBits = 8;
+
+// Exclusive prefix sum of counts[0..n) in place; returns the total.
+uint32_t exclusive_prefix_sum(uint32_t* counts, int64_t n) {
+  uint32_t start = 0;
+  for (int64_t b = 0; b < n; ++b) {
+    const uint32_t count = counts[b];
+    counts[b] = start;
+    start += count;
+  }
+  return start;
+}
+
+// Stable counting sort of keys[0..n) into out[0..n) by (key >> shift) & mask, with counts[mask + 1].
+void counting_pass(const uint64_t* keys, int64_t n, int shift, uint64_t mask, uint32_t* counts, uint64_t* out) {
+  std::memset(counts, 0, sizeof(uint32_t) * static_cast<size_t>(mask + 1));
+  for (int64_t i = 0; i < n; ++i) ++counts[(keys[i] >> shift) & mask];
+  exclusive_prefix_sum(counts, static_cast<int64_t>(mask + 1));
+  for (int64_t i = 0; i < n; ++i) out[counts[(keys[i] >> shift) & mask]++] = keys[i];
+}
 
 // Leading dimension of the per-column buffers: B rounded up to 16, plus 16 (one cache line of
 // int32/float32) so that consecutive columns start in different cache sets.
@@ -86,25 +114,27 @@ FFV_CLONES const uint64_t* sorted_column_keys(uint64_t seed, int64_t g, int64_t 
   // Counting sort on the top bucket_bits key bits (uniform random bits of c0), about two
   // buckets per key, then an insertion pass that only moves keys sharing a bucket.
   const int bucket_bits = bucket_bits_for(row_bits);
-  const int64_t buckets = int64_t{1} << bucket_bits;
-  const int shift = 63 - bucket_bits;
   uint32_t* counts = s.counts.data();
-  std::memset(counts, 0, sizeof(uint32_t) * static_cast<size_t>(buckets));
-  for (int64_t i = 0; i < B; ++i) {
-    const uint64_t key = key_of(i);
-    keys[i] = key;
-    ++counts[key >> shift];
-  }
-  uint32_t start = 0;
-  for (int64_t b = 0; b < buckets; ++b) {
-    const uint32_t count = counts[b];
-    counts[b] = start;
-    start += count;
-  }
   uint64_t* sorted = s.sorted.data();
-  for (int64_t i = 0; i < B; ++i) {
-    const uint64_t key = keys[i];
-    sorted[counts[key >> shift]++] = key;
+  for (int64_t i = 0; i < B; ++i) keys[i] = key_of(i);
+  if (bucket_bits <= kOnePassMaxBucketBits) {
+    counting_pass(keys, B, 63 - bucket_bits, (uint64_t{1} << bucket_bits) - 1, counts, sorted);
+  } else {
+    // Two passes: the top (bucket_bits - kSubBucketBits) bits into `staged` (~128 keys per
+    // bucket), then each bucket on the next kSubBucketBits bits into `sorted`. Both tables fit L1.
+    const int top_bits = bucket_bits - kSubBucketBits;
+    const uint64_t top_mask = (uint64_t{1} << top_bits) - 1;
+    const uint64_t sub_mask = (uint64_t{1} << kSubBucketBits) - 1;
+    uint64_t* staged = s.staged.data();
+    uint32_t* bucket_end = counts;  // after counting_pass: counts[b] = end of top bucket b
+    counting_pass(keys, B, 63 - top_bits, top_mask, bucket_end, staged);
+    uint32_t sub_counts[uint64_t{1} << kSubBucketBits];
+    uint32_t begin = 0;
+    for (uint64_t b = 0; b <= top_mask; ++b) {
+      const uint32_t end = bucket_end[b];
+      counting_pass(staged + begin, end - begin, 63 - bucket_bits, sub_mask, sub_counts, sorted + begin);
+      begin = end;
+    }
   }
   insertion_sort(sorted, B);
   return sorted;
@@ -179,6 +209,7 @@ ffv_status forward(int64_t G, int64_t B, int64_t D, const void* z_base, int64_t 
     };
     grow(s.keys, B);
     grow(s.sorted, B);
+    grow(s.staged, bucket_bits_for(row_bits) > kOnePassMaxBucketBits ? B : 0);
     grow(s.c0, B);
     grow(s.c1, B);
     grow(s.counts, buckets);
