@@ -128,7 +128,7 @@ def test_package_works_without_the_library(tmp_path, library_state):
 
 # ------------------------------------------------------------------------- Philox agreement
 PERMUTATION_SHAPES = [(1, 1, 1), (1, 1, 7), (1, 2, 3), (1, 5, 3), (2, 64, 10), (3, 100, 5), (1, 33, 17),
-                      (2, 1000, 3), (1, 70000, 2)]
+                      (2, 1000, 3), (1, 70000, 2), (3, 2000, 40)]
 
 
 @pytest.mark.parametrize("shape", PERMUTATION_SHAPES, ids=lambda s: "x".join(map(str, s)))
