@@ -1,14 +1,15 @@
 """Triton kernels for the FactorVAE discriminator's loss (DESIGN.md §1).
 
-Both logit tensors (B, K) at once. With softplus(x) = log(1 + exp(x)):
-- K = 2: CE(real, class 0) = softplus(r1 - r0), CE(perm, class 1) = softplus(p0 - p1);
-- K = 1 (the logit of "from q(z)"): BCE(sigmoid(r), 1) = softplus(-r), BCE(sigmoid(p), 0) = softplus(p).
-loss = 0.5/B * sum_i (softplus(a_i) + softplus(b_i)), with a = r1 - r0 or -r and b = p0 - p1 or p.
-softplus is evaluated stably as max(x, 0) + log(1 + exp(-|x|)) (no overflow for any logit).
+Both logit tensors (B, K) at once, with PyTorch's own formulas so that NaN and +-inf logits give
+exactly the reference's NaN / inf results (tests/test_discriminator_loss.py checks every pair):
+- K = 2: CE(x, label) = -log_softmax(x)[label] = (m - x_label) + log(exp(x0 - m) + exp(x1 - m)),
+  m = max(x0, x1); loss = 0.5/B * sum_i (CE(real_i, 0) + CE(perm_i, 1)).
+- K = 1 (the logit of "from q(z)"): BCE-with-logits(x, y) = (1 - y)*x - log_sigmoid(x), with
+  log_sigmoid(x) = min(x, 0) - log(1 + exp(-|x|)); loss = 0.5/B * sum_i (BCE(r_i, 1) + BCE(p_i, 0)).
+  (0*x is kept: it is NaN for infinite x, as in PyTorch.)
 
-Gradients: d softplus(x)/dx = sigmoid(x), so with s = g * 0.5/B:
-K = 2: d r0 = -s*sigmoid(a), d r1 = s*sigmoid(a), d p0 = s*sigmoid(b), d p1 = -s*sigmoid(b)
-(softmax minus one-hot); K = 1: d r = -s*sigmoid(a) = s*(sigmoid(r) - 1), d p = s*sigmoid(p).
+Gradients, s = g * 0.5/B: K = 2: d real = s*(softmax(real) - e0), d perm = s*(softmax(perm) - e1);
+K = 1: d r = s*(sigmoid(r) - 1), d p = s*sigmoid(p).
 
 Launches: forward 1 (one program loops over the batch, fixed order, deterministic);
 backward 1 (writes both gradients).
@@ -25,9 +26,37 @@ BLOCK = 1024
 
 
 @triton.jit
-def _softplus(x):
-    """log(1 + exp(x)) without overflow."""
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+def _larger(x0, x1):
+    """x0 > x1 ? x0 : x1, as the reference's max (NaN in x0 picks x1; the result then turns NaN)."""
+    return tl.where(x0 > x1, x0, x1)
+
+
+@triton.jit
+def _cross_entropy2(x0, x1, LABEL: tl.constexpr):
+    """-log_softmax((x0, x1))[LABEL], max subtracted."""
+    m = _larger(x0, x1)
+    log_sum = tl.log(tl.exp(x0 - m) + tl.exp(x1 - m))
+    if LABEL == 0:
+        picked = x0
+    else:
+        picked = x1
+    return (m - picked) + log_sum
+
+
+@triton.jit
+def _softmax2(x0, x1):
+    """softmax((x0, x1)), max subtracted: (q0, q1)."""
+    m = _larger(x0, x1)
+    e0 = tl.exp(x0 - m)
+    e1 = tl.exp(x1 - m)
+    total = e0 + e1
+    return e0 / total, e1 / total
+
+
+@triton.jit
+def _log_sigmoid(x):
+    """min(x, 0) - log(1 + exp(-|x|)) (no overflow)."""
+    return tl.where(x < 0.0, x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
 
 
 @triton.jit
@@ -35,19 +64,6 @@ def _sigmoid(x):
     """1 / (1 + exp(-x)) via exp(-|x|), so no exp overflows."""
     e = tl.exp(-tl.abs(x))
     return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-@triton.jit
-def _margins(real_ptr, perm_ptr, rows, ok, stride_rb, stride_rk, stride_pb, stride_pk,
-             K: tl.constexpr, COMPUTE: tl.constexpr):
-    """(a, b): the arguments of softplus for the real and the permuted sample of each row."""
-    r0 = tl.load(real_ptr + rows * stride_rb, mask=ok, other=0.0).to(COMPUTE)
-    p0 = tl.load(perm_ptr + rows * stride_pb, mask=ok, other=0.0).to(COMPUTE)
-    if K == 2:
-        r1 = tl.load(real_ptr + rows * stride_rb + stride_rk, mask=ok, other=0.0).to(COMPUTE)
-        p1 = tl.load(perm_ptr + rows * stride_pb + stride_pk, mask=ok, other=0.0).to(COMPUTE)
-        return r1 - r0, p0 - p1
-    return -r0, p0
 
 
 @triton.jit
@@ -64,13 +80,20 @@ def _discriminator_loss_forward_kernel(
     COMPUTE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """loss = 0.5/B * sum_i (softplus(a_i) + softplus(b_i)), a, b from _margins. One program."""
+    """loss = 0.5/B * sum_i (CE(real_i, 0) + CE(perm_i, 1)) (K = 2) or the BCE pair (K = 1). One program."""
     acc = tl.zeros((BLOCK,), dtype=COMPUTE)
     for start in range(0, B, BLOCK):
         rows = (start + tl.arange(0, BLOCK)).to(tl.int64)
         ok = rows < B
-        a, b = _margins(real_ptr, perm_ptr, rows, ok, stride_rb, stride_rk, stride_pb, stride_pk, K, COMPUTE)
-        acc += tl.where(ok, _softplus(a) + _softplus(b), 0.0)
+        r0 = tl.load(real_ptr + rows * stride_rb, mask=ok, other=0.0).to(COMPUTE)
+        p0 = tl.load(perm_ptr + rows * stride_pb, mask=ok, other=0.0).to(COMPUTE)
+        if K == 2:
+            r1 = tl.load(real_ptr + rows * stride_rb + stride_rk, mask=ok, other=0.0).to(COMPUTE)
+            p1 = tl.load(perm_ptr + rows * stride_pb + stride_pk, mask=ok, other=0.0).to(COMPUTE)
+            row_loss = _cross_entropy2(r0, r1, 0) + _cross_entropy2(p0, p1, 1)
+        else:
+            row_loss = (0.0 * r0 - _log_sigmoid(r0)) + (p0 - _log_sigmoid(p0))
+        acc += tl.where(ok, row_loss, 0.0)
     loss = 0.5 * (tl.sum(acc, axis=0) / B)
     tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
 
@@ -91,20 +114,26 @@ def _discriminator_loss_backward_kernel(
     COMPUTE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """s = g * 0.5/B; K = 2: dr = s*(-sig(a), sig(a)), dp = s*(sig(b), -sig(b));
-    K = 1: dr = -s*sig(a), dp = s*sig(b)."""
+    """s = g * 0.5/B; K = 2: d real = s*(softmax(real) - e0), d perm = s*(softmax(perm) - e1);
+    K = 1: d r = s*(sigmoid(r) - 1), d p = s*sigmoid(p)."""
     rows = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     ok = rows < B
     scale = tl.load(grad_loss_ptr).to(COMPUTE) * 0.5 / B
-    a, b = _margins(real_ptr, perm_ptr, rows, ok, stride_rb, stride_rk, stride_pb, stride_pk, K, COMPUTE)
-    grad_a = scale * _sigmoid(a)
-    grad_b = scale * _sigmoid(b)
     out_ty = grad_real_ptr.dtype.element_ty
-    tl.store(grad_real_ptr + rows * K, (-grad_a).to(out_ty), mask=ok)
-    tl.store(grad_perm_ptr + rows * K, grad_b.to(out_ty), mask=ok)
+    r0 = tl.load(real_ptr + rows * stride_rb, mask=ok, other=0.0).to(COMPUTE)
+    p0 = tl.load(perm_ptr + rows * stride_pb, mask=ok, other=0.0).to(COMPUTE)
     if K == 2:
-        tl.store(grad_real_ptr + rows * K + 1, grad_a.to(out_ty), mask=ok)
-        tl.store(grad_perm_ptr + rows * K + 1, (-grad_b).to(out_ty), mask=ok)
+        r1 = tl.load(real_ptr + rows * stride_rb + stride_rk, mask=ok, other=0.0).to(COMPUTE)
+        p1 = tl.load(perm_ptr + rows * stride_pb + stride_pk, mask=ok, other=0.0).to(COMPUTE)
+        q0, q1 = _softmax2(r0, r1)
+        tl.store(grad_real_ptr + rows * 2, ((q0 - 1.0) * scale).to(out_ty), mask=ok)
+        tl.store(grad_real_ptr + rows * 2 + 1, (q1 * scale).to(out_ty), mask=ok)
+        q0, q1 = _softmax2(p0, p1)
+        tl.store(grad_perm_ptr + rows * 2, (q0 * scale).to(out_ty), mask=ok)
+        tl.store(grad_perm_ptr + rows * 2 + 1, ((q1 - 1.0) * scale).to(out_ty), mask=ok)
+    else:
+        tl.store(grad_real_ptr + rows, ((_sigmoid(r0) - 1.0) * scale).to(out_ty), mask=ok)
+        tl.store(grad_perm_ptr + rows, (_sigmoid(p0) * scale).to(out_ty), mask=ok)
 
 
 def _strides(d_real, d_perm):
