@@ -127,6 +127,32 @@ def test_nan_and_inf_propagate_like_the_reference(backend, device):
     assert_close(kl, kl_ref, torch.float32, "kl")
 
 
+SPECIAL_VALUES = [0.0, -1.5, 2.0, 90.0, -90.0, float("inf"), float("-inf"), float("nan")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_special_values_forward_matches_the_reference(backend, dtype):
+    """Every (mu, logvar, eps) triple of special values, one element each: z and the per-row kl
+    are NaN, +-inf or finite exactly where the reference's are, and close where finite. (The
+    backward is left out on purpose: it forms z - mu for std * eps (DESIGN.md §1), which is NaN
+    for infinite mu where the reference's gradient is not.)"""
+    require(backend, "reparameterize_kl", "cpu", dtype)
+    values = torch.tensor(SPECIAL_VALUES, dtype=torch.float64)
+    mu, logvar, eps = (t.reshape(-1, 1).to(dtype) for t in torch.cartesian_prod(values, values, values).unbind(1))
+    z, kl = fastfvae.reparameterize_kl(mu, logvar, eps=eps, reduction="none", backend=backend)
+    # the reference in the same dtype: exp(90) overflows float32 but not float64
+    z_ref, kl_ref = reference.reparameterize_kl(mu, logvar, eps, "none")
+    for name, got, want in (("z", z, z_ref), ("kl", kl, kl_ref)):
+        got, want = got.double(), want.double()
+        bad = (got.isnan() != want.isnan()) | (got.isinf() != want.isinf()) | (got.isinf() & (got != want))
+        rows = bad.reshape(len(mu), -1).any(dim=1).nonzero().flatten().tolist()[:5]
+        assert not rows, f"{name}: NaN/inf pattern differs at (mu, logvar, eps) = " + str(
+            [(mu[i].item(), logvar[i].item(), eps[i].item(), got.reshape(len(mu), -1)[i].tolist(),
+              want.reshape(len(mu), -1)[i].tolist()) for i in rows])
+        finite = want.isfinite()
+        assert_close(got[finite].to(dtype), want[finite].to(dtype), dtype, name)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_gradcheck_float64(backend, reduction):
     require(backend, "reparameterize_kl", "cpu", torch.float64)
