@@ -42,11 +42,12 @@ inline int thread_id() {
 // Element counts above which a loop wakes the OpenMP team: about 100 us of single-thread work.
 // kParallelCheap for loops of cheap arithmetic (~1 ns per element), kParallelExpensive for loops
 // that draw Philox numbers, sort, or call exp/log per element (~5-10 ns per element). Waking the
-// team costs ~5 us here (2-core Xeon, warm libgomp pool), so below these sizes one thread wins.
-// (Until 2026-11-28 they were 2^20 and 2^18, ~1 ms of work: permute_dims at B=1024, D=32 then
-// ran on one thread, 208 us against 107 us on two.) On a busy machine a worker that is not
-// scheduled stalls the call at the barrier; torch.set_num_threads(1) / OMP_NUM_THREADS=1 turn it off.
-// torch.set_num_threads / OMP_NUM_THREADS bound the team (omp_get_max_threads).
+// team costs ~5 us while its workers still spin after a previous region, and some tens of us once
+// they sleep (measured on the 2-core Xeon: permute_dims at B=1024, D=32 after 2 ms idle took
+// 237 us on two threads against 301 us on one). Until 2026-11-28 these were 2^20 and 2^18 (~1 ms
+// of work), and that permute ran on one thread: 208 us against 107 us on two, back to back. On a
+// busy machine a worker that is not scheduled stalls the call at the barrier.
+// torch.set_num_threads / OMP_NUM_THREADS bound the team (omp_get_max_threads); 1 turns it off.
 constexpr int64_t kParallelCheap = int64_t{1} << 17;
 constexpr int64_t kParallelExpensive = int64_t{1} << 14;
 
