@@ -296,11 +296,7 @@ ffv_status check_sizes(const char* entry, int64_t G, int64_t B, int64_t D) {
   FFV_CHECK(ffv::check_positive(entry, "G", G));
   FFV_CHECK(ffv::check_positive(entry, "B", B));
   FFV_CHECK(ffv::check_positive(entry, "D", D));
-  if (B > INT32_MAX) {
-    return ffv::fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": B must fit the int32 index, got " +
-                                                   std::to_string(B));
-  }
-  return FFV_OK;
+  return ffv::check_int32_rows(entry, B);
 }
 
 }  // namespace

@@ -9,15 +9,25 @@
 #include <exception>
 #include <string>
 
+#include "arg_checks.h"
 #include "fastfvae.h"
 #include "formulas.h"
+#include "status.h"
 
 namespace ffv {
 namespace gpu {
 
 // ---- errors ------------------------------------------------------------------------------
-// Record `message` as this thread's ffv_last_error() and return `status` (status.cu).
-ffv_status fail(ffv_status status, const std::string& message);
+// ffv::fail (status.h, defined in status.cu) records this thread's ffv_last_error(); the argument
+// checks are the CPU library's (arg_checks.h). The entry points use `using namespace ffv::gpu`,
+// so these declarations make them visible there too.
+using ffv::check_int32_rows;
+using ffv::check_logit_count;
+using ffv::check_not_null;
+using ffv::check_numel;
+using ffv::check_positive;
+using ffv::check_reduction;
+using ffv::fail;
 
 // After kernel launches: a launch error (or a sticky error of an earlier asynchronous
 // failure) becomes FFV_ERR_CUDA with CUDA's message. Never synchronises.
@@ -36,13 +46,6 @@ inline ffv_status check_call(cudaError_t error, const char* entry, const char* w
                           cudaGetErrorString(error));
 }
 
-// Return from the enclosing function when `expr` (an ffv_status) is not FFV_OK.
-#define FFV_GPU_CHECK(expr)                                 \
-  do {                                                      \
-    const ffv_status ffv_check_status = (expr);             \
-    if (ffv_check_status != FFV_OK) return ffv_check_status; \
-  } while (0)
-
 // Run an entry's body so that no C++ exception (a failed host allocation while building a
 // message) crosses the extern "C" boundary.
 template <typename Body>
@@ -56,43 +59,6 @@ ffv_status guarded(const char* entry, Body&& body) {
       return FFV_ERR_INTERNAL;
     }
   }
-}
-
-// ---- argument checks (same messages, codes and order as the CPU library) -------------------
-inline ffv_status check_size(const char* entry, const char* name, int64_t value) {
-  if (value >= 1) return FFV_OK;
-  return fail(FFV_ERR_INVALID_ARGUMENT,
-              std::string(entry) + ": " + name + " must be >= 1, got " + std::to_string(value));
-}
-
-inline ffv_status check_pointer(const char* entry, const char* name, const void* pointer) {
-  if (pointer != nullptr) return FFV_OK;
-  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": " + name + " must not be NULL");
-}
-
-inline ffv_status check_logit_count(const char* entry, int64_t K) {
-  if (K == 1 || K == 2) return FFV_OK;
-  return fail(FFV_ERR_INVALID_ARGUMENT,
-              std::string(entry) + ": K (logits per row) must be 1 or 2, got " + std::to_string(K));
-}
-
-inline ffv_status check_reduction(const char* entry, int32_t reduction) {
-  if (reduction == FFV_REDUCTION_NONE || reduction == FFV_REDUCTION_MEAN || reduction == FFV_REDUCTION_SUM)
-    return FFV_OK;
-  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": reduction code " + std::to_string(reduction) +
-                                            " is not one of none=0, mean=1, sum=2");
-}
-
-// B <= INT32_MAX: permute_dims writes int32 row indices.
-inline ffv_status check_int32_rows(const char* entry, int64_t B) {
-  if (B <= INT32_MAX) return FFV_OK;
-  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": B must fit the int32 index, got " + std::to_string(B));
-}
-
-// a * b (* c) must fit in int64 (all >= 1): element counts and flat indices are int64.
-inline ffv_status check_numel(const char* entry, int64_t a, int64_t b, int64_t c = 1) {
-  if (a <= INT64_MAX / b && a * b <= INT64_MAX / c) return FFV_OK;
-  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": the tensor has more than 2^63 - 1 elements");
 }
 
 // ---- element types --------------------------------------------------------------------------

@@ -90,12 +90,12 @@ FFV_API ffv_status ffv_discriminator_loss_forward(
     void* loss, void* stream) {
   const char* entry = "ffv_discriminator_loss_forward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_size(entry, "B", B));
-    FFV_GPU_CHECK(check_logit_count(entry, K));
-    FFV_GPU_CHECK(check_numel(entry, B, K));
-    FFV_GPU_CHECK(check_pointer(entry, "d_real", d_real));
-    FFV_GPU_CHECK(check_pointer(entry, "d_perm", d_perm));
-    FFV_GPU_CHECK(check_pointer(entry, "loss", loss));
+    FFV_CHECK(check_positive(entry, "B", B));
+    FFV_CHECK(check_logit_count(entry, K));
+    FFV_CHECK(check_numel(entry, B, K));
+    FFV_CHECK(check_not_null(entry, "d_real", d_real));
+    FFV_CHECK(check_not_null(entry, "d_perm", d_perm));
+    FFV_CHECK(check_not_null(entry, "loss", loss));
     const cudaStream_t s = as_stream(stream);
     return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
       using T = decltype(type_tag);
@@ -115,14 +115,14 @@ FFV_API ffv_status ffv_discriminator_loss_backward(
     void* grad_real, void* grad_perm, void* stream) {
   const char* entry = "ffv_discriminator_loss_backward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_size(entry, "B", B));
-    FFV_GPU_CHECK(check_logit_count(entry, K));
-    FFV_GPU_CHECK(check_numel(entry, B, K));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_loss", grad_loss));
-    FFV_GPU_CHECK(check_pointer(entry, "d_real", d_real));
-    FFV_GPU_CHECK(check_pointer(entry, "d_perm", d_perm));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_real", grad_real));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_perm", grad_perm));
+    FFV_CHECK(check_positive(entry, "B", B));
+    FFV_CHECK(check_logit_count(entry, K));
+    FFV_CHECK(check_numel(entry, B, K));
+    FFV_CHECK(check_not_null(entry, "grad_loss", grad_loss));
+    FFV_CHECK(check_not_null(entry, "d_real", d_real));
+    FFV_CHECK(check_not_null(entry, "d_perm", d_perm));
+    FFV_CHECK(check_not_null(entry, "grad_real", grad_real));
+    FFV_CHECK(check_not_null(entry, "grad_perm", grad_perm));
     const cudaStream_t s = as_stream(stream);
     return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
       using T = decltype(type_tag);

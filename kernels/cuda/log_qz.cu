@@ -258,10 +258,10 @@ inline int tile_rows(int64_t per_row) {
 }
 
 inline ffv_status check_sizes(const char* entry, int64_t M, int64_t K, int64_t D) {
-  FFV_GPU_CHECK(check_size(entry, "M", M));
-  FFV_GPU_CHECK(check_size(entry, "K", K));
-  FFV_GPU_CHECK(check_size(entry, "D", D));
-  FFV_GPU_CHECK(check_numel(entry, M > K ? M : K, D));
+  FFV_CHECK(check_positive(entry, "M", M));
+  FFV_CHECK(check_positive(entry, "K", K));
+  FFV_CHECK(check_positive(entry, "D", D));
+  FFV_CHECK(check_numel(entry, M > K ? M : K, D));
   if (D > kMaxD)
     return fail(FFV_ERR_INVALID_ARGUMENT,
                 std::string(entry) + ": D must be <= " + std::to_string(kMaxD) + " on CUDA, got " + std::to_string(D));
@@ -285,12 +285,12 @@ FFV_API ffv_status ffv_log_qz_forward(
     void* log_qz, void* log_qzj, void* stream) {
   const char* entry = "ffv_log_qz_forward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_sizes(entry, M, K, D));
-    FFV_GPU_CHECK(check_pointer(entry, "z", z));
-    FFV_GPU_CHECK(check_pointer(entry, "mu", mu));
-    FFV_GPU_CHECK(check_pointer(entry, "logvar", logvar));
-    FFV_GPU_CHECK(check_pointer(entry, "log_qz", log_qz));
-    FFV_GPU_CHECK(check_pointer(entry, "log_qzj", log_qzj));
+    FFV_CHECK(check_sizes(entry, M, K, D));
+    FFV_CHECK(check_not_null(entry, "z", z));
+    FFV_CHECK(check_not_null(entry, "mu", mu));
+    FFV_CHECK(check_not_null(entry, "logvar", logvar));
+    FFV_CHECK(check_not_null(entry, "log_qz", log_qz));
+    FFV_CHECK(check_not_null(entry, "log_qzj", log_qzj));
     const cudaStream_t s = as_stream(stream);
     return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
       using T = decltype(type_tag);
@@ -320,17 +320,17 @@ FFV_API ffv_status ffv_log_qz_backward(
     void* grad_z, void* grad_mu, void* grad_logvar, void* stream) {
   const char* entry = "ffv_log_qz_backward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_sizes(entry, M, K, D));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_log_qz", grad_log_qz));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_log_qzj", grad_log_qzj));
-    FFV_GPU_CHECK(check_pointer(entry, "z", z));
-    FFV_GPU_CHECK(check_pointer(entry, "mu", mu));
-    FFV_GPU_CHECK(check_pointer(entry, "logvar", logvar));
-    FFV_GPU_CHECK(check_pointer(entry, "log_qz", log_qz));
-    FFV_GPU_CHECK(check_pointer(entry, "log_qzj", log_qzj));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_z", grad_z));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_mu", grad_mu));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_logvar", grad_logvar));
+    FFV_CHECK(check_sizes(entry, M, K, D));
+    FFV_CHECK(check_not_null(entry, "grad_log_qz", grad_log_qz));
+    FFV_CHECK(check_not_null(entry, "grad_log_qzj", grad_log_qzj));
+    FFV_CHECK(check_not_null(entry, "z", z));
+    FFV_CHECK(check_not_null(entry, "mu", mu));
+    FFV_CHECK(check_not_null(entry, "logvar", logvar));
+    FFV_CHECK(check_not_null(entry, "log_qz", log_qz));
+    FFV_CHECK(check_not_null(entry, "log_qzj", log_qzj));
+    FFV_CHECK(check_not_null(entry, "grad_z", grad_z));
+    FFV_CHECK(check_not_null(entry, "grad_mu", grad_mu));
+    FFV_CHECK(check_not_null(entry, "grad_logvar", grad_logvar));
     const cudaStream_t s = as_stream(stream);
     return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
       using T = decltype(type_tag);
@@ -348,7 +348,7 @@ FFV_API ffv_status ffv_log_qz_backward(
                                     static_cast<size_t>(3 * tile_k * D) * sizeof(A), s>>>(
           M, K, D, tile_k, g, grad_log_qz_s0, h, grad_log_qzj_s0, grad_log_qzj_s1, zp, z_s0, z_s1, mup, mu_s0,
           mu_s1, lvp, logvar_s0, logvar_s1, lq, log_qz_s0, lqj, log_qzj_s0, log_qzj_s1, w, static_cast<T*>(grad_z));
-      FFV_GPU_CHECK(check_launch(entry));
+      FFV_CHECK(check_launch(entry));
       const int tile_m = tile_rows((3 * D + 2) * static_cast<int64_t>(sizeof(A)));
       log_qz_backward_components_kernel<T><<<static_cast<unsigned>((K + kThreads - 1) / kThreads), kThreads,
                                              static_cast<size_t>((3 * D + 2) * tile_m) * sizeof(A), s>>>(

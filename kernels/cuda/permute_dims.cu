@@ -190,11 +190,11 @@ using namespace ffv::gpu;
 
 // G, B, D >= 1, B fits the int32 index, G*B*D fits int64 (the CPU library's order and messages).
 static ffv_status check_permute_sizes(const char* entry, int64_t G, int64_t B, int64_t D) {
-  FFV_GPU_CHECK(check_size(entry, "G", G));
-  FFV_GPU_CHECK(check_size(entry, "B", B));
-  FFV_GPU_CHECK(check_size(entry, "D", D));
-  FFV_GPU_CHECK(check_int32_rows(entry, B));
-  FFV_GPU_CHECK(check_numel(entry, G, B, D));
+  FFV_CHECK(check_positive(entry, "G", G));
+  FFV_CHECK(check_positive(entry, "B", B));
+  FFV_CHECK(check_positive(entry, "D", D));
+  FFV_CHECK(check_int32_rows(entry, B));
+  FFV_CHECK(check_numel(entry, G, B, D));
   return FFV_OK;
 }
 
@@ -207,10 +207,10 @@ FFV_API ffv_status ffv_permute_dims_forward(
     void* out, int32_t* index, void* stream) {
   const char* entry = "ffv_permute_dims_forward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_permute_sizes(entry, G, B, D));
-    FFV_GPU_CHECK(check_pointer(entry, "z", z));
-    FFV_GPU_CHECK(check_pointer(entry, "seed", seed));
-    FFV_GPU_CHECK(check_pointer(entry, "out", out));
+    FFV_CHECK(check_permute_sizes(entry, G, B, D));
+    FFV_CHECK(check_not_null(entry, "z", z));
+    FFV_CHECK(check_not_null(entry, "seed", seed));
+    FFV_CHECK(check_not_null(entry, "out", out));
     const cudaStream_t s = as_stream(stream);
     const int row_bits = ffv::permutation_row_bits(B);
     return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
@@ -238,10 +238,10 @@ FFV_API ffv_status ffv_permute_dims_backward(
     void* grad_z, void* stream) {
   const char* entry = "ffv_permute_dims_backward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_permute_sizes(entry, G, B, D));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_out", grad_out));
-    FFV_GPU_CHECK(check_pointer(entry, "index", index));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_z", grad_z));
+    FFV_CHECK(check_permute_sizes(entry, G, B, D));
+    FFV_CHECK(check_not_null(entry, "grad_out", grad_out));
+    FFV_CHECK(check_not_null(entry, "index", index));
+    FFV_CHECK(check_not_null(entry, "grad_z", grad_z));
     const cudaStream_t s = as_stream(stream);
     return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
       using T = decltype(type_tag);

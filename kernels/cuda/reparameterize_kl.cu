@@ -156,15 +156,15 @@ FFV_API ffv_status ffv_reparameterize_kl_forward(
     void* z, void* kl, void* stream) {
   const char* entry = "ffv_reparameterize_kl_forward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_size(entry, "B", B));
-    FFV_GPU_CHECK(check_size(entry, "D", D));
-    FFV_GPU_CHECK(check_numel(entry, B, D));
-    FFV_GPU_CHECK(check_pointer(entry, "mu", mu));
-    FFV_GPU_CHECK(check_pointer(entry, "logvar", logvar));
-    if (eps == nullptr) FFV_GPU_CHECK(check_pointer(entry, "seed (needed when eps is NULL)", seed));
-    FFV_GPU_CHECK(check_reduction(entry, reduction));
-    FFV_GPU_CHECK(check_pointer(entry, "z", z));
-    FFV_GPU_CHECK(check_pointer(entry, "kl", kl));
+    FFV_CHECK(check_positive(entry, "B", B));
+    FFV_CHECK(check_positive(entry, "D", D));
+    FFV_CHECK(check_numel(entry, B, D));
+    FFV_CHECK(check_not_null(entry, "mu", mu));
+    FFV_CHECK(check_not_null(entry, "logvar", logvar));
+    if (eps == nullptr) FFV_CHECK(check_not_null(entry, "seed (needed when eps is NULL)", seed));
+    FFV_CHECK(check_reduction(entry, reduction));
+    FFV_CHECK(check_not_null(entry, "z", z));
+    FFV_CHECK(check_not_null(entry, "kl", kl));
     const cudaStream_t s = as_stream(stream);
     return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
       using T = decltype(type_tag);
@@ -183,7 +183,7 @@ FFV_API ffv_status ffv_reparameterize_kl_forward(
       }
       // MEAN/SUM, large: per-row KL into a stream-ordered float64 workspace, then one block reduces it.
       double* workspace = nullptr;
-      FFV_GPU_CHECK(check_call(cudaMallocAsync(reinterpret_cast<void**>(&workspace), sizeof(double) * B, s), entry,
+      FFV_CHECK(check_call(cudaMallocAsync(reinterpret_cast<void**>(&workspace), sizeof(double) * B, s), entry,
                                "cudaMallocAsync of the per-row KL workspace"));
       reparameterize_kl_forward_kernel<T><<<grid_for(B, kRowsPerBlock), kElementwiseThreads, 0, s>>>(args, nullptr,
                                                                                                      workspace);
@@ -210,17 +210,17 @@ FFV_API ffv_status ffv_reparameterize_kl_backward(
     void* stream) {
   const char* entry = "ffv_reparameterize_kl_backward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_size(entry, "B", B));
-    FFV_GPU_CHECK(check_size(entry, "D", D));
-    FFV_GPU_CHECK(check_numel(entry, B, D));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_z", grad_z));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_kl", grad_kl));
-    FFV_GPU_CHECK(check_reduction(entry, reduction));
-    FFV_GPU_CHECK(check_pointer(entry, "mu", mu));
-    FFV_GPU_CHECK(check_pointer(entry, "logvar", logvar));
-    FFV_GPU_CHECK(check_pointer(entry, "z", z));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_mu", grad_mu));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_logvar", grad_logvar));
+    FFV_CHECK(check_positive(entry, "B", B));
+    FFV_CHECK(check_positive(entry, "D", D));
+    FFV_CHECK(check_numel(entry, B, D));
+    FFV_CHECK(check_not_null(entry, "grad_z", grad_z));
+    FFV_CHECK(check_not_null(entry, "grad_kl", grad_kl));
+    FFV_CHECK(check_reduction(entry, reduction));
+    FFV_CHECK(check_not_null(entry, "mu", mu));
+    FFV_CHECK(check_not_null(entry, "logvar", logvar));
+    FFV_CHECK(check_not_null(entry, "z", z));
+    FFV_CHECK(check_not_null(entry, "grad_mu", grad_mu));
+    FFV_CHECK(check_not_null(entry, "grad_logvar", grad_logvar));
     const cudaStream_t s = as_stream(stream);
     return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
       using T = decltype(type_tag);

@@ -10,12 +10,10 @@ thread_local std::string last_error;
 }
 
 namespace ffv {
-namespace gpu {
 ffv_status fail(ffv_status status, const std::string& message) {
   last_error = message;
   return status;
 }
-}  // namespace gpu
 }  // namespace ffv
 
 extern "C" {

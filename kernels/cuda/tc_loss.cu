@@ -56,11 +56,11 @@ FFV_API ffv_status ffv_tc_loss_forward(
     void* tc, void* stream) {
   const char* entry = "ffv_tc_loss_forward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_size(entry, "B", B));
-    FFV_GPU_CHECK(check_logit_count(entry, K));
-    FFV_GPU_CHECK(check_numel(entry, B, K));
-    FFV_GPU_CHECK(check_pointer(entry, "logits", logits));
-    FFV_GPU_CHECK(check_pointer(entry, "tc", tc));
+    FFV_CHECK(check_positive(entry, "B", B));
+    FFV_CHECK(check_logit_count(entry, K));
+    FFV_CHECK(check_numel(entry, B, K));
+    FFV_CHECK(check_not_null(entry, "logits", logits));
+    FFV_CHECK(check_not_null(entry, "tc", tc));
     const cudaStream_t s = as_stream(stream);
     return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
       using T = decltype(type_tag);
@@ -77,11 +77,11 @@ FFV_API ffv_status ffv_tc_loss_backward(
     void* grad_logits, void* stream) {
   const char* entry = "ffv_tc_loss_backward";
   return guarded(entry, [&]() -> ffv_status {
-    FFV_GPU_CHECK(check_size(entry, "B", B));
-    FFV_GPU_CHECK(check_logit_count(entry, K));
-    FFV_GPU_CHECK(check_numel(entry, B, K));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_tc", grad_tc));
-    FFV_GPU_CHECK(check_pointer(entry, "grad_logits", grad_logits));
+    FFV_CHECK(check_positive(entry, "B", B));
+    FFV_CHECK(check_logit_count(entry, K));
+    FFV_CHECK(check_numel(entry, B, K));
+    FFV_CHECK(check_not_null(entry, "grad_tc", grad_tc));
+    FFV_CHECK(check_not_null(entry, "grad_logits", grad_logits));
     const cudaStream_t s = as_stream(stream);
     return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
       using T = decltype(type_tag);

@@ -10,6 +10,7 @@
 
 #include "dtype.h"
 #include "fastfvae.h"
+#include "arg_checks.h"
 #include "status.h"
 
 #define FFV_STRINGIFY(x) #x
@@ -65,31 +66,6 @@ ffv_status with_dtype(const char* entry, ffv_dtype dtype, Fn&& fn) {
                                              " is not one of float32=0, float64=1, float16=2, bfloat16=3");
 }
 
-// Argument checks: return a failure status with a message naming the entry and the argument.
-inline ffv_status check_not_null(const char* entry, const char* name, const void* pointer) {
-  if (pointer != nullptr) return FFV_OK;
-  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": " + name + " must not be NULL");
-}
-
-inline ffv_status check_positive(const char* entry, const char* name, int64_t value) {
-  if (value >= 1) return FFV_OK;
-  return fail(FFV_ERR_INVALID_ARGUMENT,
-              std::string(entry) + ": " + name + " must be >= 1, got " + std::to_string(value));
-}
-
-inline ffv_status check_logit_count(const char* entry, int64_t K) {
-  if (K == 1 || K == 2) return FFV_OK;
-  return fail(FFV_ERR_INVALID_ARGUMENT,
-              std::string(entry) + ": K (logits per row) must be 1 or 2, got " + std::to_string(K));
-}
-
-inline ffv_status check_reduction(const char* entry, int32_t reduction) {
-  if (reduction == FFV_REDUCTION_NONE || reduction == FFV_REDUCTION_MEAN || reduction == FFV_REDUCTION_SUM)
-    return FFV_OK;
-  return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": reduction code " + std::to_string(reduction) +
-                                            " is not one of none=0, mean=1, sum=2");
-}
-
 // Run an entry's body, turning C++ exceptions (allocation failures) into status codes: no
 // exception may cross the extern "C" boundary. Allocations happen outside parallel regions.
 template <typename Fn>
@@ -136,11 +112,5 @@ double chunked_row_sum(int64_t rows, bool parallel, RowValue&& row_value) {
   });
 }
 
-// Evaluate a check; return its failure status from the calling function.
-#define FFV_CHECK(expr)                         \
-  do {                                          \
-    const ffv_status ffv_check_status = (expr); \
-    if (ffv_check_status != FFV_OK) return ffv_check_status; \
-  } while (0)
 
 }  // namespace ffv

@@ -1,4 +1,5 @@
-// Internal helper shared by the CPU sources: record a failure for ffv_last_error().
+// Record a failure for ffv_last_error(): defined once per library (kernels/cpu/status.cpp,
+// kernels/cuda/status.cu), used by both through arg_checks.h and their own helpers.
 #pragma once
 #include <string>
 
