@@ -67,6 +67,21 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _load_rows(real_ptr, perm_ptr, rows, ok, stride_rb, stride_rk, stride_pb, stride_pk,
+               K: tl.constexpr, COMPUTE: tl.constexpr):
+    """(r0, r1, p0, p1): the logits of `rows` in the compute dtype; r1 = p1 = 0 when K = 1."""
+    r0 = tl.load(real_ptr + rows * stride_rb, mask=ok, other=0.0).to(COMPUTE)
+    p0 = tl.load(perm_ptr + rows * stride_pb, mask=ok, other=0.0).to(COMPUTE)
+    if K == 2:
+        r1 = tl.load(real_ptr + rows * stride_rb + stride_rk, mask=ok, other=0.0).to(COMPUTE)
+        p1 = tl.load(perm_ptr + rows * stride_pb + stride_pk, mask=ok, other=0.0).to(COMPUTE)
+    else:
+        r1 = tl.zeros_like(r0)
+        p1 = tl.zeros_like(p0)
+    return r0, r1, p0, p1
+
+
+@triton.jit
 def _discriminator_loss_forward_kernel(
     real_ptr,  # (B, K) input dtype, strided: logits on z ~ q(z)
     perm_ptr,  # (B, K) input dtype, strided: logits on permute_dims(z')
@@ -85,11 +100,9 @@ def _discriminator_loss_forward_kernel(
     for start in range(0, B, BLOCK):
         rows = (start + tl.arange(0, BLOCK)).to(tl.int64)
         ok = rows < B
-        r0 = tl.load(real_ptr + rows * stride_rb, mask=ok, other=0.0).to(COMPUTE)
-        p0 = tl.load(perm_ptr + rows * stride_pb, mask=ok, other=0.0).to(COMPUTE)
+        r0, r1, p0, p1 = _load_rows(real_ptr, perm_ptr, rows, ok, stride_rb, stride_rk, stride_pb, stride_pk,
+                                    K, COMPUTE)
         if K == 2:
-            r1 = tl.load(real_ptr + rows * stride_rb + stride_rk, mask=ok, other=0.0).to(COMPUTE)
-            p1 = tl.load(perm_ptr + rows * stride_pb + stride_pk, mask=ok, other=0.0).to(COMPUTE)
             row_loss = _cross_entropy2(r0, r1, 0) + _cross_entropy2(p0, p1, 1)
         else:
             row_loss = (0.0 * r0 - _log_sigmoid(r0)) + (p0 - _log_sigmoid(p0))
@@ -120,11 +133,8 @@ def _discriminator_loss_backward_kernel(
     ok = rows < B
     scale = tl.load(grad_loss_ptr).to(COMPUTE) * 0.5 / B
     out_ty = grad_real_ptr.dtype.element_ty
-    r0 = tl.load(real_ptr + rows * stride_rb, mask=ok, other=0.0).to(COMPUTE)
-    p0 = tl.load(perm_ptr + rows * stride_pb, mask=ok, other=0.0).to(COMPUTE)
+    r0, r1, p0, p1 = _load_rows(real_ptr, perm_ptr, rows, ok, stride_rb, stride_rk, stride_pb, stride_pk, K, COMPUTE)
     if K == 2:
-        r1 = tl.load(real_ptr + rows * stride_rb + stride_rk, mask=ok, other=0.0).to(COMPUTE)
-        p1 = tl.load(perm_ptr + rows * stride_pb + stride_pk, mask=ok, other=0.0).to(COMPUTE)
         q0, q1 = _softmax2(r0, r1)
         tl.store(grad_real_ptr + rows * 2, ((q0 - 1.0) * scale).to(out_ty), mask=ok)
         tl.store(grad_real_ptr + rows * 2 + 1, (q1 * scale).to(out_ty), mask=ok)
