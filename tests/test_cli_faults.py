@@ -19,7 +19,6 @@ import torch
 
 from fastfvae import cli
 from fastfvae.train import evaluation, load_checkpoint
-from fastfvae.train.checkpoint import CHECKPOINT_FORMAT
 
 TINY = ["--batch-size", "4", "--disc-depth", "1", "--disc-width", "16", "--log-every", "1", "--quiet",
         "--no-metrics", "--no-images", "--threads", "1"]

@@ -137,8 +137,8 @@ class Trainer:
         else:  # a different number of processes: fresh, still deterministic streams
             self._say(f"note: {source} was written by {len(rng)} process(es), this run has "
                       f"{self.world_size}; random streams restart from the seed and step")
-            torch.manual_seed(self.config.seed + 7919 * self.rank + self.step)
-            self.data_generator.manual_seed(self.config.seed * 1_000_003 + self.rank + self.step)
+            torch.manual_seed((self.config.seed + 7919 * self.rank + self.step) % 2 ** 64)
+            self.data_generator.manual_seed((self.config.seed * 1_000_003 + self.rank + self.step) % 2 ** 64)
 
     def save(self) -> Optional[str]:
         """Checkpoint (collective when distributed; rank 0 writes)."""
