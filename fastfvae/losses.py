@@ -37,6 +37,13 @@ def reconstruction_loss(x_recon: Tensor, x: Tensor, distribution: str = "bernoul
     if not isinstance(x, Tensor) or x.shape != x_recon.shape:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x: expected the shape of x_recon {tuple(x_recon.shape)}, got {got}")
+    if distribution == "bernoulli" and x.device.type == "cpu" and x.numel() and not torch.compiler.is_compiling():
+        # Bernoulli targets must lie in [0, 1] (x * 255 drives the loss to -1e7). Checked only
+        # where it is free: eager CPU tensors. On a GPU it would cost a host sync per step, under
+        # torch.compile a graph break; the trainer checks its data set once at load instead.
+        low, high = torch.aminmax(x.detach())
+        if low < 0 or high > 1:
+            raise ValueError(f"x: Bernoulli targets must lie in [0, 1], got values in [{float(low)}, {float(high)}]")
     x = x.to(x_recon.dtype)
     if distribution == "bernoulli":
         total = F.binary_cross_entropy_with_logits(x_recon, x, reduction="sum")

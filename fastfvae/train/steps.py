@@ -76,6 +76,7 @@ class Step:
     name = ""
     terms: tuple[str, ...] = ()
     batches = 1  # batches of config.batch_size images drawn per step
+    ops: tuple[str, ...] = ("reparameterize_kl",)  # fused ops it calls (checked against --backend)
 
     def __init__(self, config, vae: VAE, dataset_size: int):
         self.config = config
@@ -119,6 +120,7 @@ class FactorVAEStep(Step):
     name = "factorvae"
     terms = ("loss", "recon", "kl", "tc", "d_loss", "d_acc")
     batches = 2
+    ops = ("reparameterize_kl", "permute_dims", "tc_loss", "discriminator_loss")
 
     def __init__(self, config, vae: VAE, dataset_size: int):
         super().__init__(config, vae, dataset_size)
@@ -210,6 +212,7 @@ class BetaTCVAEStep(_SingleLossStep):
 
     name = "betatcvae"
     terms = ("loss", "recon", "mi", "tc", "dwkl")
+    ops = ("reparameterize_kl", "log_qz")
 
     def __init__(self, config, vae: VAE, dataset_size: int):
         super().__init__(config, vae, dataset_size)
