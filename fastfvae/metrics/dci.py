@@ -28,7 +28,7 @@ Estimators (``estimator=``):
   measure how close its scores are to the exact ones.
 
 Both run one fit per factor, in ``n_jobs`` threads (default: one per factor up to the CPU count),
-each fit limited to one OpenMP thread (see fit_factor for the measurement behind that).
+each fit on one OpenMP/BLAS thread (see _sklearn.fit_counting_warnings for the measurement behind that).
 
 Choices where disentanglement_lib is undefined or differs:
 
@@ -121,15 +121,8 @@ def hist_importances(model, num_features: int) -> np.ndarray:
 
 def fit_factor(estimator: str, x_train, y_train, x_test, y_test, random_state: int) -> tuple:
     """One factor's classifier: (importance (D,), train accuracy, test accuracy)."""
-    from threadpoolctl import threadpool_limits
-
     model = _make_estimator(estimator, random_state)
-    # One OpenMP thread per fit; the factors run in parallel threads instead (dci_from_codes).
-    # HistGradientBoosting's OpenMP loops on a busy 2-core machine were measured 20x slower with
-    # 2 threads than with 1 (0.69 s against 13.5 s for 100 iterations on 500 points): its
-    # threads spin-wait for cores that other processes hold.
-    with threadpool_limits(limits=1, user_api="openmp"):
-        fit_counting_warnings(model, x_train, y_train)
+    fit_counting_warnings(model, x_train, y_train)   # one thread per fit; factors run in parallel threads
     if estimator == "exact":
         importance = np.abs(model.feature_importances_)
     else:
