@@ -49,7 +49,8 @@ class FactorVAELoss(nn.Module):
     """The VAE's FactorVAE objective: recon + kl + gamma * tc.
 
     forward(x_recon, x, kl, d_z):
-        x_recon, x: (B, C, H, W) decoder output and data (see ``reconstruction_loss``);
+        x_recon, x: decoder output and data of one shape (B, ...), rank 2 to 5: (B, C, H, W)
+            images, (B, F) vectors, ...; summed over all but B (see ``reconstruction_loss``);
         kl: the KL returned by ``fastfvae.reparameterize_kl`` (reduction "mean");
         d_z: discriminator logits on the sampled z, (B, 2) or (B,)/(B, 1), NOT detached: the
              TC gradient must reach the encoder.
@@ -119,6 +120,14 @@ class BetaTCVAELoss(nn.Module):
         z: (B, D) the reparameterised sample (e.g. from ``fastfvae.reparameterize_kl``), NOT detached;
         mu, logvar: (B, D) the encoder's posterior. Float tensors are promoted to one dtype.
     Returns BetaTCVAELossOutput(total, recon, mi, tc, dwkl).
+
+    method defaults to "mws" because Chen et al.'s experiments and code use it (their ``--mss``
+    is opt-in) and disentanglement_lib trains with it, so results compare with published ones.
+    MWS is biased where the batch's posteriors overlap: an untrained model reports mi ~ log N,
+    tc ~ (D - 1) log N (41.6 at B = 64, N = 4096, D = 6) and dwkl ~ -D log N (their sum, the
+    KL estimate, is unaffected); where the posteriors all overlap these offsets are constants,
+    so they shift the loss, not its gradient. Read them as a training signal; "mss" (~0 there)
+    or ``fastfvae.diagnostics.decompose_kl`` give values to report.
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0, *, dataset_size: int,

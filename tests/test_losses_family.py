@@ -266,3 +266,27 @@ def test_annealed_bad_input():
         AnnealedVAELoss(c_max=float("inf"))
     with pytest.raises(ValueError, match="gamma: expected a finite number >= 0"):
         AnnealedVAELoss(gamma=float("nan"))
+
+
+# --------------------------------------------------------------------------------------------
+# beta-TCVAE's default estimator (issue 17.5): the documented MWS offsets on overlapping posteriors
+# --------------------------------------------------------------------------------------------
+def test_betatcvae_mws_offsets_on_an_untrained_model_are_as_documented():
+    from fastfvae.losses import BetaTCVAELoss
+
+    b, d, n = 64, 6, 4096
+    g = torch.Generator().manual_seed(0)
+    mu = 1e-3 * torch.randn(b, d, generator=g, dtype=F64)  # every posterior ~ N(0, I): all overlap
+    logvar = 1e-3 * torch.randn(b, d, generator=g, dtype=F64)
+    z = mu + torch.exp(logvar / 2) * torch.randn(b, d, generator=g, dtype=F64)
+    x = torch.rand(b, 4, dtype=F64)
+    log_n = torch.log(torch.tensor(float(n), dtype=F64))
+    assert BetaTCVAELoss(dataset_size=n).method == "mws"
+    mws = BetaTCVAELoss(dataset_size=n)(x, x, z, mu, logvar)
+    mss = BetaTCVAELoss(dataset_size=n, method="mss")(x, x, z, mu, logvar)
+    torch.testing.assert_close(mws.mi, log_n, atol=0.01, rtol=0)
+    torch.testing.assert_close(mws.tc, (d - 1) * log_n, atol=0.01, rtol=0)  # 41.6
+    torch.testing.assert_close(mws.dwkl, -d * log_n, atol=0.01, rtol=0)
+    for term in (mss.mi, mss.tc, mss.dwkl):
+        assert abs(term.item()) < 0.01
+    torch.testing.assert_close(mws.mi + mws.tc + mws.dwkl, mss.mi + mss.tc + mss.dwkl)
