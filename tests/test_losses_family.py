@@ -290,3 +290,40 @@ def test_betatcvae_mws_offsets_on_an_untrained_model_are_as_documented():
     for term in (mss.mi, mss.tc, mss.dwkl):
         assert abs(term.item()) < 0.01
     torch.testing.assert_close(mws.mi + mws.tc + mws.dwkl, mss.mi + mss.tc + mss.dwkl)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile (DESIGN.md §6): the losses trace whole; AnnealedVAE's step does not recompile
+# every step
+# --------------------------------------------------------------------------------------------
+def test_family_losses_compile_fullgraph_and_match_eager():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    g = torch.Generator().manual_seed(21)
+    x_recon, x, mu, logvar = random_batch(8, 3, g, dtype=torch.float32)
+    eps = torch.randn(8, 3, generator=g)
+    dip, annealed = DIPVAELoss("ii", lambda_od=2.0), AnnealedVAELoss(gamma=10.0, c_max=3.0, iteration_threshold=4)
+
+    def dip_total(x_recon, mu, logvar):
+        kl = fastfvae.reparameterize_kl(mu, logvar, eps=eps)[1]
+        return dip(x_recon, x, kl, mu, logvar).total
+
+    def annealed_total(x_recon, mu, logvar, step):
+        kl = fastfvae.reparameterize_kl(mu, logvar, eps=eps)[1]
+        return annealed(x_recon, x, kl, step).total
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    for fn, extra in ((dip_total, [()]), (annealed_total, [(s,) for s in range(7)])):
+        compiled = torch.compile(fn, fullgraph=True, backend=counter)
+        for args in extra:
+            inputs = [t.detach().clone().requires_grad_() for t in (x_recon, mu, logvar)]
+            expected = fn(*inputs, *args)
+            grads = torch.autograd.grad(expected, inputs)
+            actual = compiled(*inputs, *args)
+            torch.testing.assert_close(actual, expected)
+            for a, e in zip(torch.autograd.grad(actual, inputs), grads):
+                torch.testing.assert_close(a, e)
+    # dip: one graph; annealed: a static step 0, then one dynamic-step graph (at most one more
+    # where the capacity stops rising), not one per step.
+    assert counter.frame_count <= 4, counter.frame_count
