@@ -57,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total optimisation steps; a resumed run continues up to this number (default: %(default)s)")
     t.add_argument("--objective", choices=OBJECTIVES, default=d.objective, help="loss (default: %(default)s)")
     t.add_argument("--gamma", type=float, default=d.gamma, help="weight of the TC term (FactorVAE) (default: %(default)s)")
+    t.add_argument("--lambda-od", type=float, default=d.lambda_od,
+                   help="DIP-VAE: weight of the off-diagonal covariance entries (default: %(default)s)")
+    t.add_argument("--lambda-d", type=float, default=None,
+                   help="DIP-VAE: weight of the diagonal's distance from 1 (default: 10 x lambda-od for "
+                        "dipvae1, lambda-od for dipvae2, as disentanglement_lib)")
+    t.add_argument("--anneal-gamma", type=float, default=d.anneal_gamma,
+                   help="AnnealedVAE: weight of |KL - C| (default: %(default)s)")
+    t.add_argument("--c-max", type=float, default=d.c_max, help="AnnealedVAE: final capacity C in nats (default: %(default)s)")
+    t.add_argument("--iteration-threshold", type=_positive_int, default=d.iteration_threshold,
+                   help="AnnealedVAE: steps for C to rise from 0 to c-max (default: %(default)s)")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="per process (default: %(default)s)")
     t.add_argument("--z-dim", type=_positive_int, default=d.z_dim, help="latent size (default: %(default)s)")
     t.add_argument("--lr-vae", type=float, default=d.lr_vae, help="Adam lr of the VAE, betas (0.9, 0.999) (default: %(default)s)")
@@ -130,7 +140,8 @@ def _cmd_train(args) -> int:
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, eval_every=args.eval_every,
         log_tc_every=args.log_tc_every, metrics=not args.no_metrics,
         metrics_preset=args.metrics_preset, images=not args.no_images,
-        progress=not args.quiet,
+        progress=not args.quiet, lambda_od=args.lambda_od, lambda_d=args.lambda_d,
+        anneal_gamma=args.anneal_gamma, c_max=args.c_max, iteration_threshold=args.iteration_threshold,
     )
     threads_choice = args.threads
     if args.resume and threads_choice == "auto":
