@@ -365,3 +365,27 @@ def test_full_procedural_table(tmp_path):
     assert torch.equal(fastfvae.gather_images(table, index).to(torch.uint8), expected)
     again = dataset.packed_images(cache_dir=tmp_path)  # read back from the cache
     assert torch.equal(again, table)
+
+
+def test_render_device_and_key_follow_the_device(tmp_path):
+    """A procedural table wanted on a GPU is rendered there, under its own key; an npz is never
+    rendered (CPU key whatever the device)."""
+    procedural = DSprites()
+    assert packed.render_device(procedural, "cuda:0") == torch.device("cuda:0")
+    assert packed.render_device(procedural, None) == torch.device("cpu")
+    cpu_key = packed.dsprites_source_key(procedural, torch.device("cpu"))
+    assert packed.dsprites_source_key(procedural, torch.device("cuda")) != cpu_key
+    classes = np.zeros((1, 6), np.int64)
+    path = tmp_path / "one.npz"
+    _write_npz(path, np.zeros((1, 64, 64), np.uint8), classes)
+    assert packed.render_device(DSprites(path=str(path)), "cuda") == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_rendered_rows_equal_cpu_rendered_rows():
+    """The table a GPU builds (rendering on the GPU) against the CPU's renders, on a subset."""
+    dataset = _SubsetDSprites(20000)
+    on_gpu = packed.build_table(dataset, device="cuda")
+    on_cpu = packed.build_table(dataset, device="cpu")
+    differing = int((np.unpackbits(on_gpu ^ on_cpu)).sum())
+    assert differing == 0, f"{differing} of {20000 * 4096} pixels differ between GPU and CPU renders"
