@@ -183,8 +183,6 @@ def _print_train_result(summary: dict, out: str) -> None:
     metrics = summary.get("metrics")
     if isinstance(metrics, dict):
         print("metrics: " + _metrics_line(metrics))
-    elif summary.get("metrics_note"):
-        print(f"metrics: none ({summary['metrics_note']})")
     print(f"outputs in {out}/: summary.json, log.jsonl, checkpoint.pt"
           + (", reconstructions.png, traversals.png" if summary.get("images") else ""))
 
@@ -216,30 +214,23 @@ def _checkpoint_dir(path: str) -> str:
 def _cmd_evaluate(args) -> int:
     _set_threads("auto")
     state, vae, device, torch = _load_for_inference(args.checkpoint, args.device)
-    from fastfvae.train import encoder_gaussian_fn, evaluate_metrics, make_dataset
+    from fastfvae.diagnostics import decompose_kl
+    from fastfvae.train import evaluation, make_dataset
     dataset = make_dataset(args.data)
     result: dict = {"checkpoint": os.path.abspath(args.checkpoint), "step": state["step"],
                     "objective": state["config"].get("objective")}
     t0 = time.perf_counter()
-    metrics = evaluate_metrics(vae, dataset, device, args.seed, args.metrics_preset)
-    result["metrics"] = metrics
+    result["metrics"] = evaluation.evaluate_metrics(vae, dataset, device, args.seed, args.metrics_preset)
     result["metrics_time_s"] = round(time.perf_counter() - t0, 2)
-    if metrics is None:
-        result["metrics_note"] = "fastfvae.metrics is not available in this installation"
     if not args.no_decomposition:
-        try:
-            from fastfvae.diagnostics import decompose_kl
-        except ImportError:
-            result["decomposition_note"] = "fastfvae.diagnostics is not available in this installation"
-        else:
-            kwargs = {"seed": args.seed}
-            if args.num_mixture is not None:
-                kwargs["num_mixture"] = args.num_mixture
-            if args.num_samples is not None:
-                kwargs["num_samples"] = args.num_samples
-            t0 = time.perf_counter()
-            result["decomposition"] = decompose_kl(encoder_gaussian_fn(vae, device), dataset, **kwargs)
-            result["decomposition_time_s"] = round(time.perf_counter() - t0, 2)
+        kwargs = {"seed": args.seed}
+        if args.num_mixture is not None:
+            kwargs["num_mixture"] = args.num_mixture
+        if args.num_samples is not None:
+            kwargs["num_samples"] = args.num_samples
+        t0 = time.perf_counter()
+        result["decomposition"] = decompose_kl(evaluation.encoder_gaussian_fn(vae, device), dataset, **kwargs)
+        result["decomposition_time_s"] = round(time.perf_counter() - t0, 2)
     text = json.dumps(result, indent=2, default=_json_default)
     print(text)
     out = args.out or os.path.join(_checkpoint_dir(args.checkpoint), "metrics.json")
@@ -264,8 +255,7 @@ def _json_default(value):
 
 def _cmd_traverse(args) -> int:
     state, vae, device, torch = _load_for_inference(args.checkpoint, args.device)
-    from fastfvae._png import image_grid, write_png
-    from fastfvae.train import make_dataset, traversal_images
+    from fastfvae.train import image_grid, make_dataset, traversal_images, write_png
     dataset = make_dataset(args.data)
     image, _ = dataset[args.index]
     with torch.no_grad():

@@ -14,7 +14,8 @@ import torch
 
 from fastfvae import functional, losses
 from fastfvae.train import (
-    NonFiniteLossError, TrainConfig, Trainer, TrainingError, load_checkpoint, save_checkpoint,
+    OBJECTIVES, STEPS, NonFiniteLossError, TrainConfig, Trainer, TrainingError, load_checkpoint,
+    save_checkpoint,
 )
 
 
@@ -184,14 +185,14 @@ def test_two_process_ddp_training(tmp_path):
 
 
 def test_eval_every_logs_metrics_during_training(tmp_path, monkeypatch):
-    import fastfvae.train as train_mod
+    from fastfvae.train import evaluation
     calls = []
 
     def fake_evaluate_metrics(vae, dataset, device, seed=0, preset="auto"):
         calls.append(preset)  # the metrics themselves are tested in tests/test_metrics.py
         return {"factor_vae": {"eval_accuracy": 0.25}}
 
-    monkeypatch.setattr(train_mod, "evaluate_metrics", fake_evaluate_metrics)
+    monkeypatch.setattr(evaluation, "evaluate_metrics", fake_evaluate_metrics)
     summary = Trainer(tiny(tmp_path, steps=4, eval_every=2, metrics=True)).run()
     with open(tmp_path / "log.jsonl") as f:
         evals = [json.loads(line) for line in f if '"event": "eval"' in line]
@@ -212,3 +213,41 @@ def test_log_tc_every_logs_both_estimates_or_fails_clearly(tmp_path):
         tc_rows = [json.loads(line) for line in f if '"event": "tc"' in line]
     assert [r["step"] for r in tc_rows] == [1, 2]
     assert all(math.isfinite(r["tc_minibatch"]) and math.isfinite(r["tc_discriminator"]) for r in tc_rows)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_each_objective_step_runs_without_the_loop(objective):
+    """A step class is usable alone: build it on a VAE, call it on batches, get its terms."""
+    from fastfvae.models import VAE
+    cfg = tiny(objective=objective)
+    torch.manual_seed(3)
+    vae = VAE(cfg.z_dim)
+    step = STEPS[objective](cfg, vae, dataset_size=737_280)
+    before = [p.detach().clone() for p in vae.parameters()]
+    x = (torch.rand(step.batches, cfg.batch_size, 1, 64, 64) < 0.2).float()
+    torch.manual_seed(5)
+    values = step(x[0], x[1] if step.batches == 2 else None)
+    assert values.shape == (len(step.terms),) and values.dtype == torch.float32
+    assert torch.isfinite(values).all()
+    assert any(not torch.equal(a, b) for a, b in zip(before, vae.parameters()))  # the VAE was updated
+    # The reported loss is the objective's loss on the pre-step weights and the same noise.
+    fresh = VAE(cfg.z_dim)
+    for p, w in zip(fresh.parameters(), before):
+        p.data.copy_(w)
+    torch.manual_seed(5)
+    out = fresh(x[0])
+    if objective == "factorvae":
+        want = step.loss_fn(out.x_recon, x[0], out.kl, _initial_disc(cfg)(out.z)).total
+    elif objective == "betatcvae":
+        want = step.loss_fn(out.x_recon, x[0], out.z, out.mu, out.logvar).total
+    else:
+        want = step.loss_fn(out.x_recon, x[0], out.kl).total
+    torch.testing.assert_close(values[0], want.detach(), rtol=1e-5, atol=1e-5)
+
+
+def _initial_disc(cfg):
+    """The discriminator FactorVAEStep builds right after a VAE seeded with 3."""
+    from fastfvae.models import VAE, Discriminator
+    torch.manual_seed(3)
+    VAE(cfg.z_dim)
+    return Discriminator(cfg.z_dim, cfg.disc_depth, cfg.disc_width)

@@ -1,0 +1,86 @@
+"""Files a run leaves besides its checkpoint and log: images (Pillow) and summary.json.
+
+reconstructions.png  8 inputs (top row) over their reconstructions (bottom row)
+traversals.png       one row per latent dimension: the first input's mean code with that
+                     dimension swept over linspace(-limit, limit)
+summary.json         the run's result (written atomically: temp file + os.replace)
+
+Every write goes to ``<name>.tmp-<pid>`` first and is renamed over the real file, so a crash
+leaves the previous file intact; the trainer removes stale ``*.tmp-*`` files when it starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from PIL import Image
+
+from fastfvae.models import VAE
+
+
+def temp_path(path: str) -> str:
+    """The temp file a write of ``path`` goes through (pattern ``*.tmp-*``, see the module docstring)."""
+    return f"{path}.tmp-{os.getpid()}"
+
+
+def write_json(path: str, value: dict) -> None:
+    """``value`` as indented JSON in ``path``, atomically."""
+    tmp = temp_path(path)
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def image_grid(images: torch.Tensor, ncol: int, pad: int = 2, background: float = 0.5) -> np.ndarray:
+    """Tile images (N, C, H, W) with values in [0, 1] into a uint8 grid, row-major, ``ncol``
+    per row, separated (and framed) by ``pad`` pixels of ``background``. Returns (H', W') for
+    C = 1 and (H', W', 3) for C = 3, H' = nrow * (H + pad) + pad, W' = ncol * (W + pad) + pad."""
+    images = images.detach().float().clamp(0, 1).cpu()
+    n, channels, height, width = images.shape
+    nrow = -(-n // ncol)
+    blank = torch.full((nrow * ncol - n, channels, height, width), background)
+    cells = F.pad(torch.cat([images, blank]), (pad, 0, pad, 0), value=background)  # frame top/left
+    grid = rearrange(cells, "(r c) ch h w -> ch (r h) (c w)", c=ncol)
+    grid = F.pad(grid, (0, pad, 0, pad), value=background)                       # close bottom/right
+    pixels = (grid * 255).round().to(torch.uint8).numpy()
+    return pixels[0] if channels == 1 else rearrange(pixels, "ch h w -> h w ch")
+
+
+def write_png(path: str, pixels: np.ndarray) -> None:
+    """Write uint8 ``pixels`` (H, W) grey or (H, W, 3) RGB to ``path`` as PNG, atomically."""
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+        raise ValueError(f"pixels: expected uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}")
+    tmp = temp_path(path)
+    Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def traversal_images(vae: VAE, mu: torch.Tensor, n_values: int = 9, limit: float = 2.5) -> torch.Tensor:
+    """(z_dim * n_values, C, 64, 64) decoded images in [0, 1]: row d varies dimension d of ``mu`` (1, D)."""
+    d = mu.shape[1]
+    values = torch.linspace(-limit, limit, n_values, device=mu.device)
+    z = mu.float().repeat(d * n_values, 1)
+    for dim in range(d):
+        z[dim * n_values:(dim + 1) * n_values, dim] = values
+    with torch.no_grad():
+        return torch.sigmoid(vae.decoder(z)).float().cpu()
+
+
+def write_images(vae: VAE, dataset, device: torch.device, out: str, seed: int = 0,
+                 n_recon: int = 8, n_values: int = 9, limit: float = 2.5) -> dict:
+    """reconstructions.png and traversals.png (module docstring); returns {name: path}."""
+    generator = torch.Generator().manual_seed(seed)
+    x = dataset.images(dataset.sample_factors(n_recon, generator)).to(device).float()
+    with torch.no_grad():
+        mu, _ = vae.encoder(x)
+        recon = torch.sigmoid(vae.decoder(mu.float())).float()
+    paths = {"reconstructions": os.path.join(out, "reconstructions.png"),
+             "traversals": os.path.join(out, "traversals.png")}
+    write_png(paths["reconstructions"], image_grid(torch.cat([x, recon]).cpu(), ncol=n_recon))
+    write_png(paths["traversals"], image_grid(traversal_images(vae, mu[:1], n_values, limit), ncol=n_values))
+    return paths
