@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastfvae import functional
-from fastfvae._checks import check_choice, check_float_tensor
+from fastfvae._checks import check_choice, check_float_tensor, check_positive_int
 
 RECONSTRUCTIONS = ("bernoulli", "gaussian")
 
@@ -126,10 +126,8 @@ class BetaTCVAELoss(nn.Module):
         super().__init__()
         check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
         check_choice("method", method, ("mws", "mss"))
-        if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
-            raise ValueError(f"dataset_size: expected an int >= 1, got {dataset_size!r}")
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
-        self.dataset_size = dataset_size
+        self.dataset_size = check_positive_int("dataset_size", dataset_size)  # numpy ints too
         self.method = method
         self.reconstruction = reconstruction
         self.backend = backend

@@ -16,6 +16,13 @@ import torch.nn.functional as F
 
 REDUCTIONS = ("mean", "sum", "none")
 
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every backend computes in for inputs of ``dtype`` (the one place this rule is
+    spelled, DESIGN.md §4): float64 in float64, the others (float32 and the 16-bit types, which
+    are widened on load and rounded once on store) in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
 # ---------------------------------------------------------------------------------------------
 # Philox4x32-10, as in triton/language/random.py
 # ---------------------------------------------------------------------------------------------
@@ -249,10 +256,14 @@ def log_qz_weights(num_queries: int, num_components: int, dataset_size: int, met
     return w
 
 
+def gaussian_log_density(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mu, exp(logvar)) (broadcasting): the one spelling of the formula."""
+    return -0.5 * (LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar))
+
+
 def gaussian_log_density_matrix(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """m[i, j, d] = log N(z[i, d]; mu[j, d], exp(logvar[j, d])): (M, D), (K, D) -> (M, K, D)."""
-    diff = z.unsqueeze(1) - mu.unsqueeze(0)
-    return -0.5 * (LOG_2PI + logvar.unsqueeze(0) + diff.pow(2) * torch.exp(-logvar).unsqueeze(0))
+    return gaussian_log_density(z.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))
 
 
 def log_qz_marginals(z, mu, logvar, dataset_size: int, method: str = "mws"):

@@ -339,16 +339,12 @@ def discriminator_loss_backward(grad_loss, d_real, d_perm):
 # ---------------------------------------------------------------------------------------------
 # log_qz (outputs and incoming gradients in the compute dtype: float32, float64 for float64)
 # ---------------------------------------------------------------------------------------------
-def _log_qz_compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def log_qz_forward(z, mu, logvar, dataset_size, method):
-    from fastfvae.reference import log_qz_weight_constants
+    from fastfvae.reference import compute_dtype, log_qz_weight_constants
 
     queries, dim = z.shape
     components = mu.shape[0]
-    acc = _log_qz_compute_dtype(z.dtype)
+    acc = compute_dtype(z.dtype)
     log_qz = torch.empty((queries,), dtype=acc, device=z.device)
     log_qzj = torch.empty((queries, dim), dtype=acc, device=z.device)
     z_s, mu_s, lv_s = z.stride(), mu.stride(), logvar.stride()
@@ -363,11 +359,11 @@ def log_qz_forward(z, mu, logvar, dataset_size, method):
 
 
 def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, dataset_size, method):
-    from fastfvae.reference import log_qz_weight_constants
+    from fastfvae.reference import compute_dtype, log_qz_weight_constants
 
     queries, dim = z.shape
     components = mu.shape[0]
-    acc = _log_qz_compute_dtype(z.dtype)
+    acc = compute_dtype(z.dtype)
     grad_log_qz, grad_log_qzj = grad_log_qz.to(acc), grad_log_qzj.to(acc)
     grad_z, grad_mu, grad_logvar = z.new_empty(z.shape), mu.new_empty(mu.shape), mu.new_empty(mu.shape)
     z_s, mu_s, lv_s, h_s, lqj_s = z.stride(), mu.stride(), logvar.stride(), grad_log_qzj.stride(), log_qzj.stride()
@@ -381,6 +377,20 @@ def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, d
         grad_z.data_ptr(), grad_mu.data_ptr(), grad_logvar.data_ptr(),
     )
     return grad_z, grad_mu, grad_logvar
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape limits (the dispatcher's per-call reasons; kernels/include/arg_checks.h runs the same)
+# ---------------------------------------------------------------------------------------------
+INT32_MAX = 2**31 - 1
+
+
+def limits(op: str, dims: dict) -> list[str]:
+    """Every size of this call the native kernels cannot take (``dims``: the op's B, D, G, ...)."""
+    found = []
+    if op == "permute_dims" and dims.get("B", 0) > INT32_MAX:
+        found.append(f"permute_dims writes int32 row indices: B must be <= {INT32_MAX}, got {dims['B']}")
+    return found
 
 
 # ---------------------------------------------------------------------------------------------

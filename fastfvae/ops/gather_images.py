@@ -7,7 +7,8 @@ fastfvae/reference.py). No backward: neither the table nor the index has a gradi
 
 Eager calls go straight to the backend's launcher; under ``torch.compile`` the op is the
 ``torch.library`` custom op ``fastfvae::gather_images`` with a fake implementation, so a compiled
-step traces it without a graph break.
+step traces it without a graph break. (Not declared through fastfvae/ops/_register.py: that
+helper pairs every op with a backward, and this one has none.)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from fastfvae import reference
 from fastfvae._checks import FLOAT_DTYPES, check_choice
-from fastfvae.backends import BACKEND_NAMES, get_backend, select
+from fastfvae.backends import BACKEND_NAMES, select
 
 ROW_BYTES = reference.PACKED_ROW_BYTES
 SIDE = reference.PACKED_IMAGE_SIDE
@@ -25,7 +26,9 @@ INDEX_DTYPES = (torch.int64, torch.int32)
 
 @torch.library.custom_op("fastfvae::gather_images", mutates_args=())
 def _gather_images_op(packed: Tensor, index: Tensor, dtype: torch.dtype, backend: str) -> Tensor:
-    return get_backend(backend).gather_images_forward(packed, index, dtype)
+    # ``backend`` is the requested name, resolved here with the real tensors (nothing about
+    # dispatch is traced; fastfvae/ops/_register.py says why).
+    return select("gather_images", backend, packed.device, dtype).gather_images_forward(packed, index, dtype)
 
 
 @_gather_images_op.register_fake
@@ -70,7 +73,6 @@ def gather_images(packed: Tensor, index: Tensor, dtype: torch.dtype = torch.floa
     """
     _check_inputs(packed, index, dtype)
     check_choice("backend", backend, ("auto",) + BACKEND_NAMES)
-    impl = select("gather_images", backend, packed.device, dtype)
     if torch.compiler.is_compiling():
-        return _gather_images_op(packed, index, dtype, impl.NAME)
-    return impl.gather_images_forward(packed, index, dtype)
+        return _gather_images_op(packed, index, dtype, backend)
+    return select("gather_images", backend, packed.device, dtype).gather_images_forward(packed, index, dtype)
