@@ -49,7 +49,9 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"
     amp: Optional[str] = None          # None or "bf16" (CUDA only)
-    compile: bool = False
+    compile: bool = False              # torch.compile the whole step (fastfvae/train/whole_step.py)
+    graph: bool = False                # CUDA: capture the whole step in one CUDA graph (unvalidated)
+    packed_data: Optional[bool] = None  # data set bit-packed on the device; None: on CUDA only
     data: Optional[str] = None         # official dSprites npz; None = procedural
     out: Optional[str] = None
     resume: bool = False
