@@ -48,16 +48,18 @@ class _ReparameterizeKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, logvar, eps, seed, reduction, impl):
         z, kl = impl.reparameterize_kl_forward(mu, logvar, eps, seed, reduction)
-        ctx.save_for_backward(mu, logvar, z)
+        # eps (None when drawn) and the seed, not z: the backward needs std*eps exactly, and
+        # regenerates a drawn eps from the seed (z - mu loses it to z's rounding).
+        ctx.save_for_backward(mu, logvar, eps, seed)
         ctx.reduction, ctx.impl = reduction, impl
         return z, kl
 
     @staticmethod
     @once_differentiable  # the backward kernels are not themselves differentiable
     def backward(ctx, grad_z, grad_kl):
-        mu, logvar, z = ctx.saved_tensors
+        mu, logvar, eps, seed = ctx.saved_tensors
         grad_mu, grad_logvar, grad_eps = ctx.impl.reparameterize_kl_backward(
-            grad_z, grad_kl, mu, logvar, z, ctx.reduction, ctx.needs_input_grad[2],
+            grad_z, grad_kl, mu, logvar, eps, seed, ctx.reduction, ctx.needs_input_grad[2],
         )
         return grad_mu, grad_logvar, grad_eps, None, None, None
 
@@ -77,29 +79,31 @@ def _(mu, logvar, eps, seed, reduction, backend):
 
 @torch.library.custom_op("fastfvae::reparameterize_kl_backward", mutates_args=())
 def _reparameterize_kl_backward_op(
-    grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, z: Tensor, reduction: str,
-    backend: str,
+    grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, seed: Tensor, reduction: str,
+    backend: str, eps: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    # eps last, with a default: Inductor's generated call drops a None in the middle of the
+    # positional arguments (seen with torch 2.13: "Expected Tensor for seed, found str").
     return get_backend(backend).reparameterize_kl_backward(
-        grad_z, grad_kl, mu, logvar, z, reduction, True
+        grad_z, grad_kl, mu, logvar, eps, seed, reduction, True
     )
 
 
 @_reparameterize_kl_backward_op.register_fake
-def _(grad_z, grad_kl, mu, logvar, z, reduction, backend):
+def _(grad_z, grad_kl, mu, logvar, seed, reduction, backend, eps=None):
     return torch.empty_like(mu), torch.empty_like(mu), torch.empty_like(mu)
 
 
 def _reparameterize_kl_setup(ctx, inputs, output):
     mu, logvar, eps, seed, reduction, backend = inputs
-    ctx.save_for_backward(mu, logvar, output[0])
+    ctx.save_for_backward(mu, logvar, eps, seed)  # as _ReparameterizeKL: eps (or None) and seed, not z
     ctx.reduction, ctx.backend, ctx.has_eps = reduction, backend, eps is not None
 
 
 def _reparameterize_kl_grad(ctx, grad_z, grad_kl):
-    mu, logvar, z = ctx.saved_tensors
+    mu, logvar, eps, seed = ctx.saved_tensors
     grad_mu, grad_logvar, grad_eps = _reparameterize_kl_backward_op(
-        grad_z, grad_kl, mu, logvar, z, ctx.reduction, ctx.backend
+        grad_z, grad_kl, mu, logvar, seed, ctx.reduction, ctx.backend, eps
     )
     return grad_mu, grad_logvar, (grad_eps if ctx.has_eps else None), None, None, None
 

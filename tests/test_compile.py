@@ -26,7 +26,7 @@ def _op_cases(backend):
         ("reparameterize_kl", ops.reparameterize_kl.default, (t(6, 5), t(6, 5), None, seed, "mean", backend)),
         ("reparameterize_kl", ops.reparameterize_kl.default, (t(6, 5), t(6, 5), t(6, 5), seed, "none", backend)),
         ("reparameterize_kl", ops.reparameterize_kl_backward.default,
-         (torch.randn(6, 5), torch.randn(()), torch.randn(6, 5), torch.randn(6, 5), torch.randn(6, 5), "sum", backend)),
+         (torch.randn(6, 5), torch.randn(()), torch.randn(6, 5), torch.randn(6, 5), seed, "sum", backend, None)),
         ("permute_dims", ops.permute_dims.default, (t(2, 7, 3), seed, backend)),
         ("permute_dims", ops.permute_dims_backward.default,
          (torch.randn(1, 4, 2), torch.tensor([[[1, 0], [0, 3], [3, 2], [2, 1]]], dtype=torch.int32), backend)),
