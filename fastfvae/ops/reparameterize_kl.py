@@ -19,20 +19,23 @@ def _select(requested, mu, *_):
 
 
 def _save(args, outputs):
+    # eps and the seed, not z: the backward needs std*eps exactly and regenerates a drawn eps
+    # from the seed (rebuilding it as z - mu loses it to z's rounding, issue 14.8). A drawn eps
+    # is saved as an empty placeholder: the backward schema then has no optional tensor.
     mu, logvar, eps, seed, reduction = args
     need_grad_eps = eps is not None and eps.requires_grad
-    return mu, logvar, outputs[0], reduction, need_grad_eps
+    return mu, logvar, (eps if eps is not None else mu.new_empty((0,))), seed, reduction, need_grad_eps
 
 
-def _backward(impl, grad_z, grad_kl, mu, logvar, z, reduction, need_grad_eps):
+def _backward(impl, grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps):
     grad_mu, grad_logvar, grad_eps = impl.reparameterize_kl_backward(
-        grad_z, grad_kl, mu, logvar, z, reduction, need_grad_eps
+        grad_z, grad_kl, mu, logvar, eps if eps.numel() else None, seed, reduction, need_grad_eps
     )
     # A custom op cannot return None: an empty placeholder stands for "eps needs no gradient".
     return grad_mu, grad_logvar, grad_eps if grad_eps is not None else mu.new_empty((0,))
 
 
-def _backward_fake(grad_z, grad_kl, mu, logvar, z, reduction, need_grad_eps):
+def _backward_fake(grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps):
     grad_eps_shape = mu.shape if need_grad_eps else (0,)
     return mu.new_empty(mu.shape), mu.new_empty(mu.shape), mu.new_empty(grad_eps_shape)
 
@@ -50,8 +53,8 @@ _op = register(OpDeclaration(
     num_outputs=2,
     save=_save,
     backward_schema=(
-        "(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor z, str reduction, "
-        "bool need_grad_eps) -> (Tensor, Tensor, Tensor)"
+        "(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor eps, Tensor seed, "
+        "str reduction, bool need_grad_eps) -> (Tensor, Tensor, Tensor)"
     ),
     backward=_backward,
     backward_fake=_backward_fake,
