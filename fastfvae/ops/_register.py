@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
 
 @dataclass(frozen=True)
@@ -112,16 +111,36 @@ class RegisteredOp:
         self.forward_op = self._define_forward()
         self.backward_op = self._define_backward()
         self.forward_op.register_autograd(self._compiled_grad, setup_context=self._compiled_setup)
+        camel = "".join(part.title() for part in declaration.name.split("_"))
+        self.function = type(f"{camel}Function", (_EagerFunction,), {})
 
     # ------------------------------------------------------------------ calling
     def __call__(self, requested: str, *args):
         """Run the op for ``backend=requested`` (already validated inputs)."""
         if torch.compiler.is_compiling():
             return self.forward_op(*args, requested)
+        if _functorch_active():
+            return self._under_functorch(requested, *args)
         impl = self._select(requested, *args)
         if not needs_graph(args):
             return self._inference(impl, *args)
-        return _EagerFunction.apply(self, impl, *args)
+        return self.function.apply(self, impl, *args)
+
+    def _under_functorch(self, requested: str, *args):
+        """torch.func transforms see through plain torch ops only (the kernels read raw data
+        pointers, which batched and functional tensors do not have): the op runs the reference
+        backend's launcher, written in torch ops, and autograd/vmap go through it directly."""
+        from fastfvae.backends import BACKEND_NAMES, ENVIRONMENT_VARIABLE, _requested_from_environment
+
+        if requested == "auto":
+            requested = _requested_from_environment()
+        if requested not in ("auto", "reference"):
+            raise ValueError(
+                f"backend: torch.func transforms (vmap, grad, jacrev, ...) run {self.declaration.name} with the "
+                f"reference backend only; got backend={requested!r} (pass backend='auto' or 'reference', and "
+                f"leave {ENVIRONMENT_VARIABLE} unset or 'reference'; backends: {BACKEND_NAMES})"
+            )
+        return self.declaration.forward(reference_backend(), *args)
 
     def input_grads(self, backward_outputs, needs_input_grad) -> tuple:
         """The backward's outputs placed at their inputs' positions (None where not needed)."""
@@ -178,7 +197,14 @@ def _mark_non_differentiable(ctx, declaration: OpDeclaration, outputs) -> None:
 
 
 class _EagerFunction(torch.autograd.Function):
-    """The eager path of every op: forward and backward call the chosen backend directly."""
+    """The eager path of every op: forward and backward call the chosen backend directly.
+
+    Each op gets a subclass named after it, so autograd's messages name the op (e.g. "output 0
+    of TcLossFunctionBackward"). Double backward (``create_graph=True``, e.g. a gradient
+    penalty): the kernels' backward is not itself differentiable, so when a graph is requested
+    the backward runs the reference backend's launcher instead, written in differentiable torch
+    ops (issue 14.9: second-order terms are never dropped silently).
+    """
 
     @staticmethod
     def forward(ctx, op: RegisteredOp, impl, *args):
@@ -190,12 +216,25 @@ class _EagerFunction(torch.autograd.Function):
         return outputs
 
     @staticmethod
-    @once_differentiable  # the backward kernels are not themselves differentiable
     def backward(ctx, *grads):
         op = ctx.op
         grads = grads[: op.declaration.num_grads]
-        outputs = op.declaration.backward(ctx.impl, *grads, *_unstash(ctx))
+        # Grad mode is on in a backward only under create_graph=True.
+        impl = reference_backend() if torch.is_grad_enabled() else ctx.impl
+        outputs = op.declaration.backward(impl, *grads, *_unstash(ctx))
         return (None, None, *op.input_grads(outputs, ctx.needs_input_grad[2:]))
+
+
+def reference_backend():
+    """The reference backend module (torch ops: differentiable, and composable with torch.func)."""
+    from fastfvae.backends import get_backend
+
+    return get_backend("reference")
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) is running."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def register(declaration: OpDeclaration) -> RegisteredOp:

@@ -91,6 +91,10 @@ def log_qz_marginals(
     """
     dataset_size = _check_args(z, mu, logvar, dataset_size, method)
     log_qz_joint, log_qzj = _op(backend, z, mu, logvar, dataset_size, method)
+    if log_qz_joint.dtype == z.dtype and log_qz_joint.grad_fn is not None:
+        # The op saved these outputs for its backward; hand out copies (O(M D), next to the
+        # O(M K D) op) so in-place edits are allowed, as they are for the 16-bit casts (14.14).
+        return log_qz_joint.clone(), log_qzj.clone()
     return log_qz_joint.to(z.dtype), log_qzj.to(z.dtype)
 
 
