@@ -83,3 +83,19 @@ def test_numpy_integers_are_integers():
     for bad in (2.5, "10", True, np.float64(10.0), torch.tensor(10)):
         _raises(ValueError, r"dataset_size: expected an int >= 1", fastfvae.log_qz, z, z, z, dataset_size=bad)
     _raises(ValueError, r"dataset_size: expected an int >= 1, got np.int64\(0\)", fastfvae.log_qz, z, z, z, dataset_size=np.int64(0))
+
+
+def test_loss_modules_refuse_a_batch_that_is_not_x_recon_s():
+    """issue 14.15: logits or z from another batch size than x are refused, naming the argument."""
+    x = torch.rand(4, 1, 8, 8)
+    x_recon = torch.randn(4, 1, 8, 8)
+    kl = torch.tensor(1.0)
+    loss = fastfvae.losses.FactorVAELoss()
+    loss(x_recon, x, kl, torch.randn(4, 2))  # the right batch works
+    _raises(ValueError, r"d_z: expected the batch size of x_recon B = 4, got shape \(5, 2\)", loss, x_recon, x, kl, torch.randn(5, 2))
+    _raises(ValueError, r"d_z: expected the batch size of x_recon B = 4, got shape \(3,\)", loss, x_recon, x, kl, torch.randn(3))
+    tcvae = fastfvae.losses.BetaTCVAELoss(dataset_size=100)
+    z = torch.randn(4, 3)
+    tcvae(x_recon, x, z, z, z)
+    z5 = torch.randn(5, 3)
+    _raises(ValueError, r"z: expected the batch size of x_recon B = 4, got shape \(5, 3\)", tcvae, x_recon, x, z5, z5, z5)
