@@ -80,7 +80,9 @@ REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 _STATUS_NAMES = {1: "invalid argument", 2: "unsupported dtype", 3: "out of memory", 4: "CUDA error", 5: "internal"}
 
 
-def entry_points(op: str) -> tuple[str, str]:
+def entry_points(op: str) -> tuple[str, ...]:
+    if op in FORWARD_ONLY_OPS:
+        return (f"ffv_{op}_forward",)
     return f"ffv_{op}_forward", f"ffv_{op}_backward"
 
 
@@ -389,3 +391,28 @@ def limits(op: str, dims: dict) -> list[str]:
     if op == "permute_dims" and dims.get("B", 0) > INT32_MAX:
         found.append(f"permute_dims writes int32 row indices: B must be <= {INT32_MAX}, got {dims['B']}")
     return found
+
+
+# ---------------------------------------------------------------------------------------------
+# gather_images (forward only: the packed table and the index have no gradient)
+# ---------------------------------------------------------------------------------------------
+FORWARD_ONLY_OPS = frozenset({"gather_images"})
+ARGTYPES["ffv_gather_images_forward"] = (
+    _dtype, _i64, _i64, _ptr, _i64,  # dtype N B packed(s0)
+    _ptr, _i64, _i32, _ptr, _ptr,  # index(s0) index_is_int32 out stream
+)
+
+
+def gather_images_forward(packed, index, dtype):
+    """packed uint8 (N, 512), index int32/int64 (B,) -> (B, 1, 64, 64) of dtype (NaN images for
+    indices outside [0, N))."""
+    if packed.stride(1) != 1:
+        packed = packed.contiguous()  # the kernels read the bytes of a row contiguously
+    rows, batch = packed.shape[0], index.shape[0]
+    out = torch.empty((batch, 1, 64, 64), dtype=dtype, device=packed.device)
+    _call(
+        "ffv_gather_images_forward", packed,
+        DTYPE_CODES[dtype], rows, batch, packed.data_ptr(), packed.stride(0),
+        index.data_ptr(), index.stride(0), int(index.dtype == torch.int32), out.data_ptr(),
+    )
+    return out

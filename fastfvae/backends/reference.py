@@ -110,3 +110,8 @@ def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, d
         log_qz.to(acc), log_qzj.to(acc), dataset_size, method,
     )
     return tuple(g.to(z.dtype) for g in grads)
+
+
+# ---------------------------------------------------------------------------- gather_images
+def gather_images_forward(packed, index, dtype):
+    return ref.gather_images(packed, index, dtype)

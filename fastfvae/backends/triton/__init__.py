@@ -25,6 +25,7 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 if _IMPORT_ERROR is None:
     from fastfvae.backends.triton.discriminator_loss import discriminator_loss_backward, discriminator_loss_forward
+    from fastfvae.backends.triton.gather_images import gather_images_forward
     from fastfvae.backends.triton.log_qz import log_qz_backward, log_qz_forward
     from fastfvae.backends.triton.permute_dims import permute_dims_backward, permute_dims_forward
     from fastfvae.backends.triton.reparameterize_kl import reparameterize_kl_backward, reparameterize_kl_forward
