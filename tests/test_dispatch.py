@@ -133,3 +133,15 @@ def test_bad_environment_variable_is_named(monkeypatch):
         fastfvae.tc_loss(torch.randn(4, 2))
     # an explicit backend= is not affected by the variable
     assert fastfvae.tc_loss(torch.ones(4, 2), backend="reference").item() == 0.0
+
+
+def test_loss_modules_are_exported_at_the_top_level():
+    """issue 17.1: fastfvae.FactorVAELoss etc., as the ops are."""
+    import torch.nn as nn
+
+    for name in ("FactorVAELoss", "DiscriminatorLoss", "BetaTCVAELoss", "BetaVAELoss", "DIPVAELoss", "AnnealedVAELoss"):
+        module = getattr(fastfvae, name)
+        assert module is getattr(fastfvae.losses, name) and issubclass(module, nn.Module)
+        assert name in fastfvae.__all__
+    for name in fastfvae.__all__:
+        assert hasattr(fastfvae, name), name
