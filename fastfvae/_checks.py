@@ -75,8 +75,14 @@ def promoted(*tensors):
     """The tensors (None passes through) in their common dtype by torch's promotion rules, as
     torch's binary ops would compute them (bfloat16 with float32 -> float32; float16 with
     bfloat16 -> float32). A no-op when the dtypes already agree (issue 17.2)."""
-    dtype = None
+    first = tensors[0].dtype
+    for t in tensors:
+        if t is not None and t.dtype != first:
+            break
+    else:
+        return tensors  # the common case: one dtype, nothing to do
+    dtype = first
     for t in tensors:
         if t is not None:
-            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+            dtype = torch.promote_types(dtype, t.dtype)
     return tuple(t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors)

@@ -8,11 +8,11 @@ from torch import Tensor
 from fastfvae import backends, reference
 from fastfvae._checks import check_like, check_logits, promoted
 from fastfvae.ops._register import OpDeclaration, register
-from fastfvae.ops.tc_loss import as_columns, to_compute_dtype
+from fastfvae.ops.tc_loss import WIDE_DTYPES, as_columns, to_compute_dtype
 
 
 def _select(requested, d_real, d_perm):
-    return backends.select("discriminator_loss", requested, d_real.device, d_real.dtype, {"B": d_real.shape[0]})
+    return backends.select("discriminator_loss", requested, d_real.device, d_real.dtype, lambda: {"B": d_real.shape[0]})
 
 
 _op = register(OpDeclaration(
@@ -46,8 +46,10 @@ def discriminator_loss(d_real: Tensor, d_perm: Tensor, *, backend: str = "auto")
     Mixed float dtypes are promoted as torch's binary ops do.
     """
     _check_pair(d_real, d_perm)
-    d_real, d_perm = promoted(d_real, d_perm)
-    d_real, d_perm = to_compute_dtype(d_real), to_compute_dtype(d_perm)
+    dtype = d_real.dtype
+    if d_perm.dtype is not dtype or dtype not in WIDE_DTYPES:  # mixed or 16-bit: the slow path
+        d_real, d_perm = promoted(d_real, d_perm)
+        d_real, d_perm = to_compute_dtype(d_real), to_compute_dtype(d_perm)
     return _op(backend, as_columns(d_real), as_columns(d_perm))
 
 

@@ -13,9 +13,12 @@ from fastfvae.ops._register import OpDeclaration, register
 
 
 def _select(requested, z, mu, *_):
+    return backends.select("log_qz", requested, z.device, z.dtype, lambda: _dims(z, mu))
+
+
+def _dims(z: Tensor, mu: Tensor) -> dict:
     queries, dim = z.shape
-    dims = {"M": queries, "K": mu.shape[0], "D": dim}
-    return backends.select("log_qz", requested, z.device, z.dtype, dims)
+    return {"M": queries, "K": mu.shape[0], "D": dim}
 
 
 def _forward_fake(z, mu, logvar, dataset_size, method):

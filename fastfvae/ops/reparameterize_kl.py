@@ -14,8 +14,12 @@ from fastfvae.ops._seed import draw_seed
 
 
 def _select(requested, mu, *_):
+    return backends.select("reparameterize_kl", requested, mu.device, mu.dtype, lambda: _dims(mu))
+
+
+def _dims(mu: Tensor) -> dict:
     batch, dim = mu.shape
-    return backends.select("reparameterize_kl", requested, mu.device, mu.dtype, {"B": batch, "D": dim})
+    return {"B": batch, "D": dim}
 
 
 def _save(args, outputs):

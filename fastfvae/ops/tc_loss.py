@@ -9,11 +9,14 @@ from fastfvae._checks import check_logits
 from fastfvae.ops._register import OpDeclaration, register
 
 
+WIDE_DTYPES = (torch.float32, torch.float64)  # the dtypes the ops compute in (no widening needed)
+
+
 def to_compute_dtype(t: Tensor) -> Tensor:
     """16-bit logits widened to float32 before a reducing op, so the reduction is returned in
     float32 (issue 17.3): exactly what the kernels would compute (they widen on load), and
     B x K elements are cheap to copy."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+    return t if t.dtype in WIDE_DTYPES else t.float()
 
 
 def as_columns(logits: Tensor) -> Tensor:
@@ -22,7 +25,7 @@ def as_columns(logits: Tensor) -> Tensor:
 
 
 def _select(requested, logits):
-    return backends.select("tc_loss", requested, logits.device, logits.dtype, {"B": logits.shape[0]})
+    return backends.select("tc_loss", requested, logits.device, logits.dtype, lambda: {"B": logits.shape[0]})
 
 
 _op = register(OpDeclaration(
