@@ -18,12 +18,12 @@ import time
 import torch
 
 
-def _cases(ops, batch: int, dim: int):
+def _cases(ops, batch: int, dim: int, dtype: torch.dtype):
     """op name -> make(grad) -> a body that runs the op once (and its backward when grad)."""
     g = torch.Generator().manual_seed(0)
 
     def leaf(*shape, grad):
-        return torch.randn(*shape, generator=g).requires_grad_(grad)
+        return torch.randn(*shape, generator=g).to(dtype).requires_grad_(grad)
 
     def reparameterize(grad):
         mu, logvar = leaf(batch, dim, grad=grad), leaf(batch, dim, grad=grad)
@@ -49,13 +49,13 @@ def _cases(ops, batch: int, dim: int):
             "discriminator_loss": disc, "log_qz": log_qz}
 
 
-def _bodies(ops, batch: int, dim: int) -> dict:
+def _bodies(ops, batch: int, dim: int, dtype: torch.dtype) -> dict:
     """(op, direction) -> body."""
     bodies = {}
-    for op, make in _cases(ops, batch, dim).items():
+    for op, make in _cases(ops, batch, dim, dtype).items():
         bodies[(op, "forward")] = make(grad=False)
         with_grad = make(grad=True)
-        bodies[(op, "forward+backward")] = lambda f=with_grad: f().sum().backward()
+        bodies[(op, "forward+backward")] = lambda f=with_grad: f().float().sum().backward()
     return bodies
 
 
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--compare", help="another importable copy of the package to time alongside")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--dim", type=int, default=10)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=31)
     args = parser.parse_args()
@@ -79,7 +80,8 @@ def main() -> None:
     packages = {"fastfvae": importlib.import_module("fastfvae")}
     if args.compare:
         packages[args.compare] = importlib.import_module(args.compare)
-    bodies = {name: _bodies(package, args.batch, args.dim) for name, package in packages.items()}
+    dtype = getattr(torch, args.dtype)
+    bodies = {name: _bodies(package, args.batch, args.dim, dtype) for name, package in packages.items()}
     for key in bodies["fastfvae"]:
         times = {name: [] for name in packages}
         for name in packages:  # warm-up
@@ -87,7 +89,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name in packages:
                 times[name].append(_round(bodies[name][key], args.calls))
-        row = {"op": key[0], "direction": key[1]}
+        row = {"op": key[0], "direction": key[1], "dtype": args.dtype}
         row.update({f"{name}_us": round(min(t), 2) for name, t in times.items()})
         if args.compare:
             row["ratio"] = round(row["fastfvae_us"] / row[f"{args.compare}_us"], 3)

@@ -29,15 +29,16 @@ def check_float_tensor(name: str, value, ranks: tuple[int, ...]) -> None:
         raise ValueError(f"{name}: expected a non-empty tensor (B >= 1), got shape {tuple(value.shape)}")
 
 
-def check_like(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
-    """``value`` has ``ref``'s shape, dtype and device."""
+def check_like(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor, *, same_dtype: bool = True) -> None:
+    """``value`` has ``ref``'s shape and device, and its dtype unless ``same_dtype=False`` (the
+    ops promote mixed float dtypes instead, see ``promoted``)."""
     if value.shape != ref.shape:
         raise ValueError(
             f"{name}: expected the shape of {ref_name} {tuple(ref.shape)}, got {tuple(value.shape)}"
         )
     if value.device != ref.device:
         raise ValueError(f"{name}: expected a tensor on {ref_name}'s device {ref.device}, got {value.device}")
-    if value.dtype != ref.dtype:
+    if same_dtype and value.dtype != ref.dtype:
         raise TypeError(f"{name}: expected {ref_name}'s dtype {ref.dtype}, got {value.dtype}")
 
 
@@ -68,3 +69,20 @@ def check_positive_int(name: str, value) -> int:
     if number < 1:
         raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
     return number
+
+
+def promoted(*tensors):
+    """The tensors (None passes through) in their common dtype by torch's promotion rules, as
+    torch's binary ops would compute them (bfloat16 with float32 -> float32; float16 with
+    bfloat16 -> float32). A no-op when the dtypes already agree (issue 17.2)."""
+    first = tensors[0].dtype
+    for t in tensors:
+        if t is not None and t.dtype != first:
+            break
+    else:
+        return tensors  # the common case: one dtype, nothing to do
+    dtype = first
+    for t in tensors:
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors)

@@ -14,8 +14,17 @@ from torch import Tensor, nn
 
 from fastfvae import functional
 from fastfvae._checks import check_choice, check_float_tensor, check_positive_int
+from fastfvae.reference import gaussian_log_density
 
 RECONSTRUCTIONS = ("bernoulli", "gaussian")
+
+
+def _check_same_batch(name: str, value: Tensor, x_recon: Tensor) -> None:
+    """``value`` (B, ...) belongs to the batch of ``x_recon`` (B, ...) (issue 14.15)."""
+    if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] != x_recon.shape[0]:
+        raise ValueError(
+            f"{name}: expected the batch size of x_recon B = {x_recon.shape[0]}, got shape {tuple(value.shape)}"
+        )
 
 
 class FactorVAELossOutput(NamedTuple):
@@ -76,6 +85,7 @@ class FactorVAELoss(nn.Module):
             got = tuple(kl.shape) if isinstance(kl, Tensor) else type(kl).__name__
             raise ValueError(f"kl: expected a scalar tensor (reparameterize_kl with reduction='mean'), got {got}")
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
+        _check_same_batch("d_z", d_z, x_recon)
         tc = functional.tc_loss(d_z, backend=self.backend)
         return FactorVAELossOutput(recon + kl + self.gamma * tc, recon, kl, tc)
 
@@ -156,12 +166,13 @@ class BetaTCVAELoss(nn.Module):
         if z.shape != mu.shape:
             raise ValueError(f"z: expected the shape of mu {tuple(mu.shape)}, got {tuple(z.shape)}")
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
+        _check_same_batch("z", z, x_recon)
         log_qz, log_prod_qzj = functional.log_qz(
             z, mu, logvar, dataset_size=self.dataset_size, method=self.method, backend=self.backend
         )
-        log_2pi = 1.8378770664093453
-        log_q_z_given_x = (-0.5 * (log_2pi + logvar + (z - mu).pow(2) * torch.exp(-logvar))).sum(dim=1)
-        log_pz = (-0.5 * (log_2pi + z.pow(2))).sum(dim=1)
+        log_q_z_given_x = gaussian_log_density(z, mu, logvar).sum(dim=1)
+        zero = z.new_zeros(())  # p(z) = N(0, I): mean 0, log-variance 0
+        log_pz = gaussian_log_density(z, zero, zero).sum(dim=1)
         mi = (log_q_z_given_x - log_qz).mean()
         tc = (log_qz - log_prod_qzj).mean()
         dwkl = (log_prod_qzj - log_pz).mean()

@@ -75,6 +75,7 @@ def test_auto_falls_back_when_a_backend_cannot_take_the_sizes(monkeypatch):
         pytest.skip("the native library is not built here")
     native = backends.get_backend("native")
     monkeypatch.setattr(native, "limits", _limit_d_to(4))
+    monkeypatch.setattr(native, "LIMITED_OPS", ("log_qz",))
     backends.clear_cache()
     assert backends.select("log_qz", "auto", CPU, torch.float32, {"M": 3, "K": 3, "D": 4}).NAME == "native"
     assert backends.select("log_qz", "auto", CPU, torch.float32, {"M": 3, "K": 3, "D": 5}).NAME == "reference"
@@ -89,6 +90,7 @@ def test_explicit_backend_raises_with_the_size_reason(monkeypatch):
     if backends.reason_not_served("native", "log_qz", CPU, torch.float32) is not None:
         pytest.skip("the native library is not built here")
     monkeypatch.setattr(backends.get_backend("native"), "limits", _limit_d_to(4))
+    monkeypatch.setattr(backends.get_backend("native"), "LIMITED_OPS", ("log_qz",))
     backends.clear_cache()
     with pytest.raises(ValueError) as info:
         fastfvae.log_qz(torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5), dataset_size=10, backend="native")
@@ -133,3 +135,15 @@ def test_bad_environment_variable_is_named(monkeypatch):
         fastfvae.tc_loss(torch.randn(4, 2))
     # an explicit backend= is not affected by the variable
     assert fastfvae.tc_loss(torch.ones(4, 2), backend="reference").item() == 0.0
+
+
+def test_loss_modules_are_exported_at_the_top_level():
+    """issue 17.1: fastfvae.FactorVAELoss etc., as the ops are."""
+    import torch.nn as nn
+
+    for name in ("FactorVAELoss", "DiscriminatorLoss", "BetaTCVAELoss", "BetaVAELoss", "DIPVAELoss", "AnnealedVAELoss"):
+        module = getattr(fastfvae, name)
+        assert module is getattr(fastfvae.losses, name) and issubclass(module, nn.Module)
+        assert name in fastfvae.__all__
+    for name in fastfvae.__all__:
+        assert hasattr(fastfvae, name), name

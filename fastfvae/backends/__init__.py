@@ -102,8 +102,13 @@ def _limit_reasons(module, op: str, dims) -> list[str]:
     return limits(op, dims) if limits is not None and dims is not None else []
 
 
-def _no_limits(op: str, dims) -> list[str]:
-    return []
+def _limits_for(module, op: str):
+    """The backend's ``limits`` when it has size limits for ``op`` (its LIMITED_OPS), else None,
+    so the common call skips it."""
+    limits = getattr(module, "limits", None)
+    if limits is None or op not in getattr(module, "LIMITED_OPS", (op,)):
+        return None
+    return limits
 
 
 def not_supported_reasons(name: str, op: str, device, dtype: torch.dtype, dims=None) -> list[str]:
@@ -129,23 +134,19 @@ def reasons(op: str, device, dtype: torch.dtype, dims=None) -> dict[str, str | N
 
 
 def _requested_from_environment() -> str:
-    value = os.environ.get(ENVIRONMENT_VARIABLE) or "auto"
-    if value != "auto" and value not in BACKEND_NAMES:
-        raise ValueError(
-            f"{ENVIRONMENT_VARIABLE}: expected one of {('auto',) + BACKEND_NAMES} (or unset), got {value!r}"
-        )
-    return value
+    """FASTFVAE_BACKEND's backend name, or "auto" when unset or empty."""
+    return _checked_request(os.environ.get(ENVIRONMENT_VARIABLE) or "auto")
 
 
 def _candidates(op: str, requested: str, device: torch.device, dtype: torch.dtype) -> tuple:
-    """(module, limits function) of the backends that serve (device, dtype), in the order "auto"
+    """(module, its limits or None) of the backends that serve (device, dtype), in the order "auto"
     tries them; for an explicit request, that one backend (or () when it cannot serve them)."""
     key = (op, requested, device.type, dtype)
     found = _candidates_cache.get(key)
     if found is None:
         names = AUTO_ORDER.get(device.type, ("reference",)) if requested == "auto" else (requested,)
         modules = [get_backend(n) for n in names if not _static_reasons(n, op, device, dtype)]
-        found = tuple((m, getattr(m, "limits", _no_limits)) for m in modules)
+        found = tuple((m, _limits_for(m, op)) for m in modules)
         _candidates_cache[key] = found
     return found
 
@@ -154,22 +155,37 @@ def select(op: str, requested: str, device, dtype: torch.dtype, dims=None):
     """The backend module that runs ``op`` for ``backend=requested`` on this call.
 
     "auto" honours FASTFVAE_BACKEND, then takes the first backend of AUTO_ORDER that can serve
-    the device, dtype and sizes (``dims``), falling back to the next one otherwise. An explicit
+    the device, dtype and sizes (``dims``: a dict, or a function returning it, called only when
+    a candidate backend has size limits for ``op``), falling back to the next one otherwise. An explicit
     backend that cannot serve the call raises ValueError listing every backend's reasons.
+    Every eager op call runs this: the common case is one environment read and one dict lookup.
     """
     if requested == "auto":
-        requested = _requested_from_environment()
-    elif requested not in BACKEND_NAMES:
-        raise ValueError(f"backend: expected one of {('auto',) + BACKEND_NAMES}, got {requested!r}")
+        requested = os.environ.get(ENVIRONMENT_VARIABLE) or "auto"
     if not isinstance(device, torch.device):
         device = _as_device(device)
-    for module, limits in _candidates(op, requested, device, dtype):
-        if dims is None or not limits(op, dims):
+    found = _candidates_cache.get((op, requested, device.type, dtype))
+    if found is None:
+        found = _candidates(op, _checked_request(requested), device, dtype)
+    for module, limits in found:
+        if limits is None or dims is None or not limits(op, dims() if callable(dims) else dims):
             return module
     if requested == "auto":  # the reference serves everything; only reached for exotic devices
         return get_backend("reference")
+    dims = dims() if callable(dims) else dims
     lines = "\n".join(f"  {n}: {r or 'can serve it'}" for n, r in reasons(op, device, dtype, dims).items())
     raise ValueError(f"backend={requested!r} cannot run {op} on a {device.type} tensor of {dtype}:\n{lines}")
+
+
+def _checked_request(requested: str) -> str:
+    """``requested`` (from backend= or FASTFVAE_BACKEND) is a backend name or "auto"."""
+    if requested != "auto" and requested not in BACKEND_NAMES:
+        if os.environ.get(ENVIRONMENT_VARIABLE) == requested:
+            raise ValueError(
+                f"{ENVIRONMENT_VARIABLE}: expected one of {('auto',) + BACKEND_NAMES} (or unset), got {requested!r}"
+            )
+        raise ValueError(f"backend: expected one of {('auto',) + BACKEND_NAMES}, got {requested!r}")
+    return requested
 
 
 def clear_cache() -> None:

@@ -387,6 +387,7 @@ def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, d
 # Shape limits (the dispatcher's per-call reasons; kernels/include/arg_checks.h runs the same)
 # ---------------------------------------------------------------------------------------------
 INT32_MAX = 2**31 - 1
+LIMITED_OPS = ("permute_dims",)  # the ops ``limits`` can refuse (the dispatcher skips the others)
 
 
 def limits(op: str, dims: dict) -> list[str]:

@@ -6,13 +6,13 @@ import torch
 from torch import Tensor
 
 from fastfvae import backends, reference
-from fastfvae._checks import check_like, check_logits
+from fastfvae._checks import check_like, check_logits, promoted
 from fastfvae.ops._register import OpDeclaration, register
-from fastfvae.ops.tc_loss import as_columns
+from fastfvae.ops.tc_loss import WIDE_DTYPES, as_columns, to_compute_dtype
 
 
 def _select(requested, d_real, d_perm):
-    return backends.select("discriminator_loss", requested, d_real.device, d_real.dtype, {"B": d_real.shape[0]})
+    return backends.select("discriminator_loss", requested, d_real.device, d_real.dtype, lambda: {"B": d_real.shape[0]})
 
 
 _op = register(OpDeclaration(
@@ -33,7 +33,7 @@ _op = register(OpDeclaration(
 def _check_pair(d_real, d_perm) -> None:
     check_logits("d_real", d_real)
     check_logits("d_perm", d_perm)
-    check_like("d_perm", d_perm, "d_real", d_real)
+    check_like("d_perm", d_perm, "d_real", d_real, same_dtype=False)
 
 
 def discriminator_loss(d_real: Tensor, d_perm: Tensor, *, backend: str = "auto") -> Tensor:
@@ -41,9 +41,15 @@ def discriminator_loss(d_real: Tensor, d_perm: Tensor, *, backend: str = "auto")
 
     Both (B, 2): 0.5 * (CE(d_real, class 0) + CE(d_perm, class 1)), CE averaged over the batch.
     Both (B,) or (B, 1) (the logit of "from q(z)"):
-    0.5 * (BCE(sigmoid(d_real), 1) + BCE(sigmoid(d_perm), 0)). Returns a scalar.
+    0.5 * (BCE(sigmoid(d_real), 1) + BCE(sigmoid(d_perm), 0)). Returns a scalar in the
+    compute dtype (float32 for 16-bit logits, as torch's losses under autocast; DESIGN.md §4).
+    Mixed float dtypes are promoted as torch's binary ops do.
     """
     _check_pair(d_real, d_perm)
+    dtype = d_real.dtype
+    if d_perm.dtype is not dtype or dtype not in WIDE_DTYPES:  # mixed or 16-bit: the slow path
+        d_real, d_perm = promoted(d_real, d_perm)
+        d_real, d_perm = to_compute_dtype(d_real), to_compute_dtype(d_perm)
     return _op(backend, as_columns(d_real), as_columns(d_perm))
 
 

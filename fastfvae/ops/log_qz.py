@@ -8,14 +8,17 @@ from __future__ import annotations
 from torch import Tensor
 
 from fastfvae import backends, reference
-from fastfvae._checks import check_choice, check_float_tensor, check_like, check_positive_int
+from fastfvae._checks import check_choice, check_float_tensor, check_like, check_positive_int, promoted
 from fastfvae.ops._register import OpDeclaration, register
 
 
 def _select(requested, z, mu, *_):
+    return backends.select("log_qz", requested, z.device, z.dtype, lambda: _dims(z, mu))
+
+
+def _dims(z: Tensor, mu: Tensor) -> dict:
     queries, dim = z.shape
-    dims = {"M": queries, "K": mu.shape[0], "D": dim}
-    return backends.select("log_qz", requested, z.device, z.dtype, dims)
+    return {"M": queries, "K": mu.shape[0], "D": dim}
 
 
 def _forward_fake(z, mu, logvar, dataset_size, method):
@@ -53,13 +56,11 @@ def _check_args(z, mu, logvar, dataset_size, method) -> int:
     check_float_tensor("z", z, (2,))
     check_float_tensor("mu", mu, (2,))
     check_float_tensor("logvar", logvar, (2,))
-    check_like("logvar", logvar, "mu", mu)
+    check_like("logvar", logvar, "mu", mu, same_dtype=False)
     if z.shape[1] != mu.shape[1]:
         raise ValueError(f"z: expected (M, D) with mu's D = {mu.shape[1]}, got shape {tuple(z.shape)}")
     if z.device != mu.device:
         raise ValueError(f"z: expected a tensor on mu's device {mu.device}, got {z.device}")
-    if z.dtype != mu.dtype:
-        raise TypeError(f"z: expected mu's dtype {mu.dtype}, got {z.dtype}")
     dataset_size = check_positive_int("dataset_size", dataset_size)
     check_choice("method", method, reference.LOG_QZ_METHODS)
     if method == "mss":
@@ -87,15 +88,18 @@ def log_qz_marginals(
 ) -> tuple[Tensor, Tensor]:
     """Estimates of log q(z_i) (M,) and of every log q(z_i,d) (M, D); ``log_qz`` documents them.
 
-    Both in z's dtype (computed in float32, float64 for float64). Differentiable in z, mu, logvar.
+    Both in the compute dtype: float32 (float64 for float64 inputs), also for 16-bit inputs,
+    whose log-densities near -60 would otherwise be rounded to +-0.25 (issue 17.3). Mixed float
+    dtypes are promoted as torch's binary ops do. Differentiable in z, mu, logvar.
     """
     dataset_size = _check_args(z, mu, logvar, dataset_size, method)
+    z, mu, logvar = promoted(z, mu, logvar)
     log_qz_joint, log_qzj = _op(backend, z, mu, logvar, dataset_size, method)
-    if log_qz_joint.dtype == z.dtype and log_qz_joint.grad_fn is not None:
+    if log_qz_joint.requires_grad:
         # The op saved these outputs for its backward; hand out copies (O(M D), next to the
-        # O(M K D) op) so in-place edits are allowed, as they are for the 16-bit casts (14.14).
+        # O(M K D) op) so in-place edits of the results are allowed (issue 14.14).
         return log_qz_joint.clone(), log_qzj.clone()
-    return log_qz_joint.to(z.dtype), log_qzj.to(z.dtype)
+    return log_qz_joint, log_qzj
 
 
 def log_qz(
@@ -112,7 +116,8 @@ def log_qz(
     method "mss" (minibatch stratified sampling, unbiased for q(z_i)): w[i, i] = -log N (query i's
         own component), w[i, (i+1) % K] = log((N - K + 1) / (N (K - 1))), other j: -log(K - 1);
         needs K >= 2, M <= K and N >= K (reference.py derives the weights).
-    Returns (log_qz (M,), log_prod_qzj (M,)) in z's dtype, differentiable in z, mu and logvar.
+    Returns (log_qz (M,), log_prod_qzj (M,)) in the compute dtype (float32; float64 for float64),
+    differentiable in z, mu and logvar.
     Memory O((M + K) D): the kernels stream over j with an online logsumexp.
     """
     log_qz_joint, log_qzj = log_qz_marginals(

@@ -16,7 +16,7 @@ def _dims(z: Tensor) -> dict:
 
 
 def _select(requested, z, seed):
-    return backends.select("permute_dims", requested, z.device, z.dtype, _dims(z))
+    return backends.select("permute_dims", requested, z.device, z.dtype, lambda: _dims(z))
 
 
 _op = register(OpDeclaration(

@@ -8,14 +8,18 @@ import torch
 from torch import Tensor
 
 from fastfvae import backends, reference
-from fastfvae._checks import check_choice, check_float_tensor, check_like
+from fastfvae._checks import check_choice, check_float_tensor, check_like, promoted
 from fastfvae.ops._register import OpDeclaration, register
 from fastfvae.ops._seed import draw_seed
 
 
 def _select(requested, mu, *_):
+    return backends.select("reparameterize_kl", requested, mu.device, mu.dtype, lambda: _dims(mu))
+
+
+def _dims(mu: Tensor) -> dict:
     batch, dim = mu.shape
-    return backends.select("reparameterize_kl", requested, mu.device, mu.dtype, {"B": batch, "D": dim})
+    return {"B": batch, "D": dim}
 
 
 # Where the backward finds eps: drawn (regenerate it from the seed), given, given and needing a gradient.
@@ -80,18 +84,26 @@ def reparameterize_kl(
     mu, logvar: (B, D) floating, same dtype and device. eps: optional (B, D) noise; when None
     it is drawn inside the kernel from torch's generator (Philox, DESIGN.md §5); when given, no
     seed is drawn (the generator is not advanced).
-    Returns z = mu + exp(logvar/2) * eps, shape (B, D), and
-    kl = reduce_i 0.5 * sum_d (mu^2 + exp(logvar) - logvar - 1): () for "mean"/"sum", (B,) for "none".
+    Returns z = mu + exp(logvar/2) * eps, shape (B, D), in the inputs' dtype, and
+    kl = reduce_i 0.5 * sum_d (mu^2 + exp(logvar) - logvar - 1): () for "mean"/"sum", (B,) for "none",
+    in the compute dtype (float32 for 16-bit inputs, as autocast returns reductions; DESIGN.md §4).
+    Mixed float dtypes are promoted as torch's binary ops do.
     Differentiable in mu, logvar (and eps when given).
     """
     check_float_tensor("mu", mu, (2,))
     check_float_tensor("logvar", logvar, (2,))
-    check_like("logvar", logvar, "mu", mu)
+    check_like("logvar", logvar, "mu", mu, same_dtype=False)
     if eps is not None:
         check_float_tensor("eps", eps, (2,))
-        check_like("eps", eps, "mu", mu)
+        check_like("eps", eps, "mu", mu, same_dtype=False)
     check_choice("reduction", reduction, reference.REDUCTIONS)
+    mu, logvar, eps = promoted(mu, logvar, eps)
     # Given eps, nothing is drawn (the user's generator is not advanced); the launchers still
     # take a seed pointer, so they get a placeholder.
     seed = draw_seed(mu.device) if eps is None else torch.zeros((1,), dtype=torch.int64, device=mu.device)
-    return _op(backend, mu, logvar, eps, seed, reduction)
+    if mu.dtype in (torch.float32, torch.float64):
+        return _op(backend, mu, logvar, eps, seed, reduction)
+    # 16-bit: the kernels would widen on load and round z once on store; doing the widening
+    # here gives the same z and a float32 KL (the launchers write kl in the input dtype).
+    z, kl = _op(backend, mu.float(), logvar.float(), None if eps is None else eps.float(), seed, reduction)
+    return z.to(mu.dtype), kl
