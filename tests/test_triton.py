@@ -334,6 +334,13 @@ def _compile_cases():
         "disc-fwd-k1-bf16": (disc, "_discriminator_loss_forward_kernel", "*bf16", dict(K=1, PARTIAL=False, COMPUTE="fp32", BLOCK=1024), 4),
         "disc-fwd-partial-k2-f32": (disc, "_discriminator_loss_forward_kernel", "*fp32", dict(K=2, PARTIAL=True, COMPUTE="fp32", BLOCK=1024), 4),
         "disc-bwd-k2-f64": (disc, "_discriminator_loss_backward_kernel", "*fp64", dict(K=2, COMPUTE="fp64", BLOCK=1024), 4),
+        # log_qz as the launcher sizes it at M = K = 1024: D = 10 float32 (4 warps), float64 (8 warps)
+        "logqz-fwd-d10-f32": ("log_qz", "_log_qz_forward_kernel", "*fp32",
+                              dict(MSS=False, COMPUTE="fp32", BLOCK_M=16, BLOCK_K=16, BLOCK_D=16), 4),
+        "logqz-bwd-z-d10-f64": ("log_qz", "_log_qz_backward_z_kernel", "*fp64",
+                                dict(MSS=True, COMPUTE="fp64", BLOCK_M=16, BLOCK_K=16, BLOCK_D=16), 8),
+        "logqz-bwd-comp-d1024-f32": ("log_qz", "_log_qz_backward_components_kernel", "*fp32",
+                                     dict(MSS=False, COMPUTE="fp32", BLOCK_M=2, BLOCK_K=2, BLOCK_D=1024), 8),
     }
 
 
