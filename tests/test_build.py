@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes
-import importlib.resources
 import re
 import shutil
 from pathlib import Path
@@ -14,8 +13,8 @@ from fastfvae import backends
 from fastfvae.backends import native
 
 
-def _lib_dir():
-    return importlib.resources.files("fastfvae") / "_lib"
+def _lib_dir(filename: str = "libfastfvae_cpu.so"):
+    return native.library_dir(filename)
 
 
 def test_cpu_library_built_and_native_serves_cpu():
@@ -28,8 +27,8 @@ def test_cpu_library_built_and_native_serves_cpu():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler on this machine")
 def test_cuda_sources_compiled():
     """nvcc is present, so the CUDA library must have compiled (catches CUDA compile errors)."""
-    assert (_lib_dir() / "libfastfvae_cuda.so").is_file(), (
-        f"libfastfvae_cuda.so missing in {_lib_dir()}: the CUDA build failed (see the pip install log)"
+    assert (_lib_dir("libfastfvae_cuda.so") / "libfastfvae_cuda.so").is_file(), (
+        f"libfastfvae_cuda.so missing in {native.library_dirs()}: the CUDA build failed (see the pip install log)"
     )
 
 
@@ -51,7 +50,7 @@ def test_abi_version_is_the_headers_in_python_and_in_both_libraries():
     version = int(re.search(r"#define FFV_ABI_VERSION (\d+)", HEADER.read_text()).group(1))
     assert native.ABI_VERSION == version
     for kind in ("cpu", "cuda"):
-        path = _lib_dir() / native.LIBRARY_FILES[kind]
+        path = _lib_dir(native.LIBRARY_FILES[kind]) / native.LIBRARY_FILES[kind]
         if path.is_file():
             lib = ctypes.CDLL(str(path))
             lib.ffv_abi_version.restype = ctypes.c_int32

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import ctypes
-import importlib.resources
 import math
 import shutil
 import subprocess
@@ -203,7 +202,9 @@ SIGNATURES = {
 @pytest.fixture(scope="module")
 def cuda_library():
     """(call, last_error): call(entry, *args) runs one ABI entry with host buffers for pointers."""
-    path = importlib.resources.files("fastfvae") / "_lib" / "libfastfvae_cuda.so"
+    from fastfvae.backends import native
+
+    path = native.library_dir("libfastfvae_cuda.so") / "libfastfvae_cuda.so"
     if not path.is_file():
         pytest.skip(f"{path} is absent (the CUDA library was not built)")
     lib = ctypes.CDLL(str(path))

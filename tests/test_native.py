@@ -270,3 +270,14 @@ def test_ctypes_table_matches_header():
         assert len(declared) == len(argtypes), (name, len(declared), len(argtypes))
     assert all(t in (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int, ctypes.c_double)
                for argtypes in native.ARGTYPES.values() for t in argtypes)
+
+
+def test_element_count_overflow_is_rejected_as_in_the_cuda_library(library):
+    """check_numel runs in the CPU library too (it ran only in CUDA): sizes whose product
+    overflows int64 are an error before any pointer is looked at (NULL pointers here)."""
+    forward = library.functions["ffv_reparameterize_kl_forward"]
+    status = forward(0, 2**40, 2**30, None, 1, 1, None, 1, 1, None, 0, 0, None, 1, None, None, None)
+    assert status == 1 and "more than 2^63 - 1 elements" in library.last_error(), library.last_error()
+    permute = library.functions["ffv_permute_dims_forward"]
+    status = permute(0, 2**40, 2**20, 2**10, None, 1, 1, 1, None, None, None, None)
+    assert status == 1 and "more than 2^63 - 1 elements" in library.last_error(), library.last_error()

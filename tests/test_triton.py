@@ -319,18 +319,28 @@ def _compile_cases():
         "rkl-fwd-eps-rows-f64": (rkl, fwd, "*fp64", dict(HAS_EPS=True, REDUCE=False, COMPUTE="fp64", **tile), 4),
         "rkl-fwd-draw-rows-bf16": (rkl, fwd, "*bf16", dict(HAS_EPS=False, REDUCE=False, COMPUTE="fp32", **tile), 4),
         "rkl-fwd-ints-1": (rkl, fwd, "*fp16", dict(HAS_EPS=False, REDUCE=True, COMPUTE="fp32", ones=True, **tile), 4),
-        "rkl-sum-rows": (rkl, "_sum_rows_kernel", "*fp32", dict(BLOCK=1024), 4),
-        "rkl-bwd-eps-f32": (rkl, bwd, "*fp32", dict(NEED_EPS=True, COMPUTE="fp32", **tile), 4),
-        "rkl-bwd-bf16-ints-1": (rkl, bwd, "*bf16", dict(NEED_EPS=False, COMPUTE="fp32", ones=True, **tile), 4),
+        "common-sum": ("_common", "_sum_kernel", "*fp32", dict(BLOCK=1024), 4),
+        "rkl-bwd-eps-f32": (rkl, bwd, "*fp32", dict(HAS_EPS=True, NEED_EPS=True, COMPUTE="fp32", **tile), 4),
+        "rkl-bwd-draw-f64": (rkl, bwd, "*fp64", dict(HAS_EPS=False, NEED_EPS=False, COMPUTE="fp64", **tile), 4),
+        "rkl-bwd-bf16-ints-1": (rkl, bwd, "*bf16", dict(HAS_EPS=False, NEED_EPS=False, COMPUTE="fp32", ones=True, **tile), 4),
         "perm-sort-4096": (perm, "_permute_dims_sort_kernel", "*fp32", dict(NEED_INDEX=True, BLOCK_B=4096, BLOCK_D=1), 8),
         "perm-sort-ints-1": (perm, "_permute_dims_sort_kernel", "*fp16", dict(NEED_INDEX=False, ones=True, **tile), 4),
         "perm-keys": (perm, "_permute_dims_keys_kernel", "*fp32", tile, 4),
         "perm-gather-f64": (perm, "_permute_dims_gather_kernel", "*fp64", dict(NEED_INDEX=True, **tile), 4),
         "perm-bwd-bf16": (perm, "_permute_dims_backward_kernel", "*bf16", tile, 4),
-        "tc-fwd-k2-f64": (tc, "_tc_loss_forward_kernel", "*fp64", dict(K=2, COMPUTE="fp64", BLOCK=1024), 4),
+        "tc-fwd-k2-f64": (tc, "_tc_loss_forward_kernel", "*fp64", dict(K=2, PARTIAL=False, COMPUTE="fp64", BLOCK=1024), 4),
+        "tc-fwd-partial-f32": (tc, "_tc_loss_forward_kernel", "*fp32", dict(K=2, PARTIAL=True, COMPUTE="fp32", BLOCK=1024), 4),
         "tc-bwd-k1-f16": (tc, "_tc_loss_backward_kernel", "*fp16", dict(K=1, COMPUTE="fp32", BLOCK=1024), 4),
-        "disc-fwd-k1-bf16": (disc, "_discriminator_loss_forward_kernel", "*bf16", dict(K=1, COMPUTE="fp32", BLOCK=1024), 4),
+        "disc-fwd-k1-bf16": (disc, "_discriminator_loss_forward_kernel", "*bf16", dict(K=1, PARTIAL=False, COMPUTE="fp32", BLOCK=1024), 4),
+        "disc-fwd-partial-k2-f32": (disc, "_discriminator_loss_forward_kernel", "*fp32", dict(K=2, PARTIAL=True, COMPUTE="fp32", BLOCK=1024), 4),
         "disc-bwd-k2-f64": (disc, "_discriminator_loss_backward_kernel", "*fp64", dict(K=2, COMPUTE="fp64", BLOCK=1024), 4),
+        # log_qz as the launcher sizes it at M = K = 1024: D = 10 float32 (4 warps), float64 (8 warps)
+        "logqz-fwd-d10-f32": ("log_qz", "_log_qz_forward_kernel", "*fp32",
+                              dict(MSS=False, COMPUTE="fp32", BLOCK_M=16, BLOCK_K=16, BLOCK_D=16), 4),
+        "logqz-bwd-z-d10-f64": ("log_qz", "_log_qz_backward_z_kernel", "*fp64",
+                                dict(MSS=True, COMPUTE="fp64", BLOCK_M=16, BLOCK_K=16, BLOCK_D=16), 8),
+        "logqz-bwd-comp-d1024-f32": ("log_qz", "_log_qz_backward_components_kernel", "*fp32",
+                                     dict(MSS=False, COMPUTE="fp32", BLOCK_M=2, BLOCK_K=2, BLOCK_D=1024), 8),
     }
 
 
@@ -368,3 +378,56 @@ def test_kernel_compiles_for_sm90(case):
         ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}
     )
     assert compiled.asm["cubin"]
+
+
+# =============================================================================================
+# Grid-axis limits (issue 16 item 7): a clear ValueError, not CUDA's bare "invalid argument"
+# =============================================================================================
+def test_grid_over_cuda_axis_limits_is_a_clear_error():
+    from fastfvae.backends.triton._common import checked_grid
+
+    assert checked_grid((5, 65535, 1), "op") == (5, 65535, 1)
+    with pytest.raises(ValueError, match="grid axis 2.*limit of 65535"):
+        checked_grid((1, 1, 70000), "permute_dims")
+    with pytest.raises(ValueError, match="grid axis 1"):
+        checked_grid((1, 65536), "op")
+
+
+
+# =============================================================================================
+# Two-stage deterministic reductions (issue 16 item 5): a grid of partial sums, then one program
+# =============================================================================================
+@needs_runtime
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_reductions_over_many_programs(monkeypatch, dtype):
+    """With 8 rows per program, B = 37 spreads every batch sum over 5 programs (the last one
+    partly masked) and a second launch adds the partials: values equal the reference's and
+    repeated calls are bitwise equal."""
+    from fastfvae.backends.triton import _common
+
+    monkeypatch.setattr(_common, "ROWS_PER_PROGRAM", 8)
+    batch = 37
+    for k in (1, 2):
+        logits, other = randn(batch, k, dtype=dtype), randn(batch, k, dtype=dtype)
+        tc = T.tc_loss_forward(logits)
+        assert_close(tc, R.tc_loss_forward(logits), dtype)
+        assert torch.equal(tc, T.tc_loss_forward(logits))
+        loss = T.discriminator_loss_forward(logits, other)
+        assert_close(loss, R.discriminator_loss_forward(logits, other), dtype)
+        assert torch.equal(loss, T.discriminator_loss_forward(logits, other))
+    monkeypatch.setattr(rkl_mod, "REDUCE_IN_KERNEL_MAX_ELEMENTS", 0)
+    mu, logvar, eps = randn(batch, 3, dtype=dtype), randn(batch, 3, dtype=dtype), randn(batch, 3, dtype=dtype)
+    for reduction in ("mean", "sum"):
+        _, kl = T.reparameterize_kl_forward(mu, logvar, eps, make_seed(), reduction)
+        assert_close(kl, R.reparameterize_kl_forward(mu, logvar, eps, None, reduction)[1], dtype)
+
+
+@needs_runtime
+def test_sum_into_adds_partials_in_a_fixed_order(monkeypatch):
+    from fastfvae.backends.triton import _common
+
+    monkeypatch.setattr(_common, "ROWS_PER_PROGRAM", 16)
+    values = randn(1000, dtype=torch.float64)
+    out = torch.empty((), dtype=torch.float64, device=DEVICE)
+    _common.sum_into(values, out, 7)
+    torch.testing.assert_close(out, values.sum() / 7, rtol=1e-12, atol=1e-12)

@@ -2,8 +2,7 @@
 GPUs) through their flat C ABI (kernels/include/fastfvae.h), loaded with ctypes.
 
 The libraries are looked up in ``FASTFVAE_NATIVE_LIB_DIR`` when that environment variable is
-set, else in the package's ``_lib`` folder (``importlib.resources.files("fastfvae") / "_lib"``)
-where ``pip install -e .`` puts them. A library that is missing or cannot be loaded makes the
+set, else in the package's ``_lib`` folder where ``pip install -e .`` puts them (library_dirs). A library that is missing or cannot be loaded makes the
 backend unavailable with the reason (``backend="auto"`` then falls back to the reference); the
 package itself always imports.
 
@@ -18,7 +17,6 @@ one launcher section below; ``why_not`` then reports a library that lacks them.
 from __future__ import annotations
 
 import ctypes
-import importlib.resources
 import os
 from pathlib import Path
 
@@ -111,12 +109,22 @@ class Library:
         return (self.handle.ffv_last_error() or b"").decode("utf-8", "replace")
 
 
-def library_dir() -> Path:
-    """Where the libraries are looked for: $FASTFVAE_NATIVE_LIB_DIR, else fastfvae/_lib."""
+def library_dirs() -> list[Path]:
+    """Where the libraries are looked for: $FASTFVAE_NATIVE_LIB_DIR, else the ``_lib`` folder of
+    each of the package's folders (an editable install has two: the build's and the source
+    tree's, where a CMake build such as bench/gpu_check.sh's installs)."""
     override = os.environ.get(LIB_DIR_ENV)
     if override:
-        return Path(override)
-    return Path(str(importlib.resources.files("fastfvae") / "_lib"))
+        return [Path(override)]
+    import fastfvae
+
+    return [Path(folder) / "_lib" for folder in fastfvae.__path__]
+
+
+def library_dir(filename: str = LIBRARY_FILES["cpu"]) -> Path:
+    """The first of library_dirs() that holds ``filename`` (else the first of them)."""
+    folders = library_dirs()
+    return next((folder for folder in folders if (folder / filename).is_file()), folders[0])
 
 
 _loaded: dict[str, tuple[Library | None, str | None]] = {}
@@ -131,7 +139,7 @@ def load(kind: str) -> tuple[Library | None, str | None]:
     if filename is None:
         result = (None, f"no native library for {kind} tensors")
     else:
-        result = _load_file(library_dir() / filename)
+        result = _load_file(library_dir(filename) / filename)
     _loaded[kind] = result
     return result
 

@@ -191,6 +191,7 @@ FFV_API ffv_status ffv_discriminator_loss_forward(ffv_dtype dtype, int64_t B, in
   static const char* entry = "ffv_discriminator_loss_forward";
   FFV_CHECK(ffv::check_positive(entry, "B", B));
   FFV_CHECK(ffv::check_logit_count(entry, K));
+  FFV_CHECK(ffv::check_numel(entry, B, K));
   FFV_CHECK(ffv::check_not_null(entry, "d_real", d_real));
   FFV_CHECK(ffv::check_not_null(entry, "d_perm", d_perm));
   FFV_CHECK(ffv::check_not_null(entry, "loss", loss));
@@ -208,6 +209,7 @@ FFV_API ffv_status ffv_discriminator_loss_backward(ffv_dtype dtype, int64_t B, i
   static const char* entry = "ffv_discriminator_loss_backward";
   FFV_CHECK(ffv::check_positive(entry, "B", B));
   FFV_CHECK(ffv::check_logit_count(entry, K));
+  FFV_CHECK(ffv::check_numel(entry, B, K));
   FFV_CHECK(ffv::check_not_null(entry, "grad_loss", grad_loss));
   FFV_CHECK(ffv::check_not_null(entry, "d_real", d_real));
   FFV_CHECK(ffv::check_not_null(entry, "d_perm", d_perm));

@@ -381,7 +381,7 @@ ffv_status check_sizes(const char* entry, int64_t M, int64_t K, int64_t D) {
   FFV_CHECK(ffv::check_positive(entry, "M", M));
   FFV_CHECK(ffv::check_positive(entry, "K", K));
   FFV_CHECK(ffv::check_positive(entry, "D", D));
-  return FFV_OK;
+  return ffv::check_numel(entry, M > K ? M : K, D);
 }
 
 }  // namespace

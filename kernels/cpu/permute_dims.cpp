@@ -296,7 +296,8 @@ ffv_status check_sizes(const char* entry, int64_t G, int64_t B, int64_t D) {
   FFV_CHECK(ffv::check_positive(entry, "G", G));
   FFV_CHECK(ffv::check_positive(entry, "B", B));
   FFV_CHECK(ffv::check_positive(entry, "D", D));
-  return ffv::check_int32_rows(entry, B);
+  FFV_CHECK(ffv::check_int32_rows(entry, B));
+  return ffv::check_numel(entry, G, B, D);
 }
 
 }  // namespace

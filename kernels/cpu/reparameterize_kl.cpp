@@ -254,6 +254,7 @@ FFV_API ffv_status ffv_reparameterize_kl_forward(ffv_dtype dtype, int64_t B, int
   static const char* entry = "ffv_reparameterize_kl_forward";
   FFV_CHECK(ffv::check_positive(entry, "B", B));
   FFV_CHECK(ffv::check_positive(entry, "D", D));
+  FFV_CHECK(ffv::check_numel(entry, B, D));
   FFV_CHECK(ffv::check_not_null(entry, "mu", mu));
   FFV_CHECK(ffv::check_not_null(entry, "logvar", logvar));
   if (eps == nullptr) FFV_CHECK(ffv::check_not_null(entry, "seed (needed when eps is NULL)", seed));
@@ -279,6 +280,7 @@ FFV_API ffv_status ffv_reparameterize_kl_backward(ffv_dtype dtype, int64_t B, in
   static const char* entry = "ffv_reparameterize_kl_backward";
   FFV_CHECK(ffv::check_positive(entry, "B", B));
   FFV_CHECK(ffv::check_positive(entry, "D", D));
+  FFV_CHECK(ffv::check_numel(entry, B, D));
   FFV_CHECK(ffv::check_not_null(entry, "grad_z", grad_z));
   FFV_CHECK(ffv::check_not_null(entry, "grad_kl", grad_kl));
   FFV_CHECK(ffv::check_reduction(entry, reduction));

@@ -1,4 +1,6 @@
-// Status codes and the thread-local last-error message of the CPU library.
+// Status codes, ffv_abi_version and the thread-local last-error message. The one source for both
+// libraries: kernels/cuda/status.cu includes this file (each library gets its own copy of the
+// thread-local message).
 #include "fastfvae.h"
 #include "status.h"
 

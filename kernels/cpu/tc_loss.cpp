@@ -48,6 +48,7 @@ FFV_API ffv_status ffv_tc_loss_forward(ffv_dtype dtype, int64_t B, int64_t K, co
   static const char* entry = "ffv_tc_loss_forward";
   FFV_CHECK(ffv::check_positive(entry, "B", B));
   FFV_CHECK(ffv::check_logit_count(entry, K));
+  FFV_CHECK(ffv::check_numel(entry, B, K));
   FFV_CHECK(ffv::check_not_null(entry, "logits", logits));
   FFV_CHECK(ffv::check_not_null(entry, "tc", tc));
   return ffv::guarded(entry, [&] {
@@ -62,6 +63,7 @@ FFV_API ffv_status ffv_tc_loss_backward(ffv_dtype dtype, int64_t B, int64_t K, c
   static const char* entry = "ffv_tc_loss_backward";
   FFV_CHECK(ffv::check_positive(entry, "B", B));
   FFV_CHECK(ffv::check_logit_count(entry, K));
+  FFV_CHECK(ffv::check_numel(entry, B, K));
   FFV_CHECK(ffv::check_not_null(entry, "grad_tc", grad_tc));
   FFV_CHECK(ffv::check_not_null(entry, "grad_logits", grad_logits));
   return ffv::with_dtype(entry, dtype, [&](auto tag) {

@@ -18,6 +18,8 @@
 // Simple rather than tuned: Triton is the default on GPUs; this is the native CUDA fallback.
 #include <math_constants.h>
 
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace ffv {
@@ -25,6 +27,20 @@ namespace gpu {
 namespace {
 
 constexpr int kMaxD = 256;           // latent sizes above this are rejected on CUDA
+
+// Per-thread state (one value per latent dimension) lives in arrays of kDimCap >= D elements,
+// kDimCap a compile-time bucket (8, 16, 32, 64, 256; with_dim_bucket below). When an array is
+// at most kRegisterArrayBytes (32 floats, 16 doubles) every loop over d is unrolled, so each
+// element is indexed by a constant and stays in a register; the `if (d < D)` guard turns the
+// extra iterations into skipped predicates. Larger buckets are not unrolled (code size, spills:
+// a float64 bucket of 32 spilled ~1.3 KiB) and keep their arrays in local memory, with a stack
+// frame proportional to the bucket. Before this (one kMaxD = 256 bucket for every D) every
+// thread had a 3-10 KiB local-memory frame whatever D was (REVIEW.md has the ptxas figures).
+constexpr int kRegisterArrayBytes = 128;
+#define FFV_FOR_DIM(d)                                                         \
+  _Pragma("unroll kDimCap * sizeof(A) <= kRegisterArrayBytes ? kDimCap : 1") \
+  for (int d = 0; d < kDimCap; ++d)                                           \
+    if (d < D)
 constexpr int kThreads = 64;         // threads (query rows or components) per block
 constexpr int64_t kTileBytes = 24 * 1024;  // dynamic shared memory per block
 
@@ -79,7 +95,7 @@ __device__ __forceinline__ void stage_components(int64_t j0, int n, int64_t D, c
   }
 }
 
-template <typename T>
+template <typename T, int kDimCap>
 __global__ void __launch_bounds__(kThreads) log_qz_forward_kernel(
     int64_t M, int64_t K, int64_t D, int tile,
     const T* __restrict__ z, int64_t z_s0, int64_t z_s1,      // [M, D] strided: queries
@@ -95,8 +111,8 @@ __global__ void __launch_bounds__(kThreads) log_qz_forward_kernel(
   A* s_c = s_iv + tile * D;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const bool active = i < M;
-  A zr[kMaxD], dim_max[kMaxD], dim_sum[kMaxD];
-  for (int64_t d = 0; d < D; ++d) {
+  A zr[kDimCap], dim_max[kDimCap], dim_sum[kDimCap];  // registers for small buckets (FFV_FOR_DIM)
+  FFV_FOR_DIM(d) {
     zr[d] = active ? load2(z, i, d, z_s0, z_s1) : A(0);
     dim_max[d] = neg_inf<A>();
     dim_sum[d] = A(0);
@@ -111,7 +127,7 @@ __global__ void __launch_bounds__(kThreads) log_qz_forward_kernel(
     for (int t = 0; t < n; ++t) {
       const A wij = log_weight(w, i, j0 + t, K);
       A s = wij;
-      for (int64_t d = 0; d < D; ++d) {
+      FFV_FOR_DIM(d) {
         const A diff = zr[d] - s_mu[t * D + d];
         const A m = s_c[t * D + d] - A(0.5) * diff * diff * s_iv[t * D + d];
         s += m;
@@ -122,10 +138,10 @@ __global__ void __launch_bounds__(kThreads) log_qz_forward_kernel(
   }
   if (!active) return;
   log_qz[i] = lse_result(joint_max, joint_sum);
-  for (int64_t d = 0; d < D; ++d) log_qzj[i * D + d] = lse_result(dim_max[d], dim_sum[d]);
+  FFV_FOR_DIM(d) log_qzj[i * D + d] = lse_result(dim_max[d], dim_sum[d]);
 }
 
-template <typename T>
+template <typename T, int kDimCap>
 __global__ void __launch_bounds__(kThreads) log_qz_backward_z_kernel(
     int64_t M, int64_t K, int64_t D, int tile,
     const Acc<T>* __restrict__ g, int64_t g_s0,                   // [M] compute type: dL/dlog_qz
@@ -144,8 +160,8 @@ __global__ void __launch_bounds__(kThreads) log_qz_backward_z_kernel(
   A* s_c = s_iv + tile * D;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const bool active = i < M;
-  A zr[kMaxD], hr[kMaxD], lqjr[kMaxD], gz[kMaxD];
-  for (int64_t d = 0; d < D; ++d) {
+  A zr[kDimCap], hr[kDimCap], lqjr[kDimCap], gz[kDimCap];  // registers for small buckets (FFV_FOR_DIM)
+  FFV_FOR_DIM(d) {
     zr[d] = active ? load2(z, i, d, z_s0, z_s1) : A(0);
     hr[d] = active ? h[i * h_s0 + d * h_s1] : A(0);
     lqjr[d] = active ? lqj[i * lqj_s0 + d * lqj_s1] : A(0);
@@ -162,12 +178,12 @@ __global__ void __launch_bounds__(kThreads) log_qz_backward_z_kernel(
     for (int t = 0; t < n; ++t) {
       const A wij = log_weight(w, i, j0 + t, K);
       A s = wij;
-      for (int64_t d = 0; d < D; ++d) {
+      FFV_FOR_DIM(d) {
         const A diff = zr[d] - s_mu[t * D + d];
         s += s_c[t * D + d] - A(0.5) * diff * diff * s_iv[t * D + d];
       }
       const A p_joint = gi * exp_acc(s - lqi);
-      for (int64_t d = 0; d < D; ++d) {
+      FFV_FOR_DIM(d) {
         const A diff = zr[d] - s_mu[t * D + d];
         const A r = diff * s_iv[t * D + d];
         const A m = s_c[t * D + d] - A(0.5) * diff * r;
@@ -177,10 +193,10 @@ __global__ void __launch_bounds__(kThreads) log_qz_backward_z_kernel(
     }
   }
   if (!active) return;
-  for (int64_t d = 0; d < D; ++d) grad_z[i * D + d] = from_acc<T>(gz[d]);
+  FFV_FOR_DIM(d) grad_z[i * D + d] = from_acc<T>(gz[d]);
 }
 
-template <typename T>
+template <typename T, int kDimCap>
 __global__ void __launch_bounds__(kThreads) log_qz_backward_components_kernel(
     int64_t M, int64_t K, int64_t D, int tile,
     const Acc<T>* __restrict__ g, int64_t g_s0,
@@ -202,8 +218,8 @@ __global__ void __launch_bounds__(kThreads) log_qz_backward_components_kernel(
   A* s_lq = s_g + tile;                         // [tile] log_qz
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const bool active = j < K;
-  A muj[kMaxD], ivj[kMaxD], cj[kMaxD], gmu[kMaxD], glv[kMaxD];
-  for (int64_t d = 0; d < D; ++d) {
+  A muj[kDimCap], ivj[kDimCap], cj[kDimCap], gmu[kDimCap], glv[kDimCap];  // registers for small buckets (FFV_FOR_DIM)
+  FFV_FOR_DIM(d) {
     const A logvar = active ? load2(lv, j, d, lv_s0, lv_s1) : A(0);
     muj[d] = active ? load2(mu, j, d, mu_s0, mu_s1) : A(0);
     ivj[d] = exp_acc(-logvar);
@@ -229,12 +245,12 @@ __global__ void __launch_bounds__(kThreads) log_qz_backward_components_kernel(
     for (int t = 0; t < n; ++t) {
       const A wij = log_weight(w, i0 + t, j, K);
       A s = wij;
-      for (int64_t d = 0; d < D; ++d) {
+      FFV_FOR_DIM(d) {
         const A diff = s_z[t * D + d] - muj[d];
         s += cj[d] - A(0.5) * diff * diff * ivj[d];
       }
       const A p_joint = s_g[t] * exp_acc(s - s_lq[t]);
-      for (int64_t d = 0; d < D; ++d) {
+      FFV_FOR_DIM(d) {
         const A diff = s_z[t * D + d] - muj[d];
         const A r = diff * ivj[d];
         const A m = cj[d] - A(0.5) * diff * r;
@@ -245,7 +261,7 @@ __global__ void __launch_bounds__(kThreads) log_qz_backward_components_kernel(
     }
   }
   if (!active) return;
-  for (int64_t d = 0; d < D; ++d) {
+  FFV_FOR_DIM(d) {
     grad_mu[j * D + d] = from_acc<T>(gmu[d]);
     grad_logvar[j * D + d] = from_acc<T>(glv[d]);
   }
@@ -255,6 +271,16 @@ __global__ void __launch_bounds__(kThreads) log_qz_backward_components_kernel(
 inline int tile_rows(int64_t per_row) {
   const int64_t rows = kTileBytes / per_row;
   return static_cast<int>(rows < 1 ? 1 : (rows > 64 ? 64 : rows));
+}
+
+// Calls fn(std::integral_constant<int, cap>{}) with the smallest bucket cap >= D (D <= kMaxD).
+template <typename Fn>
+ffv_status with_dim_bucket(int64_t D, Fn&& fn) {
+  if (D <= 8) return fn(std::integral_constant<int, 8>{});
+  if (D <= 16) return fn(std::integral_constant<int, 16>{});
+  if (D <= 32) return fn(std::integral_constant<int, 32>{});
+  if (D <= 64) return fn(std::integral_constant<int, 64>{});
+  return fn(std::integral_constant<int, kMaxD>{});
 }
 
 inline ffv_status check_sizes(const char* entry, int64_t M, int64_t K, int64_t D) {
@@ -299,10 +325,13 @@ FFV_API ffv_status ffv_log_qz_forward(
       const size_t shared = static_cast<size_t>(3 * tile * D) * sizeof(A);
       const LogWeights<A> w{static_cast<A>(log_w_other), static_cast<A>(log_w_own), static_cast<A>(log_w_partner)};
       const unsigned blocks = static_cast<unsigned>((M + kThreads - 1) / kThreads);
-      log_qz_forward_kernel<T><<<blocks, kThreads, shared, s>>>(
-          M, K, D, tile, static_cast<const T*>(z), z_s0, z_s1, static_cast<const T*>(mu), mu_s0, mu_s1,
-          static_cast<const T*>(logvar), logvar_s0, logvar_s1, w, static_cast<A*>(log_qz), static_cast<A*>(log_qzj));
-      return check_launch(entry);
+      return with_dim_bucket(D, [&](auto cap) -> ffv_status {
+        log_qz_forward_kernel<T, decltype(cap)::value><<<blocks, kThreads, shared, s>>>(
+            M, K, D, tile, static_cast<const T*>(z), z_s0, z_s1, static_cast<const T*>(mu), mu_s0, mu_s1,
+            static_cast<const T*>(logvar), logvar_s0, logvar_s1, w, static_cast<A*>(log_qz),
+            static_cast<A*>(log_qzj));
+        return check_launch(entry);
+      });
     });
   });
 }
@@ -344,18 +373,21 @@ FFV_API ffv_status ffv_log_qz_backward(
       const T* mup = static_cast<const T*>(mu);
       const T* lvp = static_cast<const T*>(logvar);
       const int tile_k = tile_rows(3 * D * static_cast<int64_t>(sizeof(A)));
-      log_qz_backward_z_kernel<T><<<static_cast<unsigned>((M + kThreads - 1) / kThreads), kThreads,
+      const int tile_m = tile_rows((3 * D + 2) * static_cast<int64_t>(sizeof(A)));
+      return with_dim_bucket(D, [&](auto cap) -> ffv_status {
+      constexpr int kCap = decltype(cap)::value;
+      log_qz_backward_z_kernel<T, kCap><<<static_cast<unsigned>((M + kThreads - 1) / kThreads), kThreads,
                                     static_cast<size_t>(3 * tile_k * D) * sizeof(A), s>>>(
           M, K, D, tile_k, g, grad_log_qz_s0, h, grad_log_qzj_s0, grad_log_qzj_s1, zp, z_s0, z_s1, mup, mu_s0,
           mu_s1, lvp, logvar_s0, logvar_s1, lq, log_qz_s0, lqj, log_qzj_s0, log_qzj_s1, w, static_cast<T*>(grad_z));
       FFV_CHECK(check_launch(entry));
-      const int tile_m = tile_rows((3 * D + 2) * static_cast<int64_t>(sizeof(A)));
-      log_qz_backward_components_kernel<T><<<static_cast<unsigned>((K + kThreads - 1) / kThreads), kThreads,
+      log_qz_backward_components_kernel<T, kCap><<<static_cast<unsigned>((K + kThreads - 1) / kThreads), kThreads,
                                              static_cast<size_t>((3 * D + 2) * tile_m) * sizeof(A), s>>>(
           M, K, D, tile_m, g, grad_log_qz_s0, h, grad_log_qzj_s0, grad_log_qzj_s1, zp, z_s0, z_s1, mup, mu_s0,
           mu_s1, lvp, logvar_s0, logvar_s1, lq, log_qz_s0, lqj, log_qzj_s0, log_qzj_s1, w,
           static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar));
       return check_launch(entry);
+      });
     });
   });
 }

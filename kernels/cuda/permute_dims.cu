@@ -170,8 +170,13 @@ ffv_status permute_dims_forward_sorted(const char* entry, int64_t G, int64_t B, 
                                                                                                         offsets);
     if ((st = check_launch(entry)) != FFV_OK) break;
     size_t bytes = temp_bytes;
-    st = check_call(cub::DeviceSegmentedRadixSort::SortKeys(temp, bytes, keys_in, keys_out, static_cast<int>(S * B),
-                                                            static_cast<int>(S), offsets, offsets + 1, 0, 63, stream),
+    // The same argument types as the size query above (const keys in, const offsets), so CUB's
+    // dispatch is instantiated once, not twice.
+    const uint64_t* sort_in = keys_in;
+    const int* begin_offsets = offsets;
+    st = check_call(cub::DeviceSegmentedRadixSort::SortKeys(temp, bytes, sort_in, keys_out, static_cast<int>(S * B),
+                                                            static_cast<int>(S), begin_offsets, begin_offsets + 1,
+                                                            0, 63, stream),
                     entry, "cub::DeviceSegmentedRadixSort::SortKeys");
     if (st != FFV_OK) break;
     permute_dims_gather_kernel<T><<<grid_for(S * B, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(

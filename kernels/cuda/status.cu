@@ -1,22 +1,4 @@
-// Status codes and the thread-local last-error message of the CUDA library (same semantics as
-// kernels/cpu/status.cpp: a failing call sets the message of its thread; success leaves it).
-#include <string>
-
-#include "common.cuh"
-#include "fastfvae.h"
-
-namespace {
-thread_local std::string last_error;
-}
-
-namespace ffv {
-ffv_status fail(ffv_status status, const std::string& message) {
-  last_error = message;
-  return status;
-}
-}  // namespace ffv
-
-extern "C" {
-FFV_API const char* ffv_last_error(void) { return last_error.c_str(); }
-FFV_API int32_t ffv_abi_version(void) { return FFV_ABI_VERSION; }
-}
+// Status codes and the thread-local last-error message of the CUDA library: the CPU library's
+// kernels/cpu/status.cpp, compiled into this library too (one source; each library keeps its
+// own thread-local message).
+#include "../cpu/status.cpp"

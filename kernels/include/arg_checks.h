@@ -43,7 +43,9 @@ inline ffv_status check_int32_rows(const char* entry, int64_t B) {
   return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": B must fit the int32 index, got " + std::to_string(B));
 }
 
-// a * b (* c) must fit in int64 (all >= 1): element counts and flat indices are int64.
+// a * b (* c) must fit in int64 (all >= 1): element counts and flat indices are int64. Both
+// libraries call it in every entry, right after the size checks (tests/test_native.py,
+// tests/test_cuda_host.py).
 inline ffv_status check_numel(const char* entry, int64_t a, int64_t b, int64_t c = 1) {
   if (a <= INT64_MAX / b && a * b <= INT64_MAX / c) return FFV_OK;
   return fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": the tensor has more than 2^63 - 1 elements");

@@ -34,6 +34,62 @@ def accumulator_torch_dtype(dtype: torch.dtype) -> torch.dtype:
     return reference_compute_dtype(dtype)
 
 
+# Deterministic batch reductions (tc_loss, discriminator_loss, the mean/sum KL): up to
+# ROWS_PER_PROGRAM rows, one program sums them all (one launch, the paper's batches); beyond,
+# a grid of programs writes one partial sum per ROWS_PER_PROGRAM rows into a scratch vector
+# and one more program adds the partials in index order (two launches, every SM busy: one
+# program over B = 1M rows is ~1,000 dependent iterations on one SM). No atomics: the order
+# depends only on B, so results are run-to-run identical.
+ROWS_PER_PROGRAM = 16384
+SUM_BLOCK = 1024
+
+
+@triton.jit
+def _sum_kernel(
+    values_ptr,  # (n,) float, contiguous: the values to add
+    out_ptr,  # (programs,) any float: out[p] = sum of values[p*per_program : (p+1)*per_program] / divisor
+    n,
+    per_program,
+    divisor,
+    BLOCK: tl.constexpr,
+):
+    """One program per slice of per_program values, each summed in a fixed order."""
+    first = tl.program_id(0) * per_program
+    acc = tl.zeros((BLOCK,), dtype=values_ptr.dtype.element_ty)
+    for start in range(0, per_program, BLOCK):
+        lane = start + tl.arange(0, BLOCK)
+        offs = (first + lane).to(tl.int64)
+        acc += tl.load(values_ptr + offs, mask=(offs < n) & (lane < per_program), other=0.0)
+    total = tl.sum(acc, axis=0) / divisor  # int -> float by promotion (1 may arrive as a constexpr)
+    tl.store(out_ptr + tl.program_id(0), total.to(out_ptr.dtype.element_ty))
+
+
+def sum_into(values: torch.Tensor, out: torch.Tensor, divisor: int) -> None:
+    """out (a 0-d tensor) = sum(values) / divisor, values (n,) contiguous in the compute dtype;
+    deterministic: one program up to ROWS_PER_PROGRAM values, else partial sums then their sum."""
+    n = values.numel()
+    if n > ROWS_PER_PROGRAM:
+        programs = triton.cdiv(n, ROWS_PER_PROGRAM)
+        partials = torch.empty((programs,), dtype=values.dtype, device=values.device)
+        _sum_kernel[(programs,)](values, partials, n, ROWS_PER_PROGRAM, 1, BLOCK=SUM_BLOCK)
+        values, n = partials, programs
+    _sum_kernel[(1,)](values, out, n, n, divisor, BLOCK=min(SUM_BLOCK, next_pow2(n)))
+
+
+# CUDA's grid limits: 2^31 - 1 programs on axis 0, 65535 on axes 1 and 2.
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def checked_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """``grid`` itself, or a ValueError naming the axis when it exceeds CUDA's limit (a launch
+    would otherwise fail with CUDA's bare "invalid argument")."""
+    for axis, (size, limit) in enumerate(zip(grid, GRID_LIMITS)):
+        if size > limit:
+            raise ValueError(f"{what}: needs {size} Triton programs on grid axis {axis}, over CUDA's limit "
+                             f"of {limit}; use the native or reference backend for this shape")
+    return grid
+
+
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(1, int(n)))
 

@@ -11,8 +11,9 @@ exactly the reference's NaN / inf results (tests/test_discriminator_loss.py chec
 Gradients, s = g * 0.5/B: K = 2: d real = s*(softmax(real) - e0), d perm = s*(softmax(perm) - e1);
 K = 1: d r = s*(sigmoid(r) - 1), d p = s*sigmoid(p).
 
-Launches: forward 1 (one program loops over the batch, fixed order, deterministic);
-backward 1 (writes both gradients).
+Launches: forward 1 up to _common.ROWS_PER_PROGRAM rows (one program loops over the batch), 2
+beyond (a grid of partial sums, then one program adds them in index order): fixed order,
+deterministic; backward 1 (writes both gradients).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastfvae.backends.triton._common import compute_dtype, device_guard
+from fastfvae.backends.triton import _common
+from fastfvae.backends.triton._common import accumulator_torch_dtype, compute_dtype, device_guard, next_pow2
 
 BLOCK = 1024
 
@@ -85,21 +87,26 @@ def _load_rows(real_ptr, perm_ptr, rows, ok, stride_rb, stride_rk, stride_pb, st
 def _discriminator_loss_forward_kernel(
     real_ptr,  # (B, K) input dtype, strided: logits on z ~ q(z)
     perm_ptr,  # (B, K) input dtype, strided: logits on permute_dims(z')
-    loss_ptr,  # () input dtype: output loss
+    out_ptr,  # PARTIAL: (programs,) compute dtype, partial sums; else () input dtype, the loss
     B,
+    rows_per_program,  # rows each program adds (B when one program does it all)
     stride_rb,
     stride_rk,
     stride_pb,
     stride_pk,
     K: tl.constexpr,
+    PARTIAL: tl.constexpr,  # write program p's sum of row losses to out[p] (no 0.5/B)
     COMPUTE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """loss = 0.5/B * sum_i (CE(real_i, 0) + CE(perm_i, 1)) (K = 2) or the BCE pair (K = 1). One program."""
+    """loss = 0.5/B * sum_i (CE(real_i, 0) + CE(perm_i, 1)) (K = 2) or the BCE pair (K = 1);
+    program p adds rows [p*rows_per_program, (p+1)*rows_per_program) in a fixed order."""
+    first = tl.program_id(0) * rows_per_program
     acc = tl.zeros((BLOCK,), dtype=COMPUTE)
-    for start in range(0, B, BLOCK):
-        rows = (start + tl.arange(0, BLOCK)).to(tl.int64)
-        ok = rows < B
+    for start in range(0, rows_per_program, BLOCK):
+        lane = start + tl.arange(0, BLOCK)
+        rows = (first + lane).to(tl.int64)
+        ok = (rows < B) & (lane < rows_per_program)
         r0, r1, p0, p1 = _load_rows(real_ptr, perm_ptr, rows, ok, stride_rb, stride_rk, stride_pb, stride_pk,
                                     K, COMPUTE)
         if K == 2:
@@ -107,8 +114,11 @@ def _discriminator_loss_forward_kernel(
         else:
             row_loss = (0.0 * r0 - _log_sigmoid(r0)) + (p0 - _log_sigmoid(p0))
         acc += tl.where(ok, row_loss, 0.0)
-    loss = 0.5 * (tl.sum(acc, axis=0) / B)
-    tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+    if PARTIAL:
+        tl.store(out_ptr + tl.program_id(0), tl.sum(acc, axis=0))
+    else:
+        loss = 0.5 * (tl.sum(acc, axis=0) / B)
+        tl.store(out_ptr, loss.to(out_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -154,11 +164,17 @@ def discriminator_loss_forward(d_real, d_perm):
     """d_real, d_perm: (B, K), K in {1, 2}. Returns the scalar loss in their dtype."""
     batch, k = d_real.shape
     loss = torch.empty((), dtype=d_real.dtype, device=d_real.device)
+    per_program = min(batch, _common.ROWS_PER_PROGRAM)
+    programs = triton.cdiv(batch, per_program)
+    partial = programs > 1
+    out = torch.empty((programs,), dtype=accumulator_torch_dtype(d_real.dtype), device=d_real.device) if partial else loss
     with device_guard(d_real):
-        _discriminator_loss_forward_kernel[(1,)](
-            d_real, d_perm, loss, batch, *_strides(d_real, d_perm),
-            K=k, COMPUTE=compute_dtype(d_real.dtype), BLOCK=min(BLOCK, triton.next_power_of_2(batch)),
+        _discriminator_loss_forward_kernel[(programs,)](
+            d_real, d_perm, out, batch, per_program, *_strides(d_real, d_perm),
+            K=k, PARTIAL=partial, COMPUTE=compute_dtype(d_real.dtype), BLOCK=min(BLOCK, next_pow2(per_program)),
         )
+        if partial:
+            _common.sum_into(out, loss, 2 * batch)  # 0.5/B of the sum
     return loss
 
 

@@ -231,6 +231,15 @@ def _blocks(queries: int, components: int, dim: int) -> tuple[int, int, int]:
     return block_m, block_k, block_d
 
 
+def _num_warps(dtype: torch.dtype, block_d: int) -> int:
+    """8 warps for float64 and for D > 512, else 4. ptxas for sm_90 (Triton 3.6, M = K = 1024,
+    kernels/cuda/triton_sm90_report.py, REVIEW.md): at 4 warps float64 spills 0.6-1.6 KiB per
+    thread in most kernels and float32 at D = 1024 232 B; at 8 warps the forward and D = 64
+    spill nothing and the worst left is 100 B (float64 backward z at D = 10, components at
+    D = 1024); float32 below D = 1024 uses 128-239 registers without spills at 4 warps."""
+    return 8 if dtype == torch.float64 or block_d > 512 else 4
+
+
 def log_qz_forward(z, mu, logvar, dataset_size, method):
     """z (M, D), mu and logvar (K, D) -> (log_qz (M,), log_qzj (M, D)) in the compute dtype."""
     queries, dim = z.shape
@@ -245,6 +254,7 @@ def log_qz_forward(z, mu, logvar, dataset_size, method):
             z.stride(0), z.stride(1), mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
             dataset_size, MSS=method == "mss",
             COMPUTE=compute_dtype(z.dtype), BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d,
+            num_warps=_num_warps(z.dtype, block_d),
         )
     return log_qz, log_qzj
 
@@ -263,7 +273,8 @@ def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, d
         g.stride(0), h.stride(0), h.stride(1), z.stride(0), z.stride(1), mu.stride(0), mu.stride(1),
         logvar.stride(0), logvar.stride(1), log_qz.stride(0), log_qzj.stride(0), log_qzj.stride(1),
     )
-    meta = dict(MSS=method == "mss", COMPUTE=compute_dtype(z.dtype), BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d)
+    meta = dict(MSS=method == "mss", COMPUTE=compute_dtype(z.dtype), BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d,
+                num_warps=_num_warps(z.dtype, block_d))
     with device_guard(z):
         _log_qz_backward_z_kernel[(triton.cdiv(queries, block_m),)](
             g, h, z, mu, logvar, log_qz, log_qzj, grad_z, queries, components, dim, *strides, dataset_size, **meta,

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastfvae.backends.triton._common import device_guard, next_pow2
+from fastfvae.backends.triton._common import checked_grid, device_guard, next_pow2
 
 # Largest B sorted inside one program. The bitonic sort keeps a column's keys in registers:
 # compiled for sm_90 with 8 warps (ptxas -v, no GPU needed), a 4096-key tile takes 188 registers
@@ -170,7 +170,8 @@ def _tile_grid(groups: int, batch: int, dim: int) -> tuple[tuple[int, int, int],
     block_b = min(TILE_B, next_pow2(batch))
     block_d = min(TILE_D, next_pow2(dim))
     # Row blocks on grid axis 0 (up to 2**31 - 1 programs); axes 1 and 2 are limited to 65535.
-    return (triton.cdiv(batch, block_b), triton.cdiv(dim, block_d), groups), block_b, block_d
+    grid = (triton.cdiv(batch, block_b), triton.cdiv(dim, block_d), groups)
+    return checked_grid(grid, "permute_dims"), block_b, block_d
 
 
 def permute_dims_forward(z, seed, need_index):
@@ -184,7 +185,7 @@ def permute_dims_forward(z, seed, need_index):
         if batch <= SORT_IN_KERNEL_MAX_B:
             block_b = next_pow2(batch)
             block_d = max(1, min(next_pow2(dim), SORT_TILE_ELEMENTS // block_b))
-            grid = (groups, triton.cdiv(dim, block_d))
+            grid = checked_grid((groups, triton.cdiv(dim, block_d)), "permute_dims")
             _permute_dims_sort_kernel[grid](
                 z, seed, out, index_arg, batch, dim, row_mask, z.stride(0), z.stride(1), z.stride(2),
                 NEED_INDEX=need_index, BLOCK_B=block_b, BLOCK_D=block_d,

@@ -11,9 +11,10 @@ Launches:
 - forward, reduction "none": 1 (per-row KL written in the output dtype);
 - forward, "mean"/"sum", B*D <= REDUCE_IN_KERNEL_MAX_ELEMENTS: 1 (a single program loops over
   the whole batch and writes the reduced scalar);
-- forward, "mean"/"sum", larger: 2 (many programs write per-row KL in the compute dtype, then
-  one program sums that vector in a fixed order). Both reductions are deterministic: no float
-  atomics, and the summation order depends only on B and D.
+- forward, "mean"/"sum", larger: 2 or 3 (many programs write per-row KL in the compute dtype,
+  then _common.sum_into adds that vector: one program, or beyond ROWS_PER_PROGRAM rows a grid of
+  partial sums and one program over them). Every reduction is deterministic: no float atomics,
+  and the summation order depends only on B and D.
 - backward: 1.
 """
 from __future__ import annotations
@@ -22,7 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastfvae.backends.triton._common import accumulator_torch_dtype, compute_dtype, device_guard, next_pow2
+from fastfvae.backends.triton._common import (
+    accumulator_torch_dtype, checked_grid, compute_dtype, device_guard, next_pow2, sum_into,
+)
 
 # Up to this many elements, a mean/sum forward runs as ONE program that also reduces the batch
 # (one launch). FactorVAE batches (B = 64..512, D = 10) are well below it; above it, spreading
@@ -31,7 +34,6 @@ REDUCE_IN_KERNEL_MAX_ELEMENTS = 8192
 # Elements per (rows x columns) tile of one loop iteration.
 TILE_ELEMENTS = 1024
 MAX_BLOCK_D = 64
-SUM_BLOCK = 1024
 
 
 @triton.jit
@@ -99,23 +101,6 @@ def _reparameterize_kl_forward_kernel(
         # int -> COMPUTE by promotion (no .to(): an int argument equal to 1 may be a constexpr)
         total = tl.sum(batch_total, axis=0) / kl_divisor
         tl.store(kl_ptr, total.to(kl_ptr.dtype.element_ty))
-
-
-@triton.jit
-def _sum_rows_kernel(
-    rows_ptr,  # (B,) compute dtype, contiguous: per-row KL
-    out_ptr,  # () output dtype: sum_i rows[i] / divisor
-    B,
-    divisor,  # B for "mean", 1 for "sum"
-    BLOCK: tl.constexpr,
-):
-    """out = (sum_i rows[i]) / divisor, one program, a fixed summation order (deterministic)."""
-    acc = tl.zeros((BLOCK,), dtype=rows_ptr.dtype.element_ty)
-    for start in range(0, B, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        acc += tl.load(rows_ptr + offs, mask=offs < B, other=0.0)
-    total = tl.sum(acc, axis=0) / divisor
-    tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -214,7 +199,7 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
             BLOCK_B=block_b, BLOCK_D=block_d,
         )
         if reduction != "none" and not reduce_in_kernel:
-            _sum_rows_kernel[(1,)](kl_target, kl, batch, divisor, BLOCK=SUM_BLOCK)
+            sum_into(kl_target, kl, divisor)  # deterministic, two-stage beyond ROWS_PER_PROGRAM rows
     return z, kl
 
 
@@ -230,7 +215,7 @@ def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, eps, seed, reduction
     divisor = batch if reduction == "mean" else 1
     has_eps = eps is not None
     eps_arg = eps if has_eps else mu
-    grid = (triton.cdiv(batch, block_b), triton.cdiv(dim, block_d))
+    grid = checked_grid((triton.cdiv(batch, block_b), triton.cdiv(dim, block_d)), "reparameterize_kl backward")
     with device_guard(mu):
         _reparameterize_kl_backward_kernel[grid](
             grad_z, grad_kl, mu, logvar, eps_arg, seed if seed is not None else mu,
