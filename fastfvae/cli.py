@@ -297,9 +297,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # OSError: unreadable data or checkpoint files, a full disk, a folder that became read-only.
         print(f"fastfvae {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: checkpoint writes are atomic, none is lost
-        print(f"fastfvae {args.command}: stopped by a second signal; the last complete checkpoint is kept",
-              file=sys.stderr)
+    except KeyboardInterrupt:
+        # train: a second Ctrl-C/SIGTERM (the first one stops cleanly); checkpoint writes are
+        # atomic, so none is lost. evaluate/traverse: Ctrl-C; they write their file atomically.
+        detail = ("stopped by a second signal; the last complete checkpoint is kept" if args.command == "train"
+                  else "interrupted; nothing was written")
+        print(f"fastfvae {args.command}: {detail}", file=sys.stderr)
         return 130
 
 

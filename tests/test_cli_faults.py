@@ -392,3 +392,14 @@ def test_signal_during_end_of_run_metrics_stops_and_writes_the_summary(tmp_path,
     summary = json.load(open(out / "summary.json"))
     assert "interrupted" not in summary and summary["metrics"] == {"factor_vae": {"eval_accuracy": 0.5}}
     assert (out / "log.jsonl").read_text().startswith(log_before)
+
+
+def test_ctrl_c_during_evaluate_is_one_line_and_writes_nothing(finished_run, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_metrics", interrupted)
+    status, err = run(capsys, "evaluate", finished_run, "--out", tmp_path / "m.json", "--no-decomposition")
+    assert status == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "fastfvae evaluate: interrupted; nothing was written"
+    assert not (tmp_path / "m.json").exists()
