@@ -403,3 +403,19 @@ def test_ctrl_c_during_evaluate_is_one_line_and_writes_nothing(finished_run, tmp
     assert status == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == "fastfvae evaluate: interrupted; nothing was written"
     assert not (tmp_path / "m.json").exists()
+
+
+def test_signal_during_metrics_in_training_stops_at_once_with_a_checkpoint(tmp_path, capsys, monkeypatch):
+    def slow_metrics(vae, dataset, device, seed=0, preset="auto"):
+        _signal_self()
+        time.sleep(30)
+        return {}
+
+    monkeypatch.setattr(evaluation, "evaluate_metrics", slow_metrics)
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    status, err = run(capsys, "train", "--steps", "50", "--out", out, *TINY, "--eval-every", "2")
+    assert time.perf_counter() - t0 < 25 and status == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "interrupted (SIGTERM) at step 2" in err
+    assert load_checkpoint(str(out))["step"] == 2
+    assert not [line for line in open(out / "log.jsonl") if '"event": "eval"' in line]
