@@ -57,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total optimisation steps; a resumed run continues up to this number (default: %(default)s)")
     t.add_argument("--objective", choices=OBJECTIVES, default=d.objective, help="loss (default: %(default)s)")
     t.add_argument("--gamma", type=float, default=d.gamma, help="weight of the TC term (FactorVAE) (default: %(default)s)")
+    t.add_argument("--lambda-od", type=float, default=d.lambda_od,
+                   help="DIP-VAE: weight of the off-diagonal covariance entries (default: %(default)s)")
+    t.add_argument("--lambda-d", type=float, default=None,
+                   help="DIP-VAE: weight of the diagonal's distance from 1 (default: 10 x lambda-od for "
+                        "dipvae1, lambda-od for dipvae2, as disentanglement_lib)")
+    t.add_argument("--anneal-gamma", type=float, default=d.anneal_gamma,
+                   help="AnnealedVAE: weight of |KL - C| (default: %(default)s)")
+    t.add_argument("--c-max", type=float, default=d.c_max, help="AnnealedVAE: final capacity C in nats (default: %(default)s)")
+    t.add_argument("--iteration-threshold", type=_positive_int, default=d.iteration_threshold,
+                   help="AnnealedVAE: steps for C to rise from 0 to c-max (default: %(default)s)")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="per process (default: %(default)s)")
     t.add_argument("--z-dim", type=_positive_int, default=d.z_dim, help="latent size (default: %(default)s)")
     t.add_argument("--lr-vae", type=float, default=d.lr_vae, help="Adam lr of the VAE, betas (0.9, 0.999) (default: %(default)s)")
@@ -67,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
     t.add_argument("--backend", default=d.backend, help="fused-op backend: auto, native, triton or reference (default: %(default)s)")
     t.add_argument("--amp", choices=("bf16",), default=None, help="bf16 autocast (CUDA only)")
-    t.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the whole step (data, both updates) as one graph; the networks only under torchrun")
+    t.add_argument("--graph", action="store_true",
+                   help="CUDA: capture the whole step in one CUDA graph and replay it (UNVALIDATED: no GPU has run it yet)")
+    t.add_argument("--packed-data", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold the data set bit-packed on the device (default: on CUDA; the first use builds a ~400 MB cache)")
     t.add_argument("--data", default=None, metavar="PATH",
                    help="official dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz (default: procedural renderer)")
     t.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/fastfvae-<time>)")
@@ -126,11 +141,12 @@ def _cmd_train(args) -> int:
         steps=args.steps, objective=args.objective, gamma=args.gamma, batch_size=args.batch_size,
         z_dim=args.z_dim, lr_vae=args.lr_vae, lr_d=args.lr_d, disc_depth=args.disc_depth,
         disc_width=args.disc_width, seed=args.seed, device=args.device, backend=args.backend,
-        amp=args.amp, compile=args.compile, data=args.data, out=out, resume=args.resume,
+        amp=args.amp, compile=args.compile, graph=args.graph, packed_data=args.packed_data, data=args.data, out=out, resume=args.resume,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, eval_every=args.eval_every,
         log_tc_every=args.log_tc_every, metrics=not args.no_metrics,
         metrics_preset=args.metrics_preset, images=not args.no_images,
-        progress=not args.quiet,
+        progress=not args.quiet, lambda_od=args.lambda_od, lambda_d=args.lambda_d,
+        anneal_gamma=args.anneal_gamma, c_max=args.c_max, iteration_threshold=args.iteration_threshold,
     )
     threads_choice = args.threads
     if args.resume and threads_choice == "auto":

@@ -232,6 +232,10 @@ def test_each_objective_step_runs_without_the_loop(objective):
         want = step.loss_fn(out.x_recon, x[0], out.kl, _initial_disc(cfg)(out.z)).total
     elif objective == "betatcvae":
         want = step.loss_fn(out.x_recon, x[0], out.z, out.mu, out.logvar).total
+    elif objective in ("dipvae1", "dipvae2"):
+        want = step.loss_fn(out.x_recon, x[0], out.kl, out.mu, out.logvar).total
+    elif objective == "annealedvae":
+        want = step.loss_fn(out.x_recon, x[0], out.kl, 0).total
     else:
         want = step.loss_fn(out.x_recon, x[0], out.kl).total
     torch.testing.assert_close(values[0], want.detach(), rtol=1e-5, atol=1e-5)

@@ -49,7 +49,9 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"
     amp: Optional[str] = None          # None or "bf16" (CUDA only)
-    compile: bool = False
+    compile: bool = False              # torch.compile the whole step (fastfvae/train/whole_step.py)
+    graph: bool = False                # CUDA: capture the whole step in one CUDA graph (unvalidated)
+    packed_data: Optional[bool] = None  # data set bit-packed on the device; None: on CUDA only
     data: Optional[str] = None         # official dSprites npz; None = procedural
     out: Optional[str] = None
     resume: bool = False
@@ -62,15 +64,26 @@ class TrainConfig:
     images: bool = True                # write reconstructions.png and traversals.png
     progress: bool = True
     threads: Optional[int] = None      # torch CPU threads the run used (recorded; set by the CLI)
+    # DIP-VAE-I/II and AnnealedVAE (fastfvae.losses.DIPVAELoss / AnnealedVAELoss document the
+    # defaults, disentanglement_lib's study setting): lambda_d None = 10 * lambda_od for dipvae1,
+    # lambda_od for dipvae2. The anneal reaches c_max after iteration_threshold steps, so a short
+    # run needs a smaller threshold than the study's 100,000 (its runs are 300,000 steps).
+    lambda_od: float = 10.0
+    lambda_d: Optional[float] = None
+    anneal_gamma: float = 1000.0
+    c_max: float = 25.0
+    iteration_threshold: int = 100_000
 
 
-POSITIVE_INTS = ("steps", "batch_size", "z_dim", "disc_depth", "disc_width", "checkpoint_every", "log_every")
+POSITIVE_INTS = ("steps", "batch_size", "z_dim", "disc_depth", "disc_width", "checkpoint_every", "log_every",
+                 "iteration_threshold")
 NON_NEGATIVE_INTS = ("eval_every", "log_tc_every")
 SEED_LIMIT = 2 ** 63  # torch seeds are 64-bit; the per-rank seeds derived from it stay in range
 # The discriminator's memory (weights, gradients, two Adam moments in float32) may not exceed
 # the machine's memory: refused before allocating, since Linux may grant a huge allocation and
 # kill the process when the pages are touched.
 DISC_BYTES_PER_PARAMETER = 16
+NON_NEGATIVE_FLOATS = ("lambda_od", "anneal_gamma", "c_max")  # and lambda_d unless None
 
 
 def _flag(name: str) -> str:
@@ -101,6 +114,10 @@ def validate(config: TrainConfig) -> None:
     _check_numbers(config)
     if config.amp not in (None, "bf16"):
         raise TrainingError(f"--amp: expected bf16, got {config.amp!r}")
+    for name in NON_NEGATIVE_FLOATS + (("lambda_d",) if config.lambda_d is not None else ()):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise TrainingError(f"{_flag(name)}: expected a finite number >= 0, got {value!r}")
     if config.backend not in BACKEND_CHOICES:
         raise TrainingError(f"--backend: expected one of {BACKEND_CHOICES}, got {config.backend!r}")
     if config.metrics_preset not in PRESET_CHOICES:

@@ -29,6 +29,7 @@ from fastfvae.train.errors import TrainingError
 from fastfvae.train.processes import Processes, StopRequested, StopSignals
 from fastfvae.train.records import JsonlLog, Progress, TermBuffer
 from fastfvae.train.steps import STEPS, Forwards
+from fastfvae.train.whole_step import WholeStep, device_batches
 
 
 class Trainer:
@@ -52,6 +53,7 @@ class Trainer:
         _check_targets(self.dataset)
         procs.start(self.device)
         self._build_networks()
+        self.whole_step = self._whole_step()
 
         self.terms = self.objective.terms
         self.buffer = TermBuffer(self.terms)
@@ -85,7 +87,9 @@ class Trainer:
             torch.cuda.manual_seed(cfg.seed + 7919 * self.rank)
         # modulo 2**64: torch's seed range (the product overflows it for seeds near 2**63)
         self.data_generator = torch.Generator().manual_seed((cfg.seed * 1_000_003 + self.rank) % 2 ** 64)
-        self.objective.wrap(Forwards(ddp=self.processes.ddp(self.device), compile=cfg.compile))
+        # --compile compiles the whole step (one graph) in one process; with several processes
+        # (DDP forwards) the networks are compiled instead.
+        self.objective.wrap(Forwards(ddp=self.processes.ddp(self.device), compile=cfg.compile and self.distributed))
 
     # -- the networks, through the step (names kept for tests, benchmarks and users) ----------
     vae_module = property(lambda self: self.objective.vae_module)
@@ -95,6 +99,22 @@ class Trainer:
     _last = property(lambda self: self.objective.last)
 
     # -- one step ----------------------------------------------------------------------------
+    def _whole_step(self) -> WholeStep:
+        """The loop's step: batches (on the device when the data set is packed there) and the
+        objective's update, eager, compiled (--compile) or as one CUDA graph (--graph)."""
+        cfg = self.config
+        if cfg.graph and (self.device.type != "cuda" or self.distributed):
+            raise TrainingError(f"--graph needs one process on a CUDA device; this run has "
+                                f"{self.world_size} process(es) on {self.device.type}")
+        packed = cfg.packed_data if cfg.packed_data is not None else (self.device.type == "cuda" or cfg.graph)
+        batches = None
+        if packed or cfg.graph:
+            batches = device_batches(self.dataset, self.device, cfg.batch_size, self.objective.batches, self._say)
+        if cfg.graph and batches is None:
+            raise TrainingError("--graph needs a data set that can be bit-packed on the device (see the note above)")
+        mode = "graph" if cfg.graph else "compile" if cfg.compile and not self.distributed else "eager"
+        return WholeStep(self.objective, batches or self.sample_batches, mode)
+
     def sample_batches(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """x1 (and x2 when the objective takes two), float (B, C, 64, 64) on the device."""
         b, count = self.config.batch_size, self.objective.batches
@@ -252,7 +272,7 @@ class Trainer:
         self.buffer.latest_step, evals = self.step, []
         while self.step < cfg.steps and not self._should_stop():
             t0 = time.perf_counter()
-            values = self.train_step(*self.sample_batches())
+            values = self.whole_step()
             self.step += 1
             self.buffer.append(self.step, values)
             last = self.step == cfg.steps
