@@ -311,16 +311,16 @@ def _signal_self(times: int = 1) -> None:
 
 
 def test_signal_during_steps_checkpoints_and_stops(tmp_path, capsys, monkeypatch):
-    from fastfvae.train import trainer
-    original = trainer.Trainer.train_step
+    from fastfvae.train.whole_step import WholeStep
+    original = WholeStep.eager
 
-    def step_then_signal(self, x1, x2=None):
-        values = original(self, x1, x2)
-        if self.step == 1:  # during step 2
+    def step_then_signal(self):
+        values = original(self)
+        if self.calls == 2:  # during step 2
             _signal_self()
         return values
 
-    monkeypatch.setattr(trainer.Trainer, "train_step", step_then_signal)
+    monkeypatch.setattr(WholeStep, "eager", step_then_signal)
     status, err = run(capsys, "train", "--steps", "50", "--out", tmp_path / "run", *TINY)
     assert status == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "interrupted (SIGTERM) at step 2" in err
