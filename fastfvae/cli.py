@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -26,6 +27,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
 
 
@@ -121,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the checkpoint)")
     v.add_argument("--data", default=None, metavar="PATH")
     v.add_argument("--index", type=int, default=0, help="data set index of the image whose code is traversed")
-    v.add_argument("--limit", type=float, default=2.5, help="each dimension goes from -limit to +limit")
+    v.add_argument("--limit", type=_positive_finite_float, default=2.5,
+                   help="each dimension goes from -limit to +limit")
     v.add_argument("--values", type=_positive_int, default=9, help="images per row")
     v.add_argument("--device", default="auto")
     return parser
@@ -313,9 +322,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # OSError: unreadable data or checkpoint files, a full disk, a folder that became read-only.
         print(f"fastfvae {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: checkpoint writes are atomic, none is lost
-        print(f"fastfvae {args.command}: stopped by a second signal; the last complete checkpoint is kept",
-              file=sys.stderr)
+    except KeyboardInterrupt:
+        # train: a second Ctrl-C/SIGTERM (the first one stops cleanly); checkpoint writes are
+        # atomic, so none is lost. evaluate/traverse: Ctrl-C; they write their file atomically.
+        detail = ("stopped by a second signal; the last complete checkpoint is kept" if args.command == "train"
+                  else "interrupted; nothing was written")
+        print(f"fastfvae {args.command}: {detail}", file=sys.stderr)
         return 130
 
 

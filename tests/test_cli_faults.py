@@ -107,6 +107,9 @@ def test_device_cuda_without_a_gpu_leaves_no_folder(tmp_path, capsys):
     (["--amp", "fp16"], "argument --amp: invalid choice"),
     (["--gamma", "many"], "argument --gamma: invalid float value"),
     (["--seed", "1.5"], "argument --seed: invalid int value"),
+    (["--disc-depth", "0"], "argument --disc-depth: expected a positive integer, got 0"),
+    (["--checkpoint-every", "0"], "argument --checkpoint-every"),
+    (["--log-every", "-1"], "argument --log-every"),
 ])
 def test_type_errors_are_argparse_usage_lines(tmp_path, capsys, argv, fragment):
     status, err = run(capsys, "train", "--out", tmp_path / "run", *argv)
@@ -311,16 +314,16 @@ def _signal_self(times: int = 1) -> None:
 
 
 def test_signal_during_steps_checkpoints_and_stops(tmp_path, capsys, monkeypatch):
-    from fastfvae.train import trainer
-    original = trainer.Trainer.train_step
+    from fastfvae.train.whole_step import WholeStep
+    original = WholeStep.eager
 
-    def step_then_signal(self, x1, x2=None):
-        values = original(self, x1, x2)
-        if self.step == 1:  # during step 2
+    def step_then_signal(self):
+        values = original(self)
+        if self.calls == 2:  # during step 2
             _signal_self()
         return values
 
-    monkeypatch.setattr(trainer.Trainer, "train_step", step_then_signal)
+    monkeypatch.setattr(WholeStep, "eager", step_then_signal)
     status, err = run(capsys, "train", "--steps", "50", "--out", tmp_path / "run", *TINY)
     assert status == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "interrupted (SIGTERM) at step 2" in err
@@ -392,3 +395,56 @@ def test_signal_during_end_of_run_metrics_stops_and_writes_the_summary(tmp_path,
     summary = json.load(open(out / "summary.json"))
     assert "interrupted" not in summary and summary["metrics"] == {"factor_vae": {"eval_accuracy": 0.5}}
     assert (out / "log.jsonl").read_text().startswith(log_before)
+
+
+def test_ctrl_c_during_evaluate_is_one_line_and_writes_nothing(finished_run, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_metrics", interrupted)
+    status, err = run(capsys, "evaluate", finished_run, "--out", tmp_path / "m.json", "--no-decomposition")
+    assert status == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "fastfvae evaluate: interrupted; nothing was written"
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_signal_during_metrics_in_training_stops_at_once_with_a_checkpoint(tmp_path, capsys, monkeypatch):
+    def slow_metrics(vae, dataset, device, seed=0, preset="auto"):
+        _signal_self()
+        time.sleep(30)
+        return {}
+
+    monkeypatch.setattr(evaluation, "evaluate_metrics", slow_metrics)
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    status, err = run(capsys, "train", "--steps", "50", "--out", out, *TINY, "--eval-every", "2")
+    assert time.perf_counter() - t0 < 25 and status == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "interrupted (SIGTERM) at step 2" in err
+    assert load_checkpoint(str(out))["step"] == 2
+    assert not [line for line in open(out / "log.jsonl") if '"event": "eval"' in line]
+
+
+@pytest.mark.parametrize("argv, fragment, expected_status", [
+    (["--index", "737280"], "index 737280 out of range", 1),
+    (["--index", "-737281"], "index -737281 out of range", 1),
+    (["--values", "0"], "argument --values: expected a positive integer", 2),
+    (["--limit", "nan"], "argument --limit: expected a finite number > 0, got nan", 2),
+    (["--limit", "0"], "argument --limit: expected a finite number > 0", 2),
+])
+def test_traverse_bad_values(finished_run, tmp_path, capsys, argv, fragment, expected_status):
+    status, err = run(capsys, "traverse", finished_run, "--out", tmp_path / "t.png", *argv)
+    assert_error_line(status, err, "traverse", fragment, expected_status)
+    assert not (tmp_path / "t.png").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--num-mixture", "0"], "argument --num-mixture"),
+    (["--num-samples", "-5"], "argument --num-samples"),
+    (["--metrics-preset", "bogus"], "preset"),
+])
+def test_evaluate_bad_values(finished_run, tmp_path, capsys, argv, fragment):
+    status, err = run(capsys, "evaluate", finished_run, "--out", tmp_path / "m.json", "--no-decomposition", *argv)
+    assert status in (1, 2) and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("fastfvae evaluate: error:") and fragment in last, err
+    assert not (tmp_path / "m.json").exists()

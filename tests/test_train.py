@@ -119,15 +119,15 @@ def test_existing_run_needs_resume_and_resume_needs_a_good_checkpoint(tmp_path):
 
 def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(tmp_path):
     trainer = Trainer(tiny(tmp_path, steps=4, checkpoint_every=2))
-    original = trainer.train_step
+    draw_batches = trainer.whole_step.batches  # the loop's step draws its batches, then updates
 
-    def poisoned(x1, x2):
+    def poisoned():
         if trainer.step == 2:  # before step 3: the decoder's output becomes NaN
             with torch.no_grad():
                 trainer.vae_module.decoder.deconvs[-1].bias.fill_(float("nan"))
-        return original(x1, x2)
+        return draw_batches()
 
-    trainer.train_step = poisoned
+    trainer.whole_step.batches = poisoned
     with pytest.raises(NonFiniteLossError, match=r"step 3: .*recon = nan.*checkpoint\.pt \(step 2\)"):
         trainer.run()
     state = load_checkpoint(str(tmp_path))

@@ -245,6 +245,17 @@ class Trainer:
         self.log.write({"step": self.step, "event": "eval", "metrics": metrics})
         return metrics
 
+    def _evaluate_during_training(self, evals: list) -> None:
+        """--eval-every: the metrics (minutes on a CPU) stop at once on a signal; the loop then
+        checkpoints and stops as after any step."""
+        self.stop.immediate = True
+        try:
+            evals.append({"step": self.step, "metrics": self._evaluate()})
+        except StopRequested:
+            self._say(f"\nreceived {self.stop.name} during the metrics at step {self.step}: skipped them")
+        finally:
+            self.stop.immediate = False
+
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict:
         """Train to ``config.steps``; returns the summary (also written to summary.json).
@@ -280,7 +291,7 @@ class Trainer:
             if cfg.log_tc_every and self.step % cfg.log_tc_every == 0:
                 self._log_tc()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and not last and self.rank == 0:
-                evals.append({"step": self.step, "metrics": self._evaluate()})
+                self._evaluate_during_training(evals)
             if self.step % cfg.checkpoint_every == 0 and not last:
                 self.save()
             progress.update(self.step, rate, self.buffer.latest_values)
