@@ -311,7 +311,7 @@ def test_evaluate_all_runs_every_metric_and_reports_parameters(dataset):
     out = evaluate(AlignedEncoder(K, noise_std=0.05), dataset, seed=2, preset="fast", **small)
     assert out["metrics"] == ["factor_vae", "beta_vae", "mig", "dci", "sap", "modularity_explicitness", "unsupervised"]
     for name in out["metrics"]:
-        assert out[name]["seed"] == 2 and out[name]["seconds"] > 0, name
+        assert out[name]["seed"] == 2 and out[name]["seconds"] > 0 and out[name]["cpu_seconds"] > 0, name
     assert out["dci"]["num_train"] == 200 and out["dci"]["estimator"] == "hist"
     assert out["sap"]["num_test"] == 100 and out["unsupervised"]["num_bins"] == 20
     assert out["dci"]["dci_disentanglement"] > 0.8 and out["factor_vae"]["eval_accuracy"] > 0.9
