@@ -9,6 +9,7 @@ from fastfvae.functional import (
     reparameterize_kl,
     tc_loss,
 )
+from fastfvae.ops.gather_images import gather_images
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "losses",
     "discriminator_accuracy",
     "discriminator_loss",
+    "gather_images",
     "log_qz",
     "log_qz_marginals",
     "permute_dims",

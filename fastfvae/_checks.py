@@ -6,6 +6,8 @@ path, so they only read tensor metadata.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -52,3 +54,17 @@ def check_logits(name: str, logits) -> None:
 def check_choice(name: str, value, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def check_positive_int(name: str, value) -> int:
+    """``value`` is an integer >= 1 (a Python int or a NumPy integer; not a bool or a float).
+    Returns it as a Python int."""
+    if isinstance(value, bool) or isinstance(value, torch.Tensor):
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    try:
+        number = operator.index(value)  # ints and numpy integers; refuses 2.7, "3"
+    except TypeError:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    return number

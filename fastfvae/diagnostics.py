@@ -21,13 +21,9 @@ import torch
 from torch import Tensor
 
 from fastfvae import functional
-from fastfvae._checks import check_float_tensor, check_like
-from fastfvae.reference import LOG_2PI
-
-
-def _gaussian_log_density(x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """Elementwise log N(x; mu, exp(logvar))."""
-    return -0.5 * (LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar))
+from fastfvae._checks import check_float_tensor, check_like, check_positive_int
+from fastfvae.reference import compute_dtype
+from fastfvae.reference import gaussian_log_density as _gaussian_log_density
 
 
 def _mean_and_se(values: Tensor) -> tuple[float, float]:
@@ -36,12 +32,6 @@ def _mean_and_se(values: Tensor) -> tuple[float, float]:
     mean = values.mean(dim=0)
     se = values.std(dim=0, unbiased=True) / math.sqrt(n) if n > 1 else torch.full_like(mean, float("nan"))
     return mean, se
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-    return value
 
 
 def encode_mixture(encode_gaussian: Callable, dataset, num_mixture: int, batch_size: int,
@@ -127,9 +117,9 @@ def decompose_kl(
         num_mixture, num_samples, latent_dim
     (kl_qz_pz = total_correlation + dimwise_kl holds exactly for these estimators.)
     """
-    num_mixture = _positive_int("num_mixture", num_mixture)
-    num_samples = _positive_int("num_samples", num_samples)
-    batch_size = _positive_int("batch_size", batch_size)
+    num_mixture = check_positive_int("num_mixture", num_mixture)
+    num_samples = check_positive_int("num_samples", num_samples)
+    batch_size = check_positive_int("batch_size", batch_size)
     if num_samples > num_mixture:
         raise ValueError(f"num_samples: expected at most num_mixture = {num_mixture}, got {num_samples}")
     generator = torch.Generator().manual_seed(seed)
@@ -138,7 +128,7 @@ def decompose_kl(
     elif not callable(encode_gaussian):
         raise TypeError(f"encode_gaussian: expected a callable (or a code_table), got {type(encode_gaussian).__name__}")
     mu, logvar = encode_mixture(encode_gaussian, dataset, num_mixture, batch_size, generator)
-    kernel_dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    kernel_dtype = compute_dtype(mu.dtype)
     mu, logvar = mu.to(kernel_dtype), logvar.to(kernel_dtype)
 
     # z_i ~ q(z | x_i) for the first M inputs (the N inputs are i.i.d., so any M are a uniform pick).

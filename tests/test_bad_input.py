@@ -71,3 +71,15 @@ def test_losses_modules_validate():
     _raises(ValueError, r"kl: expected a scalar tensor", loss, torch.randn(2, 1, 8, 8), x, torch.randn(2), torch.randn(2, 2))
     _raises(ValueError, r"x: expected the shape of x_recon \(2, 1, 8, 8\), got \(2, 1, 8, 7\)", loss, torch.randn(2, 1, 8, 8), torch.rand(2, 1, 8, 7), torch.tensor(1.0), torch.randn(2, 2))
     _raises(ValueError, r"reconstruction: expected one of \('bernoulli', 'gaussian'\), got 'laplace'", fastfvae.losses.FactorVAELoss, reconstruction="laplace")
+
+
+def test_numpy_integers_are_integers():
+    """issue 14.15: dataset_size=np.int64(10) is an int as far as the user is concerned."""
+    np = pytest.importorskip("numpy")
+    z = torch.randn(5, 3)
+    got = fastfvae.log_qz(z, z, z, dataset_size=np.int64(10))
+    torch.testing.assert_close(got, fastfvae.log_qz(z, z, z, dataset_size=10))
+    assert fastfvae.losses.BetaTCVAELoss(dataset_size=np.int32(100)).dataset_size == 100
+    for bad in (2.5, "10", True, np.float64(10.0), torch.tensor(10)):
+        _raises(ValueError, r"dataset_size: expected an int >= 1", fastfvae.log_qz, z, z, z, dataset_size=bad)
+    _raises(ValueError, r"dataset_size: expected an int >= 1, got np.int64\(0\)", fastfvae.log_qz, z, z, z, dataset_size=np.int64(0))

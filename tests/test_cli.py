@@ -45,8 +45,10 @@ def test_train_resume_traverse_and_evaluate(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--steps", "2", "--out", out, "--no-metrics", *TINY]) == 0
     printed = capsys.readouterr().out
     assert f"outputs in {out}/" in printed and "reconstructions.png" in printed
-    for name in ("checkpoint.pt", "log.jsonl", "summary.json", "reconstructions.png", "traversals.png"):
+    for name in ("checkpoint.pt", "log.jsonl", "summary.json", "reconstructions.png", "traversals.png",
+                 "traversals.gif", "curves.png"):
         assert os.path.exists(os.path.join(out, name)), name
+        assert name in printed, name
     recon = decode_png(os.path.join(out, "reconstructions.png"))
     assert recon.shape == (2 * 66 + 2, 8 * 66 + 2)
     assert decode_png(os.path.join(out, "traversals.png")).shape == (10 * 66 + 2, 9 * 66 + 2)
@@ -59,6 +61,10 @@ def test_train_resume_traverse_and_evaluate(tmp_path, capsys, monkeypatch):
     png = str(tmp_path / "t.png")
     assert cli.main(["traverse", out, "--out", png, "--index", "5", "--values", "5"]) == 0
     assert decode_png(png).shape == (10 * 66 + 2, 5 * 66 + 2)
+    gif = str(tmp_path / "t.gif")
+    assert cli.main(["traverse", out, "--out", gif, "--index", "5", "--values", "5"]) == 0
+    with Image.open(gif) as animation:  # one column (the image), one row per latent, 8 frames
+        assert animation.format == "GIF" and animation.n_frames == 8 and animation.size == (66 + 2, 10 * 66 + 2)
 
     # evaluate: the plumbing (the metrics' own cost and correctness are tests/test_metrics.py's).
     import fastfvae.train as train_mod

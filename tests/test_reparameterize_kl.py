@@ -162,3 +162,15 @@ def test_gradcheck_float64(backend, reduction):
         lambda m, l, e: fastfvae.reparameterize_kl(m, l, eps=e, reduction=reduction, backend=backend),
         (mu, logvar, eps),
     )
+
+
+def test_given_eps_draws_no_seed(backend, device):
+    """issue 15: with eps given nothing is drawn, so the user's generator is not advanced."""
+    require(backend, "reparameterize_kl", device, torch.float32)
+    mu = torch.randn(6, 4, device=device)
+    torch.manual_seed(11)
+    fastfvae.reparameterize_kl(mu, mu, eps=torch.ones_like(mu), backend=backend)
+    after_op = torch.randint(2**62, (1,), device=device)
+    torch.manual_seed(11)
+    untouched = torch.randint(2**62, (1,), device=device)
+    assert torch.equal(after_op, untouched)

@@ -269,6 +269,15 @@ class DSprites(GroundTruthDataset):
         picked = self._imgs[rows.numpy()]
         return torch.from_numpy(np.ascontiguousarray(picked)).unsqueeze(1).to(factors.device)
 
+    def packed_images(self, device=None, *, cache_dir=None) -> torch.Tensor:
+        """Every image bit-packed: uint8 (len(self), 512) on ``device`` (default CPU), row i the
+        image of index i (``factors_of_index`` order), bit order "little" (pixel 64*row + col is
+        bit p % 8 of byte p // 8). Built once and cached on disk (fastfvae/data/packed.py: where,
+        and when it is rebuilt); unpack a batch with ``fastfvae.gather_images``."""
+        from fastfvae.data.packed import dsprites_packed_images
+
+        return dsprites_packed_images(self, device, cache_dir)
+
     def __repr__(self) -> str:
         source = "procedural" if self._imgs is None else repr(self.path)
         return f"DSprites({source}, factor_sizes={self.factor_sizes})"

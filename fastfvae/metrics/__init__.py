@@ -4,7 +4,8 @@ beta-VAE, MIG, DCI, SAP, modularity/explicitness, the unsupervised scores).
 Each metric takes ``encode`` (observations (n, ...) -> floating (n, D) tensor, e.g. the encoder
 mean; it may run on a GPU, the metric then reduces there) and a data set with ``factor_sizes``,
 ``sample_factors(n, generator)`` and ``images(factors)`` (fastfvae.data.DSprites, or any object with
-that interface: the tests use one whose observations are the factors themselves). A seed (or a CPU
+that interface: the tests use one whose observations are the factors themselves; the interface and
+what ``encode`` receives, uint8 for dSprites, are in ``fastfvae.data.GroundTruthData``). A seed (or a CPU
 ``torch.Generator``) makes results reproducible. Every result is a dict with the scores, every
 protocol parameter used, the seed, the number of images encoded and the seconds taken.
 

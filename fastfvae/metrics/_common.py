@@ -1,6 +1,7 @@
 """Shared plumbing for the metrics: input checks, reproducible sampling, chunked encoding.
 
-The metrics see a data set only through the ground-truth interface of fastfvae.data:
+The metrics see a data set only through the ground-truth interface of fastfvae.data (typed and
+documented as ``fastfvae.data.GroundTruthData`` in fastfvae/data/protocol.py):
 
 - ``dataset.factor_sizes``: tuple of K ints, the number of values of each factor;
 - ``dataset.sample_factors(n, generator)``: LongTensor (n, K) of class indices, drawn with ``generator``;

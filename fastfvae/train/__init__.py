@@ -2,7 +2,8 @@
 one job per file:
 
     config.py      TrainConfig, validate(), the device and data set it names
-    steps.py       one class per objective (factorvae, betatcvae, betavae): one optimisation step
+    steps.py       one class per objective (factorvae, betatcvae, betavae, dipvae1, dipvae2,
+                   annealedvae): one optimisation step
     trainer.py     Trainer: builds a run, resumes it, runs the loop
     checkpoint.py  atomic checkpoint files, checked loading, RNG state
     records.py     log.jsonl, the non-finite-loss check, the progress line
@@ -22,12 +23,14 @@ from fastfvae.train.checkpoint import (
 from fastfvae.train.config import DEFAULT_STEPS, TrainConfig, make_dataset, resolve_device, validate
 from fastfvae.train.errors import NonFiniteLossError, TrainingError
 from fastfvae.train.evaluation import encoder_gaussian_fn, encoder_mean_fn, evaluate_metrics, metrics_preset
-from fastfvae.train.steps import OBJECTIVES, STEPS, BetaTCVAEStep, BetaVAEStep, FactorVAEStep, Step
+from fastfvae.train.steps import (
+    OBJECTIVES, STEPS, AnnealedVAEStep, BetaTCVAEStep, BetaVAEStep, DIPVAE1Step, DIPVAE2Step, FactorVAEStep, Step,
+)
 from fastfvae.train.trainer import Trainer, train
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "DEFAULT_STEPS", "OBJECTIVES", "STEPS",
-    "BetaTCVAEStep", "BetaVAEStep", "FactorVAEStep", "NonFiniteLossError", "Step", "TrainConfig",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "DEFAULT_STEPS", "OBJECTIVES", "STEPS", "AnnealedVAEStep",
+    "BetaTCVAEStep", "DIPVAE1Step", "DIPVAE2Step", "BetaVAEStep", "FactorVAEStep", "NonFiniteLossError", "Step", "TrainConfig",
     "Trainer", "TrainingError", "build_vae_from_checkpoint", "encoder_gaussian_fn", "encoder_mean_fn",
     "evaluate_metrics", "image_grid", "load_checkpoint", "make_dataset", "metrics_preset",
     "resolve_device", "save_checkpoint", "train", "traversal_images", "validate", "write_images",

@@ -60,14 +60,24 @@ def load_checkpoint(path: str) -> dict:
         raise TrainingError(f"checkpoint {path!r} is corrupt or not a fastfvae checkpoint: {error}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"checkpoint {path!r} is not a fastfvae checkpoint (format {CHECKPOINT_FORMAT})")
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    config = state.get("config")
+    if not missing and not (isinstance(config, dict) and isinstance(config.get("z_dim"), int)):
+        missing = ["config.z_dim"]
+    if missing:
+        raise TrainingError(f"checkpoint {path!r} is incomplete: it lacks {', '.join(missing)} "
+                            f"(written by another program, or damaged)")
     return state
 
 
 def build_vae_from_checkpoint(state: dict, device="cpu") -> VAE:
     """The checkpoint's VAE in eval mode on ``device``."""
     cfg = state["config"]
-    vae = VAE(cfg["z_dim"], state.get("channels", 1), backend=cfg.get("backend", "auto"))
-    vae.load_state_dict(state["vae"])
+    try:
+        vae = VAE(cfg["z_dim"], state.get("channels", 1), backend=cfg.get("backend", "auto"))
+        vae.load_state_dict(state["vae"])
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise TrainingError(f"the checkpoint's VAE weights do not fit its config: {error}") from None
     return vae.to(device).eval()
 
 

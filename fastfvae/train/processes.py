@@ -64,14 +64,24 @@ class Processes:
             dist.barrier()
 
 
+class StopRequested(Exception):
+    """A stop signal arrived during a phase that does not poll (``StopSignals.immediate``)."""
+
+
 class StopSignals:
-    """SIGINT/SIGTERM set ``received`` (the signal number), which the loop polls; a second
-    signal raises KeyboardInterrupt at once."""
+    """SIGINT/SIGTERM set ``received`` (the signal number), which the training loop polls; a
+    second signal raises KeyboardInterrupt at once. With ``immediate`` set (phases that do not
+    poll, e.g. the end-of-run metrics) the first signal raises StopRequested."""
 
     def __init__(self):
         self.received: Optional[int] = None
+        self.immediate = False
 
     def handle(self, signum, frame) -> None:
+        if self.immediate:
+            self.immediate = False  # the next one, during the clean-up, is a second signal
+            self.received = self.received or signum
+            raise StopRequested(signum)
         if self.received is not None:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.received = signum  # no I/O here: the signal may interrupt a write to the same stream

@@ -76,6 +76,7 @@ class Step:
     name = ""
     terms: tuple[str, ...] = ()
     batches = 1  # batches of config.batch_size images drawn per step
+    ops: tuple[str, ...] = ("reparameterize_kl",)  # fused ops it calls (checked against --backend)
 
     def __init__(self, config, vae: VAE, dataset_size: int):
         self.config = config
@@ -119,6 +120,7 @@ class FactorVAEStep(Step):
     name = "factorvae"
     terms = ("loss", "recon", "kl", "tc", "d_loss", "d_acc")
     batches = 2
+    ops = ("reparameterize_kl", "permute_dims", "tc_loss", "discriminator_loss")
 
     def __init__(self, config, vae: VAE, dataset_size: int):
         super().__init__(config, vae, dataset_size)
@@ -210,6 +212,7 @@ class BetaTCVAEStep(_SingleLossStep):
 
     name = "betatcvae"
     terms = ("loss", "recon", "mi", "tc", "dwkl")
+    ops = ("reparameterize_kl", "log_qz")
 
     def __init__(self, config, vae: VAE, dataset_size: int):
         super().__init__(config, vae, dataset_size)
@@ -236,10 +239,77 @@ class BetaVAEStep(_SingleLossStep):
         return [t.total, t.recon, t.kl]
 
 
+class _DIPVAEStep(_SingleLossStep):
+    """DIP-VAE (Kumar et al. 2018) as disentanglement_lib trains it: recon + kl + the penalty on
+    the batch covariance (``losses.DIPVAELoss``), weights --lambda-od / --lambda-d."""
+
+    variant = ""
+    terms = ("loss", "recon", "kl", "dip")
+
+    def __init__(self, config, vae: VAE, dataset_size: int):
+        super().__init__(config, vae, dataset_size)
+        self.loss_fn = losses.DIPVAELoss(self.variant, lambda_od=config.lambda_od, lambda_d=config.lambda_d,
+                                         reconstruction="bernoulli")
+
+    def loss_terms(self, out, x_recon, x1):
+        t = self.loss_fn(x_recon, x1, out.kl, out.mu.float(), out.logvar.float())
+        return [t.total, t.recon, t.kl, t.dip]
+
+
+class DIPVAE1Step(_DIPVAEStep):
+    """DIP-VAE-I: the covariance of the encoder means, Cov_batch[mu]."""
+
+    name = "dipvae1"
+    variant = "i"
+
+
+class DIPVAE2Step(_DIPVAEStep):
+    """DIP-VAE-II: the covariance of z under q(z), Cov_batch[mu] + mean_batch diag(exp(logvar))."""
+
+    name = "dipvae2"
+    variant = "ii"
+
+
+class AnnealedVAEStep(_SingleLossStep):
+    """AnnealedVAE (Burgess et al. 2018): recon + gamma * |kl - C(step)|, C rising linearly to
+    --c-max nats over --iteration-threshold steps (``losses.AnnealedVAELoss``).
+
+    ``steps_taken`` is the loss's step (optimisation steps before this one, disentanglement_lib's
+    global step). It is not a second counter to save: ``load_state_dict`` sets it from the
+    checkpoint's ``step``, so a resumed run continues the schedule where it stopped.
+    """
+
+    name = "annealedvae"
+    terms = ("loss", "recon", "kl", "capacity")
+
+    def __init__(self, config, vae: VAE, dataset_size: int):
+        super().__init__(config, vae, dataset_size)
+        self.loss_fn = losses.AnnealedVAELoss(gamma=config.anneal_gamma, c_max=config.c_max,
+                                              iteration_threshold=config.iteration_threshold,
+                                              reconstruction="bernoulli")
+        self.steps_taken = 0
+
+    def loss_terms(self, out, x_recon, x1):
+        t = self.loss_fn(x_recon, x1, out.kl, self.steps_taken)
+        return [t.total, t.recon, t.kl, t.capacity]
+
+    def __call__(self, x1: Tensor, x2: Optional[Tensor] = None) -> Tensor:
+        values = super().__call__(x1, x2)
+        self.steps_taken += 1
+        return values
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.steps_taken = int(state["step"])
+
+
 # --objective name -> its step class (the first is the default).
 STEPS: dict[str, type[Step]] = {
     FactorVAEStep.name: FactorVAEStep,
     BetaTCVAEStep.name: BetaTCVAEStep,
     BetaVAEStep.name: BetaVAEStep,
+    DIPVAE1Step.name: DIPVAE1Step,
+    DIPVAE2Step.name: DIPVAE2Step,
+    AnnealedVAEStep.name: AnnealedVAEStep,
 }
 OBJECTIVES = tuple(STEPS)
