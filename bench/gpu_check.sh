@@ -20,13 +20,14 @@
 #                   (stale error after a failed call, log_qz local memory, CUDA vs Triton eps bit
 #                   identity, grid-axis limits, workspace path, determinism)
 #   bench-key   80  benchmarks: loss head, permute_dims, training step
-#   tests-rest  70  every other test file (losses, models, train, metrics, ...) on the GPU box
-#   bench-rest  45  benchmarks: reparameterize_kl, tc_loss, discriminator_loss, log_qz
+#   tests-rest  50  every other test file (losses, models, train, metrics, ...) on the GPU box
+#   bench-rest  35  benchmarks: reparameterize_kl, tc_loss, discriminator_loss, log_qz
 #   paper       60  bench/paper_stage.sh when present (the paper-reproduction hook, filled in by
 #                   the training side); "not present" otherwise
+#   metrics     35  the metric battery at disentanglement_lib's sizes on the GPU (bench/test_metrics.py)
 #   report      10  bench/report.py on the benchmark JSON
 #                  ---
-#   total      595  <= 600 (GPU_CHECK_BUDGET_S caps the whole run; each stage also gets at most
+#   total      600  <= 600 (GPU_CHECK_BUDGET_S caps the whole run; each stage also gets at most
 #                   what is left of it)
 #
 # Paper timing (16 cores, warm box): the build is ~60-90 s of nvcc (4 dtypes x 6 .cu files, one
@@ -46,7 +47,7 @@
 #         bash bench/gpu_check.sh --plumbing    (every stage without a GPU, on the CPU: a test of the
 #                                                script; the CUDA library is not built unless
 #                                                GPU_CHECK_PLUMBING_CUDA=1; GPU_CHECK_TESTS narrows the tests)
-# Knobs:  GPU_CHECK_BUDGET_S (default 595), GPU_CHECK_WORKERS (xdist workers, default 8),
+# Knobs:  GPU_CHECK_BUDGET_S (default 600), GPU_CHECK_WORKERS (xdist workers, default 8),
 #         GPU_CHECK_ARCH (CUDA architectures, default: this GPU's), GPU_CHECK_TESTS (test paths for
 #         the tests-ops stage; tests-rest is skipped when set), GPU_CHECK_LIMIT_SCALE (every stage
 #         limit and the budget multiplied by it: 1, or 3 for --plumbing on a slow shared CPU),
@@ -61,7 +62,7 @@ START=$(date +%s)
 MODE=${1:-run}
 
 # name:limit, in run order (the header above explains each; --dry-run prints and adds them).
-PLAN="env:10 build:110 warm:35 tests-ops:150 review:25 bench-key:80 tests-rest:70 bench-rest:45 paper:60 report:10"
+PLAN="env:10 build:110 warm:35 tests-ops:150 review:25 bench-key:80 tests-rest:50 bench-rest:35 paper:60 metrics:35 report:10"
 # --plumbing runs on a (slow, shared) CPU: its limits are scaled by GPU_CHECK_LIMIT_SCALE (3).
 SCALE=${GPU_CHECK_LIMIT_SCALE:-1}
 [ "$MODE" = "--plumbing" ] && SCALE=${GPU_CHECK_LIMIT_SCALE:-3}
@@ -402,6 +403,13 @@ if [ -f bench/paper_stage.sh ]; then
 else
   echo "| paper | not run | 0 | $(limit_of paper) | bench/paper_stage.sh not present |" >>"$STAGES"
 fi
+
+# ---------------------------------------------------------------------------------------- metrics
+# The metric battery (issue 12): evaluate(preset="default", metrics="all") on the paper's encoder,
+# rendering and encoding on the GPU (target: under 30 s). Its JSON rows carry no "impl", so the
+# report below leaves them out; the per-metric seconds are in metrics.log and bench-metrics.json.
+run_stage metrics "$DEST/metrics.log" "$PY" -m pytest "${BENCH_ARGS[@]}" -s \
+  bench/test_metrics.py -k test_metric_battery --benchmark-json="$DEST/bench-metrics.json"
 
 # ---------------------------------------------------------------------------------------- report
 JSONS=()

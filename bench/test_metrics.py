@@ -85,6 +85,7 @@ def _summary(result: dict) -> dict:
     info = {"code_table": result["code_table"], "protocol_images": result["protocol_images"]}
     for name in result["metrics"]:
         info[f"{name}_seconds"] = result[name]["seconds"]
+        info[f"{name}_cpu_seconds"] = result[name]["cpu_seconds"]
         for key in SCORE_KEYS[name]:
             info[f"{name}.{key}"] = result[name][key]
     return info
@@ -111,6 +112,8 @@ def test_metric_battery(benchmark, device):
     benchmark.extra_info.update(op="metrics", device=device, encoder=source, seconds=result["seconds"],
                                 **_summary(result))
     print(f"\nmetric battery on {device} ({source}), {result['seconds']:.1f} s in all:\n{format_table(result)}")
+    cpu = {name: round(result[name]["cpu_seconds"], 1) for name in result["metrics"]}
+    print(f"  CPU seconds (all threads): table {result['code_table'].get('cpu_seconds', 0):.1f}, {cpu}")
 
 
 @pytest.mark.parametrize("device", common.devices())

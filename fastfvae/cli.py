@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--metrics-preset", default="auto", help="auto (fast on CPU, default on GPU), fast or default")
+    e.add_argument("--metrics", type=_metric_names, default="all", metavar="all|LIST",
+                   help="all, or a comma-separated list of factor_vae, beta_vae, mig, dci, sap, "
+                        "modularity_explicitness, unsupervised (default: %(default)s)")
     e.add_argument("--num-mixture", type=_positive_int, default=None, help="decompose_kl: encoded inputs in q(z)")
     e.add_argument("--num-samples", type=_positive_int, default=None, help="decompose_kl: z samples")
     e.add_argument("--no-decomposition", action="store_true", help="skip the KL decomposition")
@@ -224,6 +227,7 @@ def _print_train_result(summary: dict, out: str) -> None:
     metrics = summary.get("metrics")
     if isinstance(metrics, dict):
         print("metrics: " + _metrics_line(metrics))
+        print(_metrics_table(metrics))
     images = summary.get("images") or {}
     print(f"outputs in {out}/: " + ", ".join(["summary.json", "log.jsonl", "checkpoint.pt"]
                                              + [os.path.basename(p) for p in images.values()]))
@@ -238,6 +242,23 @@ def _metrics_line(metrics: dict) -> str:
             if isinstance(score, (int, float)):
                 parts.append(f"{name} {score:.3f}")
     return ", ".join(parts) if parts else json.dumps(metrics)[:200]
+
+
+def _metrics_table(metrics: dict) -> str:
+    from fastfvae.metrics import format_table
+    return format_table(metrics)
+
+
+def _metric_names(text: str):
+    """--metrics: "all" or a comma-separated list of fastfvae.metrics.METRICS names."""
+    from fastfvae.metrics import METRICS
+    if text == "all":
+        return "all"
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected all or a comma-separated list of {', '.join(METRICS)}, got {text!r}")
+    return names
 
 
 def _load_for_inference(path: str, device_name: str):
@@ -262,8 +283,9 @@ def _cmd_evaluate(args) -> int:
     result: dict = {"checkpoint": os.path.abspath(args.checkpoint), "step": state["step"],
                     "objective": state["config"].get("objective")}
     t0 = time.perf_counter()
-    result["metrics"] = evaluation.evaluate_metrics(vae, dataset, device, args.seed, args.metrics_preset)
+    result["metrics"] = evaluation.evaluate_metrics(vae, dataset, device, args.seed, args.metrics_preset, args.metrics)
     result["metrics_time_s"] = round(time.perf_counter() - t0, 2)
+    print(_metrics_table(result["metrics"]), file=sys.stderr)
     if not args.no_decomposition:
         kwargs = {"seed": args.seed}
         if args.num_mixture is not None:

@@ -71,9 +71,10 @@ def test_train_resume_traverse_and_evaluate(tmp_path, capsys, monkeypatch):
     from fastfvae.train import evaluation
     seen = {}
 
-    def fake_metrics(vae, dataset, device, seed=0, preset="auto"):
+    def fake_metrics(vae, dataset, device, seed=0, preset="auto", names="all"):
         seen["z"] = train_mod.encoder_mean_fn(vae, device)(dataset.images(dataset.factors_of_index(
             __import__("torch").arange(3)))).shape
+        seen["names"] = names
         return {"factor_vae": {"eval_accuracy": 0.5}, "beta_vae": {"eval_accuracy": 0.6}, "mig": {"mig": 0.1}}
 
     monkeypatch.setattr(evaluation, "evaluate_metrics", fake_metrics)
@@ -82,7 +83,11 @@ def test_train_resume_traverse_and_evaluate(tmp_path, capsys, monkeypatch):
                      "--no-decomposition"]) == 0
     result = json.load(open(metrics_json))
     assert result["step"] == 3 and result["metrics"]["factor_vae"]["eval_accuracy"] == 0.5
-    assert tuple(seen["z"]) == (3, 10)
+    assert tuple(seen["z"]) == (3, 10) and seen["names"] == "all"
+    assert cli.main(["evaluate", out, "--out", metrics_json, "--no-decomposition", "--metrics", "mig, dci"]) == 0
+    assert seen["names"] == ["mig", "dci"]
+    with pytest.raises(SystemExit):   # argparse refuses an unknown metric before loading anything
+        cli.main(["evaluate", out, "--metrics", "mig,irs"])
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -25,6 +25,15 @@ def sklearn():
     return module
 
 
+def single_thread():
+    """A context in which scikit-learn's OpenMP and BLAS loops run on one thread (see
+    fit_counting_warnings for why). OpenMP's thread count is a per-thread setting, so metric code
+    that fits in several Python threads enters this context in each of them."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def fit_counting_warnings(estimator, x, y) -> int:
     """estimator.fit(x, y) on one BLAS/OpenMP thread; returns the number of ConvergenceWarnings
     it raised.
@@ -35,9 +44,8 @@ def fit_counting_warnings(estimator, x, y) -> int:
     Where there are cores to spare, the metrics run independent fits in parallel threads instead.
     """
     from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_limits
 
-    with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1):
+    with warnings.catch_warnings(record=True) as caught, single_thread():
         warnings.simplefilter("always", ConvergenceWarning)
         estimator.fit(x, y)
     other = [w for w in caught if not issubclass(w.category, ConvergenceWarning)]

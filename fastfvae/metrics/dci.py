@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from fastfvae.metrics import _common
-from fastfvae.metrics._sklearn import fit_counting_warnings, sklearn
+from fastfvae.metrics._sklearn import fit_counting_warnings, single_thread, sklearn
 
 ESTIMATORS = ("exact", "hist")
 
@@ -127,8 +127,9 @@ def fit_factor(estimator: str, x_train, y_train, x_test, y_test, random_state: i
         importance = np.abs(model.feature_importances_)
     else:
         importance = hist_importances(model, x_train.shape[1])
-    train_acc = float(np.mean(model.predict(x_train) == y_train))
-    test_acc = float(np.mean(model.predict(x_test) == y_test))
+    with single_thread():
+        train_acc = float(np.mean(model.predict(x_train) == y_train))
+        test_acc = float(np.mean(model.predict(x_test) == y_test))
     return importance, train_acc, test_acc
 
 

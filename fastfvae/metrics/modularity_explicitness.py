@@ -39,7 +39,7 @@ import torch
 
 from fastfvae.metrics import _common
 from fastfvae.metrics._discrete import histogram_discretize, mutual_information_matrix
-from fastfvae.metrics._sklearn import fit_counting_warnings, sklearn
+from fastfvae.metrics._sklearn import fit_counting_warnings, single_thread, sklearn
 
 
 def modularity(mutual_info) -> tuple[float, np.ndarray]:
@@ -83,8 +83,9 @@ def explicitness_per_factor(x_train, y_train, x_test, y_test) -> tuple[float, fl
     model = OneVsRestClassifier(sk.linear_model.LogisticRegression())
     warned = fit_counting_warnings(model, x_train, y_train)
     classes = model.classes_
-    auc_train, _ = macro_auc(y_train, model.predict_proba(x_train), classes)
-    auc_test, skipped = macro_auc(y_test, model.predict_proba(x_test), classes)
+    with single_thread():
+        auc_train, _ = macro_auc(y_train, model.predict_proba(x_train), classes)
+        auc_test, skipped = macro_auc(y_test, model.predict_proba(x_test), classes)
     return auc_train, auc_test, skipped, warned
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fastfvae.metrics import _common
-from fastfvae.metrics._sklearn import fit_counting_warnings, sklearn
+from fastfvae.metrics._sklearn import fit_counting_warnings, single_thread, sklearn
 
 
 def continuous_score_matrix(codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
@@ -55,7 +55,8 @@ def _svc_accuracies(x_train, y_train, x_test, y_test, d: int) -> tuple[list[floa
     for k in range(y_train.shape[1]):
         classifier = svm.LinearSVC(C=0.01, class_weight="balanced")
         warned += fit_counting_warnings(classifier, x_train[:, d:d + 1], y_train[:, k])
-        scores.append(float(np.mean(classifier.predict(x_test[:, d:d + 1]) == y_test[:, k])))
+        with single_thread():
+            scores.append(float(np.mean(classifier.predict(x_test[:, d:d + 1]) == y_test[:, k])))
     return scores, warned
 
 

@@ -16,8 +16,8 @@ drawn, so a preset is a noisier estimate of the same quantity, not a different m
   agreement with the exact GradientBoostingClassifier; pass ``dci={"estimator": "exact"}`` for
   disentanglement_lib's classifier).
 - ``"fast"``: FactorVAE 5,000 + (500 + 300) * 64 = 56,200 images; beta-VAE 2 * (250 + 150) * 64 =
-  51,200; MIG and unsupervised 10,000 each; DCI, SAP, modularity/explicitness 2 * (5,000 + 2,500):
-  ~170,000 images, fewer than the grid, so no table. Eval accuracies then carry a sampling error
+  51,200; MIG and unsupervised 10,000 each; DCI, SAP, modularity/explicitness 5,000 + 2,500 each:
+  ~150,000 images, fewer than the grid, so no table. Eval accuracies then carry a sampling error
   of a few percent (binomial: sqrt(p(1-p)/num_eval) <= 0.029 for FactorVAE, <= 0.041 for
   beta-VAE); MIG keeps its full sample because its binned MI is biased upward at small sizes.
 """
@@ -166,7 +166,8 @@ def evaluate(
 
     Returns {metric name: its result dict (scores, parameters, seed, seconds), ..., "preset",
     "metrics" (the names run), "seed", "code_table" (used, reason, and the table's size and build
-    seconds when used), "protocol_images" (what the protocols would encode), "seconds"}.
+    seconds when used), "protocol_images" (what the protocols would encode), "seconds"}. Each
+    metric's dict also gets ``cpu_seconds`` (process CPU time, all threads).
     With the table, each metric's ``codes_from`` is "code_table" and it reports
     ``num_table_lookups`` instead of ``num_images_encoded``.
     Call it with the model in eval mode; it runs under torch.no_grad.
@@ -186,9 +187,11 @@ def evaluate(
     use_table, reason = _choose_table(code_table, sizes, needed, table_grid_limit)
     result: dict = {"preset": preset, "metrics": list(names), "seed": seed, "protocol_images": needed}
     if use_table:
+        cpu_start = time.process_time()
         table = code_table if isinstance(code_table, CodeTable) else encode_code_table(
             encode, dataset, encode_batch_size=table_batch_size, data_device=data_device)
-        result["code_table"] = {"used": True, "reason": reason, **table.describe()}
+        result["code_table"] = {"used": True, "reason": reason, **table.describe(),
+                                "cpu_seconds": time.process_time() - cpu_start}
         metric_encode, metric_data, device_kw = table.encode, table.source(dataset), {}
         batch = max(encode_batch_size, TABLE_LOOKUP_BATCH)
     else:
@@ -197,7 +200,10 @@ def evaluate(
         batch = encode_batch_size
 
     for name in names:
+        cpu_start = time.process_time()
         out = METRICS[name](metric_encode, metric_data, seed=seed, encode_batch_size=batch, **device_kw, **params[name])
+        # CPU seconds of this process (all its threads): on a shared machine a steadier measure than wall time.
+        out["cpu_seconds"] = time.process_time() - cpu_start
         if use_table:
             out["num_table_lookups"] = out.pop("num_images_encoded")
             out["codes_from"] = "code_table"

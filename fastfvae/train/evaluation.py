@@ -43,13 +43,15 @@ def metrics_preset(preset: str, device: torch.device) -> str:
     return preset
 
 
-def evaluate_metrics(vae: VAE, dataset, device: torch.device, seed: int = 0, preset: str = "auto") -> dict:
-    """fastfvae.metrics.evaluate on the encoder mean (the VAE is in eval mode meanwhile)."""
+def evaluate_metrics(vae: VAE, dataset, device: torch.device, seed: int = 0, preset: str = "auto",
+                     names="all") -> dict:
+    """fastfvae.metrics.evaluate on the encoder mean (the VAE is in eval mode meanwhile).
+    names: "all" or a list of metric names (fastfvae.metrics.METRICS)."""
     was_training = vae.training
     vae.eval()
     try:
         return metrics.evaluate(encoder_mean_fn(vae, device), dataset, seed=seed,
-                                preset=metrics_preset(preset, device))
+                                preset=metrics_preset(preset, device), metrics=names)
     finally:
         vae.train(was_training)
 
