@@ -6,6 +6,7 @@ with ``DiscriminatorLoss`` (README.md shows the two loops side by side).
 """
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple
 
 import torch
@@ -319,6 +320,8 @@ class DIPVAELoss(nn.Module):
             raise ValueError(f"logvar: expected a tensor on mu's device {mu.device}, got {logvar.device}")
         if mu.shape[0] < 2:
             raise ValueError(f"mu: expected a batch of B >= 2 rows (a batch covariance), got shape {tuple(mu.shape)}")
+        if isinstance(x_recon, Tensor) and x_recon.dim() > 0 and x_recon.shape[0] != mu.shape[0]:
+            raise ValueError(f"mu: expected x_recon's batch size {x_recon.shape[0]} rows, got shape {tuple(mu.shape)}")
         dtype = torch.promote_types(mu.dtype, logvar.dtype)
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
         cov = dip_covariance(mu.to(dtype), logvar.to(dtype), self.variant)
@@ -343,6 +346,20 @@ def annealed_capacity(step: int, c_max: float, iteration_threshold: int) -> floa
     return min(c_max, c_max * step / iteration_threshold)
 
 
+def _check_step(step) -> int:
+    """An int >= 0 (a Python int or a NumPy integer; not a bool, float or tensor)."""
+    if not isinstance(step, int) or isinstance(step, bool):
+        if isinstance(step, (bool, Tensor, float)):
+            raise TypeError(f"step: expected an int (steps taken so far), got {type(step).__name__}")
+        try:
+            step = operator.index(step)  # NumPy integers
+        except TypeError:
+            raise TypeError(f"step: expected an int (steps taken so far), got {type(step).__name__}") from None
+    if step < 0:
+        raise ValueError(f"step: expected an int >= 0, got {step}")
+    return step
+
+
 class AnnealedVAELoss(nn.Module):
     """AnnealedVAE's objective (Burgess et al. 2018, eq. 8): recon + gamma * |kl - C(step)|.
 
@@ -365,19 +382,12 @@ class AnnealedVAELoss(nn.Module):
         check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
         self.gamma = _check_weight("gamma", gamma)
         self.c_max = _check_weight("c_max", c_max)
-        if isinstance(iteration_threshold, bool) or not isinstance(iteration_threshold, int):
-            raise TypeError(f"iteration_threshold: expected an int, got {type(iteration_threshold).__name__}")
-        if iteration_threshold < 1:
-            raise ValueError(f"iteration_threshold: expected an int >= 1, got {iteration_threshold}")
-        self.iteration_threshold = iteration_threshold
+        self.iteration_threshold = check_positive_int("iteration_threshold", iteration_threshold)
         self.reconstruction = reconstruction
 
     def forward(self, x_recon: Tensor, x: Tensor, kl: Tensor, step: int) -> AnnealedVAELossOutput:
         _check_scalar_kl(kl)
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise TypeError(f"step: expected an int (steps taken so far), got {type(step).__name__}")
-        if step < 0:
-            raise ValueError(f"step: expected an int >= 0, got {step}")
+        step = _check_step(step)
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
         # torch.full writes the value on the device (no host-to-device copy of a host tensor).
         capacity = torch.full((), annealed_capacity(step, self.c_max, self.iteration_threshold),

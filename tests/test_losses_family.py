@@ -194,6 +194,8 @@ def test_dip_bad_input():
         loss(x, x, kl, mu.long(), logvar)
     with pytest.raises(ValueError, match="x: expected the shape of x_recon"):
         loss(x, x[:3], kl, mu, logvar)
+    with pytest.raises(ValueError, match=r"mu: expected x_recon's batch size 4 rows, got shape \(3, 3\)"):
+        loss(x, x, kl, mu[:3], logvar[:3])
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,10 +260,16 @@ def test_annealed_bad_input():
         loss(x, x, kl, True)
     with pytest.raises(ValueError, match=r"kl: expected a scalar tensor.*\(2,\)"):
         loss(x, x, torch.ones(2), 0)
+    with pytest.raises(TypeError, match="step: expected an int .*got Tensor"):
+        loss(x, x, kl, torch.tensor(3))
     with pytest.raises(ValueError, match="iteration_threshold: expected an int >= 1, got 0"):
         AnnealedVAELoss(iteration_threshold=0)
-    with pytest.raises(TypeError, match="iteration_threshold: expected an int, got float"):
+    with pytest.raises(ValueError, match="iteration_threshold: expected an int >= 1, got 100000.0"):
         AnnealedVAELoss(iteration_threshold=1e5)
+    # NumPy integers count as ints (a loop over np.arange)
+    import numpy as np
+    out = AnnealedVAELoss(c_max=10.0, iteration_threshold=np.int64(4))(x, x, kl, np.int64(2))
+    assert out.capacity.item() == 5.0
     with pytest.raises(ValueError, match="c_max: expected a finite number >= 0, got inf"):
         AnnealedVAELoss(c_max=float("inf"))
     with pytest.raises(ValueError, match="gamma: expected a finite number >= 0"):
