@@ -126,3 +126,14 @@ def test_autograd_messages_name_the_op():
     mu = torch.randn(4, 3, requires_grad=True)
     kl = fastfvae.reparameterize_kl(mu, mu)[1]
     assert "ReparameterizeKl" in type(kl.grad_fn).__name__
+
+
+def test_in_place_edit_of_reparameterize_kl_sample(backend):
+    """z[:, 0] = 0 after reparameterize_kl is allowed (14.14): the op saves eps or its seed, not z."""
+    require(backend, "reparameterize_kl", "cpu", torch.float32)
+    mu, logvar = torch.randn(5, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    z, kl = fastfvae.reparameterize_kl(mu, logvar, backend=backend)
+    z[:, 0] = 0
+    (z.sum() + kl).backward()
+    torch.testing.assert_close(mu.grad[:, 0], (mu / 5)[:, 0].detach())  # only the KL gradient is left in column 0
+    assert torch.isfinite(logvar.grad).all()
