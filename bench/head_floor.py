@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """How fast can the FactorVAE loss head be with PyTorch's eager autograd? (issue 3's 5x at B=64)
 
-    python bench/head_floor.py [--batch 64 --dim 10 --rounds 2000]
+    python -m bench.head_floor [--batch 64 --dim 10 --rounds 2000]
 
 Times one forward + backward of the loss head (bench/test_loss_head.py: reparameterise + KL,
 TC term, a second reparameterised batch, permute_dims, discriminator loss) three ways, with the
 fixed linear stand-in discriminator of the benchmark and without any network (the logits are
 then inputs, and z gets a gradient as a decoder would give it):
 
-- eager-1konny:  fastfvae.baselines (the 1Konny-style code the targets are measured against);
+- eager-1konny:  bench.baselines (the 1Konny-style code the targets are measured against);
 - fastfvae:      the public fastfvae ops (backend "auto");
 - null-ops:      the same autograd graph built from ``torch.autograd.Function`` nodes that do no
                  work at all (forward returns uninitialised tensors, backward returns cached
@@ -30,7 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fastfvae import baselines
+from bench import baselines
 from fastfvae import functional as ffv
 
 

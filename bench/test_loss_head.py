@@ -4,7 +4,7 @@ reparameterise + KL on batch 1, TC term from the discriminator's logits on z, re
 batch 2, permute_dims of the detached z', discriminator loss on z (detached) and permute_dims(z')
 -- forward, and forward + backward of both losses ("full"). A fixed linear map D -> 2 (weights
 that require grad, fresh per round) stands in for the discriminator. Implementations come from
-fastfvae.baselines: fastfvae_loss_head (per backend) vs konny_loss_head (1Konny-style eager) vs
+bench.baselines: fastfvae_loss_head (per backend) vs konny_loss_head (1Konny-style eager) vs
 torch.compile of reference_loss_head. Issue 3's targets are read off this group ("full").
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import common
-from fastfvae import baselines
+from bench import baselines
 
 OP = "loss_head"
 ARGS = ("mu", "logvar", "mu2", "logvar2", "weight", "bias")

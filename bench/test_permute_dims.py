@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench import common
-from fastfvae import baselines
+from bench import baselines
 
 OP = "permute_dims"
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bench import common
-from fastfvae import baselines, reference
+from bench import baselines
+from fastfvae import reference
 
 OP = "reparameterize_kl"
 

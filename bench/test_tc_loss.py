@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bench import common
-from fastfvae import baselines, reference
+from bench import baselines
+from fastfvae import reference
 
 OP = "tc_loss"
 LOGITS = 2

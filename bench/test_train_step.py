@@ -2,7 +2,7 @@
 
 fastfvae: ``fastfvae.train.Trainer.train_step`` (the real trainer: VAE step with the fused ops,
 then the discriminator step on z and permute_dims(z'), two Adam optimisers). Baseline:
-``fastfvae.baselines.KonnyTrainStep`` on the same networks (fastfvae.models' Encoder, Decoder and
+``bench.baselines.KonnyTrainStep`` on the same networks (fastfvae.models' Encoder, Decoder and
 Discriminator; eager reparametrise/KL/TC, per-column randperm, two cross-entropies). Inputs are
 fresh binary 64x64 images each round (direction "full": forward, backward and both updates).
 """
@@ -48,7 +48,7 @@ def _fastfvae(device, z_dim):
 
 def _konny(device, z_dim):
     def make():
-        from fastfvae.baselines import KonnyTrainStep
+        from bench.baselines import KonnyTrainStep
         from fastfvae.models import Decoder, Discriminator, Encoder
 
         torch.manual_seed(0)

@@ -1,5 +1,13 @@
 """fastfvae: fused, tested FactorVAE loss ops for PyTorch (see README.md and DESIGN.md)."""
 from fastfvae import losses
+from fastfvae.losses import (
+    AnnealedVAELoss,
+    BetaTCVAELoss,
+    BetaVAELoss,
+    DIPVAELoss,
+    DiscriminatorLoss,
+    FactorVAELoss,
+)
 from fastfvae.functional import (
     discriminator_accuracy,
     discriminator_loss,
@@ -9,13 +17,22 @@ from fastfvae.functional import (
     reparameterize_kl,
     tc_loss,
 )
+from fastfvae.ops.gather_images import gather_images
 
 __version__ = "0.1.0"
 
 __all__ = [
     "losses",
+    # the loss modules (fastfvae.losses), next to the ops they are built on
+    "AnnealedVAELoss",
+    "BetaTCVAELoss",
+    "BetaVAELoss",
+    "DIPVAELoss",
+    "DiscriminatorLoss",
+    "FactorVAELoss",
     "discriminator_accuracy",
     "discriminator_loss",
+    "gather_images",
     "log_qz",
     "log_qz_marginals",
     "permute_dims",

@@ -6,6 +6,8 @@ path, so they only read tensor metadata.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -27,15 +29,16 @@ def check_float_tensor(name: str, value, ranks: tuple[int, ...]) -> None:
         raise ValueError(f"{name}: expected a non-empty tensor (B >= 1), got shape {tuple(value.shape)}")
 
 
-def check_like(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
-    """``value`` has ``ref``'s shape, dtype and device."""
+def check_like(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor, *, same_dtype: bool = True) -> None:
+    """``value`` has ``ref``'s shape and device, and its dtype unless ``same_dtype=False`` (the
+    ops promote mixed float dtypes instead, see ``promoted``)."""
     if value.shape != ref.shape:
         raise ValueError(
             f"{name}: expected the shape of {ref_name} {tuple(ref.shape)}, got {tuple(value.shape)}"
         )
     if value.device != ref.device:
         raise ValueError(f"{name}: expected a tensor on {ref_name}'s device {ref.device}, got {value.device}")
-    if value.dtype != ref.dtype:
+    if same_dtype and value.dtype != ref.dtype:
         raise TypeError(f"{name}: expected {ref_name}'s dtype {ref.dtype}, got {value.dtype}")
 
 
@@ -52,3 +55,28 @@ def check_logits(name: str, logits) -> None:
 def check_choice(name: str, value, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def check_positive_int(name: str, value) -> int:
+    """``value`` is an integer >= 1 (a Python int or a NumPy integer; not a bool or a float).
+    Returns it as a Python int."""
+    if isinstance(value, bool) or isinstance(value, torch.Tensor):
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    try:
+        number = operator.index(value)  # ints and numpy integers; refuses 2.7, "3"
+    except TypeError:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    return number
+
+
+def promoted(*tensors):
+    """The tensors (None passes through) in their common dtype by torch's promotion rules, as
+    torch's binary ops would compute them (bfloat16 with float32 -> float32; float16 with
+    bfloat16 -> float32). A no-op when the dtypes already agree (issue 17.2)."""
+    dtype = None
+    for t in tensors:
+        if t is not None:
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return tuple(t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors)

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from fastfvae import train as train_mod
 from fastfvae.train import DEFAULT_STEPS, OBJECTIVES, TrainConfig, TrainingError
+from fastfvae.train.config import RESUME_MUST_MATCH
 
 
 def _positive_int(text: str) -> int:
@@ -35,17 +36,37 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+RESUME_HELP = f"""--resume continues the run in --out from its checkpoint, up to --steps.
+  Must equal the checkpoint's (refused otherwise): {", ".join("--" + n.replace("_", "-") for n in RESUME_MUST_MATCH)}.
+  Every other option is taken from this command line, applied (learning rates included), noted on
+  stderr, logged as a "resume" row in log.jsonl and recorded in the checkpoint and summary.json.
+  A finished run is left untouched; --steps below the checkpoint's step is refused; a run stopped
+  during its end-of-run evaluation finishes that evaluation."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastfvae", description="FactorVAE on fused ops: train, evaluate, traverse.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train FactorVAE (or beta-TCVAE / beta-VAE) on dSprites",
-                       description="Train on dSprites; outputs (log, checkpoint, summary, PNGs) go to --out.")
+                       description="Train on dSprites; outputs (log, checkpoint, summary, images) go to --out. "
+                                   "Every option is checked before anything is written.",
+                       epilog=RESUME_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = TrainConfig()
     t.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS,
                    help="total optimisation steps; a resumed run continues up to this number (default: %(default)s)")
     t.add_argument("--objective", choices=OBJECTIVES, default=d.objective, help="loss (default: %(default)s)")
     t.add_argument("--gamma", type=float, default=d.gamma, help="weight of the TC term (FactorVAE) (default: %(default)s)")
+    t.add_argument("--lambda-od", type=float, default=d.lambda_od,
+                   help="DIP-VAE: weight of the off-diagonal covariance entries (default: %(default)s)")
+    t.add_argument("--lambda-d", type=float, default=None,
+                   help="DIP-VAE: weight of the diagonal's distance from 1 (default: 10 x lambda-od for "
+                        "dipvae1, lambda-od for dipvae2, as disentanglement_lib)")
+    t.add_argument("--anneal-gamma", type=float, default=d.anneal_gamma,
+                   help="AnnealedVAE: weight of |KL - C| (default: %(default)s)")
+    t.add_argument("--c-max", type=float, default=d.c_max, help="AnnealedVAE: final capacity C in nats (default: %(default)s)")
+    t.add_argument("--iteration-threshold", type=_positive_int, default=d.iteration_threshold,
+                   help="AnnealedVAE: steps for C to rise from 0 to c-max (default: %(default)s)")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="per process (default: %(default)s)")
     t.add_argument("--z-dim", type=_positive_int, default=d.z_dim, help="latent size (default: %(default)s)")
     t.add_argument("--lr-vae", type=float, default=d.lr_vae, help="Adam lr of the VAE, betas (0.9, 0.999) (default: %(default)s)")
@@ -56,11 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
     t.add_argument("--backend", default=d.backend, help="fused-op backend: auto, native, triton or reference (default: %(default)s)")
     t.add_argument("--amp", choices=("bf16",), default=None, help="bf16 autocast (CUDA only)")
-    t.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the whole step (data, both updates) as one graph; the networks only under torchrun")
+    t.add_argument("--graph", action="store_true",
+                   help="CUDA: capture the whole step in one CUDA graph and replay it (UNVALIDATED: no GPU has run it yet)")
+    t.add_argument("--packed-data", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold the data set bit-packed on the device (default: on CUDA; the first use builds a ~400 MB cache)")
     t.add_argument("--data", default=None, metavar="PATH",
                    help="official dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz (default: procedural renderer)")
     t.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/fastfvae-<time>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (see below for changed options)")
     t.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every,
                    help="checkpoint interval in steps, plus one at the end (default: %(default)s)")
     t.add_argument("--log-every", type=_positive_int, default=d.log_every, help="JSONL log interval in steps (default: %(default)s)")
@@ -70,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-metrics", action="store_true", help="skip the metrics at the end")
     t.add_argument("--metrics-preset", default="auto",
                    help="fastfvae.metrics preset: auto (fast on CPU, default on GPU), fast or default (default: %(default)s)")
-    t.add_argument("--no-images", action="store_true", help="skip the PNGs at the end")
+    t.add_argument("--no-images", action="store_true", help="skip the images at the end (PNGs, traversal GIF, curves)")
     t.add_argument("--threads", default="auto",
                    help="CPU threads for torch: a number, or auto = 1 when the machine is already busy "
                         "(load average >= cores), else torch's default (default: %(default)s)")
@@ -89,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("traverse", help="latent traversal grid of a checkpoint as PNG")
     v.add_argument("checkpoint", help="checkpoint file or run folder")
-    v.add_argument("--out", default=None, metavar="PNG", help="default: traversals-<index>.png beside the checkpoint")
+    v.add_argument("--out", default=None, metavar="PNG|GIF",
+                   help="a .png grid, or a .gif animating each row's value (default: traversals-<index>.png "
+                        "beside the checkpoint)")
     v.add_argument("--data", default=None, metavar="PATH")
     v.add_argument("--index", type=int, default=0, help="data set index of the image whose code is traversed")
     v.add_argument("--limit", type=float, default=2.5, help="each dimension goes from -limit to +limit")
@@ -112,11 +141,12 @@ def _cmd_train(args) -> int:
         steps=args.steps, objective=args.objective, gamma=args.gamma, batch_size=args.batch_size,
         z_dim=args.z_dim, lr_vae=args.lr_vae, lr_d=args.lr_d, disc_depth=args.disc_depth,
         disc_width=args.disc_width, seed=args.seed, device=args.device, backend=args.backend,
-        amp=args.amp, compile=args.compile, data=args.data, out=out, resume=args.resume,
+        amp=args.amp, compile=args.compile, graph=args.graph, packed_data=args.packed_data, data=args.data, out=out, resume=args.resume,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, eval_every=args.eval_every,
         log_tc_every=args.log_tc_every, metrics=not args.no_metrics,
         metrics_preset=args.metrics_preset, images=not args.no_images,
-        progress=not args.quiet,
+        progress=not args.quiet, lambda_od=args.lambda_od, lambda_d=args.lambda_d,
+        anneal_gamma=args.anneal_gamma, c_max=args.c_max, iteration_threshold=args.iteration_threshold,
     )
     threads_choice = args.threads
     if args.resume and threads_choice == "auto":
@@ -143,7 +173,9 @@ def _cmd_train(args) -> int:
     if trainer.rank != 0:
         return 0 if "interrupted" not in summary else 128 + _signal_number(summary["interrupted"])
     if "interrupted" in summary:
-        print(f"interrupted ({summary['interrupted']}) at step {summary['step']}; continue with: "
+        during = summary.get("interrupted_during")
+        what = f"during the {during} (training is complete)" if during else f"at step {summary['step']}"
+        print(f"interrupted ({summary['interrupted']}) {what}; summary.json holds what is known; continue with: "
               f"fastfvae train --out {out} --steps {config.steps} --resume", file=sys.stderr)
         return 128 + _signal_number(summary["interrupted"])
     _print_train_result(summary, out)
@@ -183,10 +215,9 @@ def _print_train_result(summary: dict, out: str) -> None:
     metrics = summary.get("metrics")
     if isinstance(metrics, dict):
         print("metrics: " + _metrics_line(metrics))
-    elif summary.get("metrics_note"):
-        print(f"metrics: none ({summary['metrics_note']})")
-    print(f"outputs in {out}/: summary.json, log.jsonl, checkpoint.pt"
-          + (", reconstructions.png, traversals.png" if summary.get("images") else ""))
+    images = summary.get("images") or {}
+    print(f"outputs in {out}/: " + ", ".join(["summary.json", "log.jsonl", "checkpoint.pt"]
+                                             + [os.path.basename(p) for p in images.values()]))
 
 
 def _metrics_line(metrics: dict) -> str:
@@ -216,36 +247,28 @@ def _checkpoint_dir(path: str) -> str:
 def _cmd_evaluate(args) -> int:
     _set_threads("auto")
     state, vae, device, torch = _load_for_inference(args.checkpoint, args.device)
-    from fastfvae.train import encoder_gaussian_fn, evaluate_metrics, make_dataset
+    from fastfvae.diagnostics import decompose_kl
+    from fastfvae.train import evaluation, make_dataset
     dataset = make_dataset(args.data)
     result: dict = {"checkpoint": os.path.abspath(args.checkpoint), "step": state["step"],
                     "objective": state["config"].get("objective")}
     t0 = time.perf_counter()
-    metrics = evaluate_metrics(vae, dataset, device, args.seed, args.metrics_preset)
-    result["metrics"] = metrics
+    result["metrics"] = evaluation.evaluate_metrics(vae, dataset, device, args.seed, args.metrics_preset)
     result["metrics_time_s"] = round(time.perf_counter() - t0, 2)
-    if metrics is None:
-        result["metrics_note"] = "fastfvae.metrics is not available in this installation"
     if not args.no_decomposition:
-        try:
-            from fastfvae.diagnostics import decompose_kl
-        except ImportError:
-            result["decomposition_note"] = "fastfvae.diagnostics is not available in this installation"
-        else:
-            kwargs = {"seed": args.seed}
-            if args.num_mixture is not None:
-                kwargs["num_mixture"] = args.num_mixture
-            if args.num_samples is not None:
-                kwargs["num_samples"] = args.num_samples
-            t0 = time.perf_counter()
-            result["decomposition"] = decompose_kl(encoder_gaussian_fn(vae, device), dataset, **kwargs)
-            result["decomposition_time_s"] = round(time.perf_counter() - t0, 2)
-    text = json.dumps(result, indent=2, default=_json_default)
-    print(text)
+        kwargs = {"seed": args.seed}
+        if args.num_mixture is not None:
+            kwargs["num_mixture"] = args.num_mixture
+        if args.num_samples is not None:
+            kwargs["num_samples"] = args.num_samples
+        t0 = time.perf_counter()
+        result["decomposition"] = decompose_kl(evaluation.encoder_gaussian_fn(vae, device), dataset, **kwargs)
+        result["decomposition_time_s"] = round(time.perf_counter() - t0, 2)
+    result = json.loads(json.dumps(result, default=_json_default))
+    print(json.dumps(result, indent=2))
     out = args.out or os.path.join(_checkpoint_dir(args.checkpoint), "metrics.json")
-    with open(out + ".tmp", "w") as f:
-        f.write(text + "\n")
-    os.replace(out + ".tmp", out)
+    from fastfvae.train.artefacts import write_json
+    write_json(out, result)  # through "metrics.json.tmp-<pid>", which a run's clean-up matches
     print(f"written to {out}", file=sys.stderr)
     return 0
 
@@ -264,15 +287,17 @@ def _json_default(value):
 
 def _cmd_traverse(args) -> int:
     state, vae, device, torch = _load_for_inference(args.checkpoint, args.device)
-    from fastfvae._png import image_grid, write_png
-    from fastfvae.train import make_dataset, traversal_images
+    from fastfvae.train import artefacts, make_dataset
     dataset = make_dataset(args.data)
     image, _ = dataset[args.index]
     with torch.no_grad():
         mu, _ = vae.encoder(image[None].to(device).float())
-    grid = traversal_images(vae, mu, args.values, args.limit)
     out = args.out or os.path.join(_checkpoint_dir(args.checkpoint), f"traversals-{args.index}.png")
-    write_png(out, image_grid(grid, ncol=args.values))
+    if out.lower().endswith(".gif"):
+        artefacts.write_gif(out, artefacts.traversal_gif_frames(vae, mu, args.values, args.limit))
+    else:
+        grid = artefacts.traversal_images(vae, mu, args.values, args.limit)
+        artefacts.write_png(out, artefacts.image_grid(grid, ncol=args.values))
     print(f"traversal of image {args.index} ({vae.z_dim} rows x {args.values} values in "
           f"[-{args.limit}, {args.limit}]) written to {out}")
     return 0
@@ -284,9 +309,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "traverse": _cmd_traverse}
     try:
         return commands[args.command](args)
-    except (TrainingError, ValueError, FileNotFoundError, IndexError) as error:
-        print(f"fastfvae {args.command}: error: {error}", file=sys.stderr)
+    except (TrainingError, ValueError, TypeError, IndexError, OSError, MemoryError) as error:
+        # OSError: unreadable data or checkpoint files, a full disk, a folder that became read-only.
+        print(f"fastfvae {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: checkpoint writes are atomic, none is lost
+        print(f"fastfvae {args.command}: stopped by a second signal; the last complete checkpoint is kept",
+              file=sys.stderr)
+        return 130
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (an OSError as "path: reason")."""
+    text = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,13 +21,9 @@ import torch
 from torch import Tensor
 
 from fastfvae import functional
-from fastfvae._checks import check_float_tensor, check_like
-from fastfvae.reference import LOG_2PI
-
-
-def _gaussian_log_density(x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """Elementwise log N(x; mu, exp(logvar))."""
-    return -0.5 * (LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar))
+from fastfvae._checks import check_float_tensor, check_like, check_positive_int
+from fastfvae.reference import compute_dtype
+from fastfvae.reference import gaussian_log_density as _gaussian_log_density
 
 
 def _mean_and_se(values: Tensor) -> tuple[float, float]:
@@ -38,29 +34,51 @@ def _mean_and_se(values: Tensor) -> tuple[float, float]:
     return mean, se
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-    return value
-
-
 def encode_mixture(encode_gaussian: Callable, dataset, num_mixture: int, batch_size: int,
                    generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """(mu, logvar), each (num_mixture, D), of num_mixture inputs drawn from ``dataset``."""
+    """(mu, logvar), each (num_mixture, D), of num_mixture inputs drawn from ``dataset``.
+
+    Each batch's output is checked as the metrics check theirs: a NaN or Inf raises ValueError
+    (a NaN encoder would otherwise turn every estimate into NaN without a word).
+    """
     mus, logvars = [], []
     with torch.no_grad():
         for start in range(0, num_mixture, batch_size):
             count = min(batch_size, num_mixture - start)
             factors = dataset.sample_factors(count, generator)
-            mu, logvar = encode_gaussian(dataset.images(factors))
-            mus.append(mu.detach())
-            logvars.append(logvar.detach())
+            output = encode_gaussian(dataset.images(factors))
+            if not isinstance(output, (tuple, list)) or len(output) != 2:
+                raise TypeError(f"encode_gaussian: expected a pair (mu, logvar) of ({count}, D) tensors, "
+                                f"got {type(output).__name__}")
+            mu, logvar = (t.detach() if isinstance(t, Tensor) else t for t in output)
+            check_float_tensor("mu (from encode_gaussian)", mu, (2,))
+            check_like("logvar (from encode_gaussian)", logvar, "mu", mu)
+            _check_finite("encode_gaussian", mu, logvar)
+            mus.append(mu)
+            logvars.append(logvar)
     mu, logvar = torch.cat(mus), torch.cat(logvars)
-    check_float_tensor("mu (from encode_gaussian)", mu, (2,))
-    check_like("logvar (from encode_gaussian)", logvar, "mu", mu)
     if mu.shape[0] != num_mixture:
         raise ValueError(f"encode_gaussian: expected {num_mixture} rows in all, got {mu.shape[0]}")
     return mu, logvar
+
+
+def _check_finite(name: str, mu: Tensor, logvar: Tensor) -> None:
+    """ValueError (worded as fastfvae.metrics words it) when mu or logvar holds a NaN or Inf."""
+    bad = int((~torch.isfinite(mu)).sum()) + int((~torch.isfinite(logvar)).sum())
+    if bad:
+        raise ValueError(f"{name}: returned {bad} non-finite values (NaN or Inf) in (mu, logvar) of shape {tuple(mu.shape)}")
+
+
+def _table_encoder(code_table, dataset):
+    """(encode_gaussian, dataset) that read (mu, logvar) from ``code_table`` (a CodeTable with
+    log-variances) for the factors ``dataset`` draws."""
+    from fastfvae.metrics.code_table import CodeTable
+
+    if not isinstance(code_table, CodeTable):
+        raise TypeError(f"code_table: expected None or a fastfvae.metrics.CodeTable, got {type(code_table).__name__}")
+    if code_table.logvars is None:
+        raise ValueError("code_table: holds no log-variances; build it with an encode that returns (mu, logvar)")
+    return code_table.encode_gaussian, code_table.source(dataset)
 
 
 def decompose_kl(
@@ -72,6 +90,7 @@ def decompose_kl(
     batch_size: int = 256,
     seed: int = 0,
     backend: str = "auto",
+    code_table=None,
 ) -> dict:
     """Monte Carlo estimates of the terms of the paper's KL decomposition on ``dataset``.
 
@@ -80,6 +99,10 @@ def decompose_kl(
     dataset: ``factor_sizes``, ``sample_factors(n, generator)``, ``images(factors)``.
     num_mixture: N inputs whose posteriors form q(z); num_samples: M <= N of them get a z.
     batch_size: inputs per encode_gaussian call; seed: the data and noise generator's seed.
+    code_table: None, or a fastfvae.metrics.CodeTable built with log-variances
+        (``encode_code_table(encode_gaussian, dataset)``): the N inputs are drawn exactly as
+        without it and their (mu, logvar) read from the table (encode_gaussian is then not called
+        and may be None). With a table built once for the metrics this costs no encoder pass.
 
     Returns a dict of floats (and per-dimension lists), each estimate with its standard error
     ``<name>_se`` over the M samples:
@@ -94,14 +117,18 @@ def decompose_kl(
         num_mixture, num_samples, latent_dim
     (kl_qz_pz = total_correlation + dimwise_kl holds exactly for these estimators.)
     """
-    num_mixture = _positive_int("num_mixture", num_mixture)
-    num_samples = _positive_int("num_samples", num_samples)
-    batch_size = _positive_int("batch_size", batch_size)
+    num_mixture = check_positive_int("num_mixture", num_mixture)
+    num_samples = check_positive_int("num_samples", num_samples)
+    batch_size = check_positive_int("batch_size", batch_size)
     if num_samples > num_mixture:
         raise ValueError(f"num_samples: expected at most num_mixture = {num_mixture}, got {num_samples}")
     generator = torch.Generator().manual_seed(seed)
+    if code_table is not None:
+        encode_gaussian, dataset = _table_encoder(code_table, dataset)
+    elif not callable(encode_gaussian):
+        raise TypeError(f"encode_gaussian: expected a callable (or a code_table), got {type(encode_gaussian).__name__}")
     mu, logvar = encode_mixture(encode_gaussian, dataset, num_mixture, batch_size, generator)
-    kernel_dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    kernel_dtype = compute_dtype(mu.dtype)
     mu, logvar = mu.to(kernel_dtype), logvar.to(kernel_dtype)
 
     # z_i ~ q(z | x_i) for the first M inputs (the N inputs are i.i.d., so any M are a uniform pick).

@@ -13,9 +13,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastfvae import functional
-from fastfvae._checks import check_choice, check_float_tensor
+from fastfvae._checks import check_choice, check_float_tensor, check_positive_int
+from fastfvae.reference import gaussian_log_density
 
 RECONSTRUCTIONS = ("bernoulli", "gaussian")
+
+
+def _check_same_batch(name: str, value: Tensor, x_recon: Tensor) -> None:
+    """``value`` (B, ...) belongs to the batch of ``x_recon`` (B, ...) (issue 14.15)."""
+    if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] != x_recon.shape[0]:
+        raise ValueError(
+            f"{name}: expected the batch size of x_recon B = {x_recon.shape[0]}, got shape {tuple(value.shape)}"
+        )
 
 
 class FactorVAELossOutput(NamedTuple):
@@ -37,6 +46,13 @@ def reconstruction_loss(x_recon: Tensor, x: Tensor, distribution: str = "bernoul
     if not isinstance(x, Tensor) or x.shape != x_recon.shape:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x: expected the shape of x_recon {tuple(x_recon.shape)}, got {got}")
+    if distribution == "bernoulli" and x.device.type == "cpu" and x.numel() and not torch.compiler.is_compiling():
+        # Bernoulli targets must lie in [0, 1] (x * 255 drives the loss to -1e7). Checked only
+        # where it is free: eager CPU tensors. On a GPU it would cost a host sync per step, under
+        # torch.compile a graph break; the trainer checks its data set once at load instead.
+        low, high = torch.aminmax(x.detach())
+        if low < 0 or high > 1:
+            raise ValueError(f"x: Bernoulli targets must lie in [0, 1], got values in [{float(low)}, {float(high)}]")
     x = x.to(x_recon.dtype)
     if distribution == "bernoulli":
         total = F.binary_cross_entropy_with_logits(x_recon, x, reduction="sum")
@@ -49,7 +65,8 @@ class FactorVAELoss(nn.Module):
     """The VAE's FactorVAE objective: recon + kl + gamma * tc.
 
     forward(x_recon, x, kl, d_z):
-        x_recon, x: (B, C, H, W) decoder output and data (see ``reconstruction_loss``);
+        x_recon, x: decoder output and data of one shape (B, ...), rank 2 to 5: (B, C, H, W)
+            images, (B, F) vectors, ...; summed over all but B (see ``reconstruction_loss``);
         kl: the KL returned by ``fastfvae.reparameterize_kl`` (reduction "mean");
         d_z: discriminator logits on the sampled z, (B, 2) or (B,)/(B, 1), NOT detached: the
              TC gradient must reach the encoder.
@@ -68,6 +85,7 @@ class FactorVAELoss(nn.Module):
             got = tuple(kl.shape) if isinstance(kl, Tensor) else type(kl).__name__
             raise ValueError(f"kl: expected a scalar tensor (reparameterize_kl with reduction='mean'), got {got}")
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
+        _check_same_batch("d_z", d_z, x_recon)
         tc = functional.tc_loss(d_z, backend=self.backend)
         return FactorVAELossOutput(recon + kl + self.gamma * tc, recon, kl, tc)
 
@@ -119,6 +137,14 @@ class BetaTCVAELoss(nn.Module):
         z: (B, D) the reparameterised sample (e.g. from ``fastfvae.reparameterize_kl``), NOT detached;
         mu, logvar: (B, D) the encoder's posterior. Float tensors are promoted to one dtype.
     Returns BetaTCVAELossOutput(total, recon, mi, tc, dwkl).
+
+    method defaults to "mws" because Chen et al.'s experiments and code use it (their ``--mss``
+    is opt-in) and disentanglement_lib trains with it, so results compare with published ones.
+    MWS is biased where the batch's posteriors overlap: an untrained model reports mi ~ log N,
+    tc ~ (D - 1) log N (41.6 at B = 64, N = 4096, D = 6) and dwkl ~ -D log N (their sum, the
+    KL estimate, is unaffected); where the posteriors all overlap these offsets are constants,
+    so they shift the loss, not its gradient. Read them as a training signal; "mss" (~0 there)
+    or ``fastfvae.diagnostics.decompose_kl`` give values to report.
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0, *, dataset_size: int,
@@ -126,10 +152,8 @@ class BetaTCVAELoss(nn.Module):
         super().__init__()
         check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
         check_choice("method", method, ("mws", "mss"))
-        if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
-            raise ValueError(f"dataset_size: expected an int >= 1, got {dataset_size!r}")
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
-        self.dataset_size = dataset_size
+        self.dataset_size = check_positive_int("dataset_size", dataset_size)  # numpy ints too
         self.method = method
         self.reconstruction = reconstruction
         self.backend = backend
@@ -142,12 +166,13 @@ class BetaTCVAELoss(nn.Module):
         if z.shape != mu.shape:
             raise ValueError(f"z: expected the shape of mu {tuple(mu.shape)}, got {tuple(z.shape)}")
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
+        _check_same_batch("z", z, x_recon)
         log_qz, log_prod_qzj = functional.log_qz(
             z, mu, logvar, dataset_size=self.dataset_size, method=self.method, backend=self.backend
         )
-        log_2pi = 1.8378770664093453
-        log_q_z_given_x = (-0.5 * (log_2pi + logvar + (z - mu).pow(2) * torch.exp(-logvar))).sum(dim=1)
-        log_pz = (-0.5 * (log_2pi + z.pow(2))).sum(dim=1)
+        log_q_z_given_x = gaussian_log_density(z, mu, logvar).sum(dim=1)
+        zero = z.new_zeros(())  # p(z) = N(0, I): mean 0, log-variance 0
+        log_pz = gaussian_log_density(z, zero, zero).sum(dim=1)
         mi = (log_q_z_given_x - log_qz).mean()
         tc = (log_qz - log_prod_qzj).mean()
         dwkl = (log_prod_qzj - log_pz).mean()
@@ -187,3 +212,179 @@ class BetaVAELoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, reconstruction={self.reconstruction!r}"
+
+
+# =============================================================================================
+# DIP-VAE-I/II (Kumar et al. 2018) and AnnealedVAE (Burgess et al. 2018), as disentanglement_lib
+# trains them (methods/unsupervised/vae.py; defaults from config/unsupervised_study_v1/sweep.py)
+# =============================================================================================
+DIP_VARIANTS = ("i", "ii")
+# disentanglement_lib's study fixes lambda_d = lambda_d_factor * lambda_od with lambda_d_factor
+# 10 for DIP-VAE-I and 1 for DIP-VAE-II (sweep.py), and sweeps lambda_od in {1, 2, 5, 10, 20, 50}.
+DIP_LAMBDA_D_FACTOR = {"i": 10.0, "ii": 1.0}
+
+
+class DIPVAELossOutput(NamedTuple):
+    total: Tensor  # recon + kl + dip, the loss to minimise
+    recon: Tensor
+    kl: Tensor
+    dip: Tensor  # lambda_od * sum_{i != j} C_ij^2 + lambda_d * sum_i (C_ii - 1)^2 (weights included)
+
+
+def dip_covariance(mu: Tensor, logvar: Tensor, variant: str) -> Tensor:
+    """The (D, D) covariance that DIP-VAE drives towards the identity.
+
+    mu, logvar: (B, D) the encoder's posterior, one dtype; B >= 2.
+    "i":  C = Cov_batch[mu] = (1/B) sum_b (mu_b - mean(mu)) (mu_b - mean(mu))^T   (population, /B)
+    "ii": C = Cov_batch[mu] + diag(mean_b exp(logvar_b))    (the covariance of z under q(z))
+    disentanglement_lib computes Cov[mu] as E[mu mu^T] - E[mu] E[mu]^T; the centred form here is
+    the same quantity without that form's cancellation when the mean is large.
+    """
+    centred = mu - mu.mean(dim=0, keepdim=True)
+    cov = centred.T @ centred / mu.shape[0]
+    if variant == "ii":
+        cov = cov + torch.diag(torch.exp(logvar).mean(dim=0))
+    return cov
+
+
+def dip_regulariser(cov: Tensor, lambda_od: float, lambda_d: float) -> Tensor:
+    """lambda_od * sum_{i != j} C_ij^2 + lambda_d * sum_i (C_ii - 1)^2 for a (D, D) C: zero at
+    the identity (disentanglement_lib's regularize_diag_off_diag_dip)."""
+    diagonal = torch.diagonal(cov)
+    off_diagonal = cov - torch.diag(diagonal)
+    return lambda_od * off_diagonal.pow(2).sum() + lambda_d * (diagonal - 1).pow(2).sum()
+
+
+def _check_scalar_kl(kl) -> None:
+    if not isinstance(kl, Tensor) or kl.dim() != 0:
+        got = tuple(kl.shape) if isinstance(kl, Tensor) else type(kl).__name__
+        raise ValueError(f"kl: expected a scalar tensor (reparameterize_kl with reduction='mean'), got {got}")
+
+
+def _check_weight(name: str, value) -> float:
+    """A finite, non-negative loss weight given as a real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    if not (0.0 <= float(value) < float("inf")):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class DIPVAELoss(nn.Module):
+    """DIP-VAE's objective (Kumar et al. 2018, eqs. 6 and 7): recon + kl + dip, with
+
+        dip = lambda_od * sum_{i != j} C_ij^2 + lambda_d * sum_i (C_ii - 1)^2
+
+    and C the batch covariance of ``dip_covariance``: DIP-VAE-I ("i") C = Cov_batch[mu];
+    DIP-VAE-II ("ii") C = Cov_batch[mu] + mean_batch(diag(exp(logvar))). Cov_batch divides by B,
+    as disentanglement_lib does.
+
+    Defaults: lambda_od = 10 (the middle of disentanglement_lib's sweep {1, 2, 5, 10, 20, 50});
+    lambda_d = None means disentanglement_lib's study setting, 10 * lambda_od for "i" and
+    lambda_od for "ii" (config/unsupervised_study_v1/sweep.py, lambda_d_factor).
+
+    forward(x_recon, x, kl, mu, logvar):
+        x_recon, x: decoder output and data, any (B, ...) shape of rank 2 to 5, one shape (see
+            ``reconstruction_loss``);
+        kl: the scalar KL from ``fastfvae.reparameterize_kl(mu, logvar)`` (reduction "mean");
+        mu, logvar: (B, D) the encoder's posterior, NOT detached, B >= 2; float tensors of
+            different dtypes are promoted to one. ``logvar`` enters only DIP-VAE-II but is
+            validated for both, so that switching variants changes no call site.
+    Returns DIPVAELossOutput(total, recon, kl, dip).
+
+    B = 1 raises ValueError: the covariance of one sample is identically zero, so DIP-VAE-I
+    would add a constant with no gradient (the regulariser would silently do nothing).
+    """
+
+    def __init__(self, variant: str = "i", lambda_od: float = 10.0, lambda_d: float | None = None,
+                 reconstruction: str = "bernoulli"):
+        super().__init__()
+        check_choice("variant", variant, DIP_VARIANTS)
+        check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
+        self.variant = variant
+        self.lambda_od = _check_weight("lambda_od", lambda_od)
+        if lambda_d is None:
+            self.lambda_d = DIP_LAMBDA_D_FACTOR[variant] * self.lambda_od
+        else:
+            self.lambda_d = _check_weight("lambda_d", lambda_d)
+        self.reconstruction = reconstruction
+
+    def forward(self, x_recon: Tensor, x: Tensor, kl: Tensor, mu: Tensor, logvar: Tensor) -> DIPVAELossOutput:
+        _check_scalar_kl(kl)
+        check_float_tensor("mu", mu, (2,))
+        check_float_tensor("logvar", logvar, (2,))
+        if logvar.shape != mu.shape:
+            raise ValueError(f"logvar: expected the shape of mu {tuple(mu.shape)}, got {tuple(logvar.shape)}")
+        if logvar.device != mu.device:
+            raise ValueError(f"logvar: expected a tensor on mu's device {mu.device}, got {logvar.device}")
+        if mu.shape[0] < 2:
+            raise ValueError(f"mu: expected a batch of B >= 2 rows (a batch covariance), got shape {tuple(mu.shape)}")
+        dtype = torch.promote_types(mu.dtype, logvar.dtype)
+        recon = reconstruction_loss(x_recon, x, self.reconstruction)
+        cov = dip_covariance(mu.to(dtype), logvar.to(dtype), self.variant)
+        dip = dip_regulariser(cov, self.lambda_od, self.lambda_d)
+        return DIPVAELossOutput(recon + kl + dip, recon, kl, dip)
+
+    def extra_repr(self) -> str:
+        return (f"variant={self.variant!r}, lambda_od={self.lambda_od}, lambda_d={self.lambda_d}, "
+                f"reconstruction={self.reconstruction!r}")
+
+
+class AnnealedVAELossOutput(NamedTuple):
+    total: Tensor  # recon + gamma * |kl - capacity|, the loss to minimise
+    recon: Tensor
+    kl: Tensor
+    capacity: Tensor  # C(step) in nats, a scalar in kl's dtype on kl's device
+
+
+def annealed_capacity(step: int, c_max: float, iteration_threshold: int) -> float:
+    """C(step) = min(c_max, c_max * step / iteration_threshold): 0 at step 0, c_max from
+    step = iteration_threshold on (disentanglement_lib's ``anneal``)."""
+    return min(c_max, c_max * step / iteration_threshold)
+
+
+class AnnealedVAELoss(nn.Module):
+    """AnnealedVAE's objective (Burgess et al. 2018, eq. 8): recon + gamma * |kl - C(step)|.
+
+    The capacity C grows linearly from 0 to ``c_max`` nats over ``iteration_threshold`` steps
+    (``annealed_capacity``). Defaults are disentanglement_lib's study setting (sweep.py):
+    gamma = 1000, c_max = 25 (its sweep: {5, 10, 25, 50, 75, 100}), iteration_threshold = 100000.
+
+    forward(x_recon, x, kl, step):
+        x_recon, x: decoder output and data (see ``reconstruction_loss``);
+        kl: the scalar KL from ``fastfvae.reparameterize_kl`` (reduction "mean");
+        step: int >= 0, the number of optimisation steps taken before this one (0 at the first
+            step; disentanglement_lib's global step). The module keeps no counter: the caller's
+            step, saved in its checkpoint, makes a resumed run continue the same schedule.
+    Returns AnnealedVAELossOutput(total, recon, kl, capacity).
+    """
+
+    def __init__(self, gamma: float = 1000.0, c_max: float = 25.0, iteration_threshold: int = 100000,
+                 reconstruction: str = "bernoulli"):
+        super().__init__()
+        check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
+        self.gamma = _check_weight("gamma", gamma)
+        self.c_max = _check_weight("c_max", c_max)
+        if isinstance(iteration_threshold, bool) or not isinstance(iteration_threshold, int):
+            raise TypeError(f"iteration_threshold: expected an int, got {type(iteration_threshold).__name__}")
+        if iteration_threshold < 1:
+            raise ValueError(f"iteration_threshold: expected an int >= 1, got {iteration_threshold}")
+        self.iteration_threshold = iteration_threshold
+        self.reconstruction = reconstruction
+
+    def forward(self, x_recon: Tensor, x: Tensor, kl: Tensor, step: int) -> AnnealedVAELossOutput:
+        _check_scalar_kl(kl)
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"step: expected an int (steps taken so far), got {type(step).__name__}")
+        if step < 0:
+            raise ValueError(f"step: expected an int >= 0, got {step}")
+        recon = reconstruction_loss(x_recon, x, self.reconstruction)
+        # torch.full writes the value on the device (no host-to-device copy of a host tensor).
+        capacity = torch.full((), annealed_capacity(step, self.c_max, self.iteration_threshold),
+                              dtype=kl.dtype, device=kl.device)
+        total = recon + self.gamma * (kl - capacity).abs()
+        return AnnealedVAELossOutput(total, recon, kl, capacity)
+
+    def extra_repr(self) -> str:
+        return (f"gamma={self.gamma}, c_max={self.c_max}, iteration_threshold={self.iteration_threshold}, "
+                f"reconstruction={self.reconstruction!r}")

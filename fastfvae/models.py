@@ -26,6 +26,7 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from fastfvae import functional
+from fastfvae._checks import check_positive_int
 
 
 class Encoder(nn.Module):
@@ -81,8 +82,7 @@ class VAE(nn.Module):
 
     def __init__(self, z_dim: int = 10, channels: int = 1, backend: str = "auto"):
         super().__init__()
-        if not isinstance(z_dim, int) or z_dim < 1:
-            raise ValueError(f"z_dim: expected a positive int, got {z_dim!r}")
+        z_dim = check_positive_int("z_dim", z_dim)
         if channels not in (1, 3):
             raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
         self.z_dim, self.channels, self.backend = z_dim, channels, backend
@@ -108,8 +108,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, z_dim: int = 10, depth: int = 6, width: int = 1000):
         super().__init__()
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth: expected a positive int, got {depth!r}")
+        depth = check_positive_int("depth", depth)
         layers: list[nn.Module] = []
         size = z_dim
         for _ in range(depth):

@@ -16,6 +16,13 @@ import torch.nn.functional as F
 
 REDUCTIONS = ("mean", "sum", "none")
 
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every backend computes in for inputs of ``dtype`` (the one place this rule is
+    spelled, DESIGN.md §4): float64 in float64, the others (float32 and the 16-bit types, which
+    are widened on load and rounded once on store) in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
 # ---------------------------------------------------------------------------------------------
 # Philox4x32-10, as in triton/language/random.py
 # ---------------------------------------------------------------------------------------------
@@ -276,10 +283,14 @@ def log_qz_weights(num_queries: int, num_components: int, dataset_size: int, met
     return w
 
 
+def gaussian_log_density(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mu, exp(logvar)) (broadcasting): the one spelling of the formula."""
+    return -0.5 * (LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar))
+
+
 def gaussian_log_density_matrix(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """m[i, j, d] = log N(z[i, d]; mu[j, d], exp(logvar[j, d])): (M, D), (K, D) -> (M, K, D)."""
-    diff = z.unsqueeze(1) - mu.unsqueeze(0)
-    return -0.5 * (LOG_2PI + logvar.unsqueeze(0) + diff.pow(2) * torch.exp(-logvar).unsqueeze(0))
+    return gaussian_log_density(z.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))
 
 
 def log_qz_marginals(z, mu, logvar, dataset_size: int, method: str = "mws"):
@@ -321,3 +332,42 @@ def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz_joint, log_
     grad_mu = (g * r).sum(dim=0)
     grad_logvar = (g * (0.5 * r * diff - 0.5)).sum(dim=0)
     return grad_z, grad_mu, grad_logvar
+
+
+# =============================================================================================
+# gather_images: binary 64x64 images bit-packed to 512 bytes a row (fastfvae/data/packed.py).
+#
+# Bit order ("little", LSB first): pixel p = 64 * row + col of an image (row-major, y down) is
+# bit (p % 8) of byte p // 8, i.e. pixel = (packed[i, p // 8] >> (p % 8)) & 1. This is
+# numpy.packbits(pixels, bitorder="little") of the flattened image.
+# An index outside [0, N) gives an image of NaN (no backend reads the index on the host, so
+# none can raise without synchronising; NaN reaches the trainer's non-finite check).
+# =============================================================================================
+PACKED_IMAGE_SIDE = 64
+PACKED_ROW_BYTES = PACKED_IMAGE_SIDE * PACKED_IMAGE_SIDE // 8  # 512
+
+
+def unpack_images(packed: torch.Tensor) -> torch.Tensor:
+    """packed uint8 (n, 512) -> uint8 (n, 64, 64) of 0/1, bit order as above."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1                      # (n, 512, 8): bit j of byte k
+    return bits.reshape(-1, PACKED_IMAGE_SIDE, PACKED_IMAGE_SIDE)    # pixel 8k + j
+
+
+def pack_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 / bool (n, 64, 64) or (n, 1, 64, 64) of 0/1 -> uint8 (n, 512); inverse of unpack_images."""
+    bits = images.reshape(-1, PACKED_ROW_BYTES, 8).to(torch.int32)
+    weights = 1 << torch.arange(8, dtype=torch.int32, device=images.device)
+    return (bits * weights).sum(dim=-1).to(torch.uint8)
+
+
+def gather_images(packed: torch.Tensor, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """out[b, 0] = unpack_images(packed[index[b]]) as ``dtype``, (B, 1, 64, 64); NaN images for
+    indices outside [0, N)."""
+    rows = packed.shape[0]
+    index = index.long()
+    valid = (index >= 0) & (index < rows)
+    safe = torch.where(valid, index, torch.zeros_like(index))       # no out-of-range read
+    images = unpack_images(packed[safe]).to(dtype)
+    nan = torch.full((), float("nan"), dtype=dtype, device=packed.device)
+    return torch.where(valid.reshape(-1, 1, 1), images, nan).unsqueeze(1)

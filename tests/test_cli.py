@@ -4,51 +4,35 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fastfvae import cli
-from fastfvae._png import encode_png
+from fastfvae.train import write_png
 
 TINY = ["--batch-size", "4", "--disc-depth", "1", "--disc-width", "16", "--log-every", "1", "--quiet"]
 
 
 def decode_png(path) -> np.ndarray:
-    """Grey or RGB 8-bit PNGs with filter 0 (what fastfvae writes)."""
-    data = open(path, "rb").read()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(kind + body)
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    width, height, _, colour, *_ = header
-    channels = 1 if colour == 0 else 3
-    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + width * channels)
-    assert (raw[:, 0] == 0).all()
-    return raw[:, 1:].reshape(height, width, channels).squeeze(-1) if channels == 1 else raw[:, 1:].reshape(height, width, 3)
+    """The pixels of a PNG as uint8 (H, W) grey or (H, W, 3) RGB, read with Pillow."""
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image)
 
 
-def test_png_round_trip():
+def test_png_round_trip(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (5, 7), dtype=np.uint8)
     rgb = np.random.default_rng(1).integers(0, 256, (4, 3, 3), dtype=np.uint8)
     for p in (pixels, rgb):
-        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fastfvae-png-{os.getpid()}.png")
-        with open(path, "wb") as f:
-            f.write(encode_png(p))
+        path = str(tmp_path / "p.png")
+        write_png(path, p)
         assert np.array_equal(decode_png(path), p)
-        os.remove(path)
+    assert os.listdir(tmp_path) == ["p.png"]  # the temp file was renamed
 
 
 def rows(out) -> list[dict]:
@@ -61,8 +45,10 @@ def test_train_resume_traverse_and_evaluate(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--steps", "2", "--out", out, "--no-metrics", *TINY]) == 0
     printed = capsys.readouterr().out
     assert f"outputs in {out}/" in printed and "reconstructions.png" in printed
-    for name in ("checkpoint.pt", "log.jsonl", "summary.json", "reconstructions.png", "traversals.png"):
+    for name in ("checkpoint.pt", "log.jsonl", "summary.json", "reconstructions.png", "traversals.png",
+                 "traversals.gif", "curves.png"):
         assert os.path.exists(os.path.join(out, name)), name
+        assert name in printed, name
     recon = decode_png(os.path.join(out, "reconstructions.png"))
     assert recon.shape == (2 * 66 + 2, 8 * 66 + 2)
     assert decode_png(os.path.join(out, "traversals.png")).shape == (10 * 66 + 2, 9 * 66 + 2)
@@ -75,9 +61,14 @@ def test_train_resume_traverse_and_evaluate(tmp_path, capsys, monkeypatch):
     png = str(tmp_path / "t.png")
     assert cli.main(["traverse", out, "--out", png, "--index", "5", "--values", "5"]) == 0
     assert decode_png(png).shape == (10 * 66 + 2, 5 * 66 + 2)
+    gif = str(tmp_path / "t.gif")
+    assert cli.main(["traverse", out, "--out", gif, "--index", "5", "--values", "5"]) == 0
+    with Image.open(gif) as animation:  # one column (the image), one row per latent, 8 frames
+        assert animation.format == "GIF" and animation.n_frames == 8 and animation.size == (66 + 2, 10 * 66 + 2)
 
     # evaluate: the plumbing (the metrics' own cost and correctness are tests/test_metrics.py's).
     import fastfvae.train as train_mod
+    from fastfvae.train import evaluation
     seen = {}
 
     def fake_metrics(vae, dataset, device, seed=0, preset="auto"):
@@ -85,7 +76,7 @@ def test_train_resume_traverse_and_evaluate(tmp_path, capsys, monkeypatch):
             __import__("torch").arange(3)))).shape
         return {"factor_vae": {"eval_accuracy": 0.5}, "beta_vae": {"eval_accuracy": 0.6}, "mig": {"mig": 0.1}}
 
-    monkeypatch.setattr(train_mod, "evaluate_metrics", fake_metrics)
+    monkeypatch.setattr(evaluation, "evaluate_metrics", fake_metrics)
     metrics_json = str(tmp_path / "m.json")
     assert cli.main(["evaluate", os.path.join(out, "checkpoint.pt"), "--out", metrics_json,
                      "--no-decomposition"]) == 0

@@ -26,7 +26,7 @@ def _op_cases(backend):
         ("reparameterize_kl", ops.reparameterize_kl.default, (t(6, 5), t(6, 5), None, seed, "mean", backend)),
         ("reparameterize_kl", ops.reparameterize_kl.default, (t(6, 5), t(6, 5), t(6, 5), seed, "none", backend)),
         ("reparameterize_kl", ops.reparameterize_kl_backward.default,
-         (torch.randn(6, 5), torch.randn(()), torch.randn(6, 5), torch.randn(6, 5), seed, "sum", backend, None)),
+         (torch.randn(6, 5), torch.randn(()), torch.randn(6, 5), torch.randn(6, 5), None, seed, "sum", False, backend)),
         ("permute_dims", ops.permute_dims.default, (t(2, 7, 3), seed, backend)),
         ("permute_dims", ops.permute_dims_backward.default,
          (torch.randn(1, 4, 2), torch.tensor([[[1, 0], [0, 3], [3, 2], [2, 1]]], dtype=torch.int32), backend)),
@@ -92,3 +92,65 @@ def test_cuda_graphs_draw_fresh_numbers_each_replay():
     step = torch.compile(lambda m: fastfvae.permute_dims(fastfvae.reparameterize_kl(m, m)[0]), mode="reduce-overhead")
     outs = [step(mu).clone() for _ in range(4)]
     assert not torch.equal(outs[-1], outs[-2])
+
+
+_FIRST_USE = """
+import torch, fastfvae
+def step(mu, logvar, w):
+    z, kl = fastfvae.reparameterize_kl(mu, logvar, backend=BACKEND)
+    z_perm = fastfvae.permute_dims(z, backend=BACKEND)
+    log_qz, _ = fastfvae.log_qz(z, mu, logvar, dataset_size=100, backend=BACKEND)
+    return (kl + fastfvae.tc_loss(z @ w, backend=BACKEND)
+            + fastfvae.discriminator_loss(z @ w, z_perm @ w, backend=BACKEND) + log_qz.mean())
+mu = torch.randn(8, 3, requires_grad=True)
+out = torch.compile(step, fullgraph=True, backend="aot_eager")(mu, torch.zeros(8, 3), torch.randn(3, 2))
+out.backward()
+assert torch.isfinite(out) and mu.grad is not None
+print("compiled first use ok")
+"""
+
+
+def test_compile_fullgraph_as_the_first_use_in_a_fresh_process(backend):
+    """issue 14.12: nothing may be imported inside the traced code (dispatch runs in the op)."""
+    require(backend, "permute_dims", "cpu", torch.float32)
+    if backend == "triton":
+        pytest.skip("Triton kernels are traced on CUDA only (see module docstring)")
+    import subprocess
+    import sys
+
+    code = _FIRST_USE.replace("BACKEND", repr(backend))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "compiled first use ok" in result.stdout
+
+
+def _random_step(mu, logvar, backend):
+    z, _ = fastfvae.reparameterize_kl(mu, logvar, backend=backend)
+    # the same op twice on the same tensor: two draws, never merged into one
+    return z, fastfvae.permute_dims(z, backend=backend), fastfvae.permute_dims(z, backend=backend)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_inductor_draws_what_eager_draws(backend, requires_grad):
+    """issue 17.4: under the default inductor (fallback_random=False) the same manual_seed
+    gives the same eps and permutations as eager: the seeds come from our own custom op, which
+    inductor does not replace with its RNG, and each call keeps its own draw."""
+    require(backend, "permute_dims", "cpu", torch.float32)
+    if backend == "triton":
+        pytest.skip("Triton kernels are traced on CUDA only (see module docstring)")
+    assert not torch._inductor.config.fallback_random
+    torch._dynamo.reset()
+    mu = torch.randn(16, 4, requires_grad=requires_grad)
+    logvar = torch.randn(16, 4)
+    torch.manual_seed(3)
+    eager = _random_step(mu, logvar, backend)
+    torch.manual_seed(3)
+    compiled = torch.compile(_random_step, fullgraph=True)(mu, logvar, backend)
+    for e, c in zip(eager, compiled):
+        assert torch.equal(e, c)
+    assert not torch.equal(compiled[1], compiled[2])
+    # and the generator advanced as far as in eager mode
+    after_compiled = torch.rand(3)
+    torch.manual_seed(3)
+    _random_step(mu, logvar, backend)
+    assert torch.equal(after_compiled, torch.rand(3))

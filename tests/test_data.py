@@ -137,11 +137,13 @@ REDUCED_SIZES = (3, 2, 2, 2, 3)
 
 
 def write_npz(path, *, sizes=REDUCED_SIZES, shuffle=False, compressed=True, drop=None, imgs_shape=None):
-    """A reduced dSprites grid: image i is filled with its own grid index (mod 251)."""
+    """A reduced dSprites grid: image i carries its own grid index in binary in the first 8
+    pixels of its first row (0/1 pixels, as the official file)."""
     n = math.prod(sizes)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in sizes], indexing="ij"), -1).reshape(n, len(sizes))
     classes = np.concatenate([np.zeros((n, 1), np.int64), grid], axis=1)
-    imgs = (np.arange(n) % 251).astype(np.uint8)[:, None, None] * np.ones((1, 64, 64), np.uint8)
+    imgs = np.zeros((n, 64, 64), np.uint8)
+    imgs[:, 0, :8] = (np.arange(n)[:, None] >> np.arange(8)) & 1
     if shuffle:
         order = np.random.default_rng(0).permutation(n)
         classes, imgs = classes[order], imgs[order]
@@ -165,10 +167,14 @@ def test_official_file_loader_on_a_reduced_grid(tmp_path, compressed, shuffle):
     factors = ds.sample_factors(20, torch.Generator().manual_seed(0))
     images = ds.images(factors)
     assert images.dtype == torch.uint8 and images.shape == (20, 1, 64, 64)
-    expected = (ds.index_of_factors(factors) % 251).to(torch.uint8)
-    assert torch.equal(images[:, 0, 0, 0], expected)
+    assert torch.equal(decode_index(images), ds.index_of_factors(factors))
     image, f = ds[41]
-    assert int(ds.index_of_factors(f[None])) == 41 and int(image[0, 5, 5]) == 41
+    assert int(ds.index_of_factors(f[None])) == 41 and int(decode_index(image[None])) == 41
+
+
+def decode_index(images: torch.Tensor) -> torch.Tensor:
+    """The grid index ``write_npz`` wrote into images (n, 1, 64, 64)."""
+    return (images[:, 0, 0, :8].long() << torch.arange(8)).sum(1)
 
 
 def test_loader_errors_name_the_file_and_the_problem(tmp_path):
@@ -190,3 +196,33 @@ def test_loader_errors_name_the_file_and_the_problem(tmp_path):
         DSprites(path=write_npz(tmp_path / "small.npz", imgs_shape=(72, 32, 32)))
     with pytest.raises(ValueError, match=r"latents_classes' must be integer of shape \(71, 6\)"):
         DSprites(path=write_npz(tmp_path / "count.npz", imgs_shape=(71, 64, 64)))
+
+
+def test_index_must_be_an_integer_and_errors_report_the_index_given():
+    ds = DSprites()
+    for bad in (2.7, 2.0, "3", torch.tensor(2.5), True):
+        with pytest.raises(TypeError, match="index: expected an integer"):
+            ds[bad]
+    assert torch.equal(ds[np.int64(33)][1], ds[33][1]) and torch.equal(ds[torch.tensor(33)][1], ds[33][1])
+    with pytest.raises(IndexError, match=r"index -737281 out of range .* \(valid: -737280 to 737279\)"):
+        ds[-737_281]
+    with pytest.raises(IndexError, match="index 737280 out of range"):
+        ds[737_280]
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8])
+def test_factors_of_any_integer_dtype_are_accepted(dtype):
+    ds = DSprites()
+    factors = torch.tensor([[1, 2, 3, 4, 5], [2, 5, 39, 31, 31]])
+    assert torch.equal(ds.images(factors.to(dtype)), ds.images(factors))
+    with pytest.raises(TypeError, match="integer"):
+        ds.images(factors.bool())
+
+
+def test_a_file_with_pixels_above_one_is_refused_at_load(tmp_path):
+    path = write_npz(tmp_path / "d.npz")
+    arrays = dict(np.load(path))
+    arrays["imgs"] = arrays["imgs"] * 255  # a 0/255 file
+    np.savez(tmp_path / "x255.npz", **arrays)
+    with pytest.raises(ValueError, match=r"x255.npz.*0/1 pixels.*found the value 255"):
+        DSprites(path=tmp_path / "x255.npz")

@@ -121,3 +121,49 @@ def test_bad_arguments(kwargs, words):
         diagnostics.decompose_kl(linear_encoder(a, s2), GaussianInputs(3), **kwargs)
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("where", ["mu", "logvar"])
+def test_nan_encoder_raises_as_the_metrics_do(where):
+    # Issue 14.15: a NaN encoder made every estimate NaN without a word; the metrics raise
+    # "encode: returned N non-finite values", and so does decompose_kl now.
+    a, s2 = CORRELATED
+    inner = linear_encoder(a, s2)
+
+    def nan_encoder(x):
+        mu, logvar = inner(x)
+        if where == "mu":
+            mu = mu.clone()
+            mu[0, 1] = float("nan")
+        else:
+            logvar = logvar.clone()
+            logvar[-1, 0] = float("inf")
+        return mu, logvar
+
+    with pytest.raises(ValueError, match=r"encode_gaussian: returned 1 non-finite values \(NaN or Inf\)"):
+        diagnostics.decompose_kl(nan_encoder, GaussianInputs(3), num_mixture=64, num_samples=32, batch_size=20)
+
+
+def test_code_table_gives_the_same_decomposition():
+    from _toy_data import FactorsDataset
+    from fastfvae.metrics import encode_code_table
+
+    data = FactorsDataset((4, 5, 3))
+    weights = torch.tensor([[0.5, -0.2], [0.1, 0.4], [0.3, 0.3]], dtype=torch.float32)
+    calls = []
+
+    def encode_gaussian(x):
+        calls.append(x.shape[0])
+        mu = (x - 2.0) @ weights
+        return mu, (-1.0 + 0.1 * x[:, :2]).contiguous()
+
+    kwargs = dict(num_mixture=300, num_samples=100, batch_size=64, seed=2, backend="reference")
+    direct = diagnostics.decompose_kl(encode_gaussian, data, **kwargs)
+    table = encode_code_table(encode_gaussian, data, encode_batch_size=25)
+    assert table.logvars is not None and table.means.dtype == torch.float32
+    calls.clear()
+    tabled = diagnostics.decompose_kl(None, data, code_table=table, **kwargs)
+    assert calls == []                                    # no encoder pass: every code from the table
+    assert tabled == direct
+    with pytest.raises(ValueError, match="holds no log-variances"):
+        diagnostics.decompose_kl(None, data, code_table=encode_code_table(lambda x: x.double(), data), **kwargs)

@@ -17,6 +17,7 @@ import torch
 
 import fastfvae
 from fastfvae import reference
+from fastfvae.reference import compute_dtype
 from conftest import FLOAT_DTYPES, assert_close, non_contiguous, require
 
 # (M queries, K components, D): square minibatch forms and M != K forms, odd sizes; the larger
@@ -55,7 +56,7 @@ def _check_against_reference(backend, device, dtype, shape, seed, logvar_scale=1
         joint, dims = fastfvae.log_qz_marginals(
             z, mu, logvar, dataset_size=dataset_size, method=method, backend=backend
         )
-        assert joint.dtype == dtype and dims.dtype == dtype
+        assert joint.dtype == dims.dtype == compute_dtype(dtype)  # float32 for 16-bit (17.3)
         assert joint.shape == (queries,) and dims.shape == (queries, dim)
         grad_joint = torch.randn(queries, device=device, dtype=dtype)
         grad_dims = torch.randn(queries, dim, device=device, dtype=dtype)
@@ -263,7 +264,6 @@ def test_compile_fullgraph(backend):
         (dict(z=torch.zeros(3, 4)), ValueError, ["z", "D = 2", "(3, 4)"]),
         (dict(z=torch.zeros(3)), ValueError, ["z", "2-D"]),
         (dict(z=torch.zeros(3, 2, dtype=torch.int64)), TypeError, ["z", "floating"]),
-        (dict(z=torch.zeros(3, 2, dtype=torch.float64)), TypeError, ["z", "float64"]),
         (dict(logvar=torch.zeros(4, 2)), ValueError, ["logvar", "(3, 2)", "(4, 2)"]),
         (dict(mu=torch.zeros(0, 2), logvar=torch.zeros(0, 2)), ValueError, ["mu", "non-empty"]),
         (dict(dataset_size=0), ValueError, ["dataset_size", ">= 1", "0"]),

@@ -6,6 +6,7 @@ import torch
 
 import fastfvae
 from fastfvae import reference
+from fastfvae.reference import compute_dtype
 from conftest import FLOAT_DTYPES, assert_close, non_contiguous, require, seed_for
 
 SHAPES = [(1, 1), (1, 10), (7, 3), (64, 10), (33, 65)]
@@ -35,7 +36,7 @@ def test_matches_reference_with_given_eps(backend, device, dtype, shape, reducti
     mu, logvar, eps = _inputs(shape, dtype, device, generator_seed=hash((shape, reduction)) % 1000)
     mu.requires_grad_(), logvar.requires_grad_(), eps.requires_grad_()
     z, kl = fastfvae.reparameterize_kl(mu, logvar, eps=eps, reduction=reduction, backend=backend)
-    assert z.dtype == dtype and kl.dtype == dtype and z.shape == shape
+    assert z.dtype == dtype and kl.dtype == compute_dtype(dtype) and z.shape == shape  # 17.3
     assert kl.shape == ((shape[0],) if reduction == "none" else ())
     grad_z = torch.randn(shape, device=device, dtype=dtype)
     grad_kl = torch.randn(kl.shape, device=device, dtype=dtype)
@@ -164,6 +165,18 @@ def test_gradcheck_float64(backend, reduction):
         lambda m, l, e: fastfvae.reparameterize_kl(m, l, eps=e, reduction=reduction, backend=backend),
         (mu, logvar, eps),
     )
+
+
+def test_given_eps_draws_no_seed(backend, device):
+    """issue 15: with eps given nothing is drawn, so the user's generator is not advanced."""
+    require(backend, "reparameterize_kl", device, torch.float32)
+    mu = torch.randn(6, 4, device=device)
+    torch.manual_seed(11)
+    fastfvae.reparameterize_kl(mu, mu, eps=torch.ones_like(mu), backend=backend)
+    after_op = torch.randint(2**62, (1,), device=device)
+    torch.manual_seed(11)
+    untouched = torch.randint(2**62, (1,), device=device)
+    assert torch.equal(after_op, untouched)
 
 
 # ---------------------------------------------------------------------------------------------

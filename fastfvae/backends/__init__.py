@@ -7,6 +7,9 @@ A backend is a module with the same op names everywhere. Each one defines:
         Why the backend cannot run at all on this machine (None when it can).
     why_not(op, device, dtype) -> str | None
         Why it cannot serve ``op`` for tensors of this device and dtype (None when it can).
+    limits(op, dims) -> list[str]          (optional)
+        Every shape limit the call's sizes break, e.g. the Triton log_qz's D <= 1024. ``dims``
+        maps the op's size names (B, D, K, G, M) to ints; it is None when sizes are unknown.
 
 and, per op, a forward and a backward launcher. The launchers receive validated tensors of
 one device and one floating dtype, possibly NON-contiguous (user views; gradients expanded
@@ -51,15 +54,18 @@ import os
 import torch
 
 BACKEND_NAMES = ("native", "triton", "reference")
+ENVIRONMENT_VARIABLE = "FASTFVAE_BACKEND"
 
-# backend="auto": the first backend in this order that can serve the op wins.
+# backend="auto": the first backend in this order that can serve the call wins.
 AUTO_ORDER = {
     "cuda": ("triton", "native", "reference"),
     "cpu": ("native", "reference"),
 }
 
 _modules: dict = {}
-_choice_cache: dict = {}
+# (op, requested, device type, dtype) -> (module, its limits function) for the backends that serve
+# that device and dtype, in order
+_candidates_cache: dict = {}
 
 
 def get_backend(name: str):
@@ -73,50 +79,99 @@ def get_backend(name: str):
     return module
 
 
-def reason_not_served(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why backend ``name`` cannot run ``op`` on (device, dtype); None when it can."""
+def _as_device(device) -> torch.device:
+    """Accept "cpu", "cuda:1" or a torch.device, as the ops do."""
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(device, str):
+        return torch.device(device)
+    raise TypeError(f"device: expected a torch.device or a string such as 'cpu', got {type(device).__name__}")
+
+
+def _static_reasons(name: str, op: str, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Why backend ``name`` cannot run ``op`` on (device, dtype) at any size."""
     try:
         module = get_backend(name)
     except ImportError as error:  # e.g. triton not installed
-        return f"cannot be imported ({error})"
-    return module.availability() or module.why_not(op, device, dtype)
+        return [f"cannot be imported ({error})"]
+    return [r for r in (module.availability(), module.why_not(op, device, dtype)) if r]
 
 
-def reasons(op: str, device: torch.device, dtype: torch.dtype) -> dict[str, str | None]:
-    """Every backend's reason for not serving ``op`` (None where it can), like xformers'
-    ``not_supported_reasons``."""
-    return {name: reason_not_served(name, op, device, dtype) for name in BACKEND_NAMES}
+def _limit_reasons(module, op: str, dims) -> list[str]:
+    limits = getattr(module, "limits", None)
+    return limits(op, dims) if limits is not None and dims is not None else []
 
 
-def select(op: str, requested: str, device: torch.device, dtype: torch.dtype):
-    """The backend module that runs ``op`` for ``backend=requested`` on (device, dtype).
+def _no_limits(op: str, dims) -> list[str]:
+    return []
 
-    "auto" honours FASTFVAE_BACKEND, then AUTO_ORDER. An explicit backend that cannot serve
-    the input raises ValueError listing every backend's reason.
+
+def not_supported_reasons(name: str, op: str, device, dtype: torch.dtype, dims=None) -> list[str]:
+    """EVERY reason backend ``name`` cannot run this call (empty when it can), like xformers'
+    ``not_supported_reasons``: availability, device, dtype, and shape limits when ``dims`` is given."""
+    device = _as_device(device)
+    found = _static_reasons(name, op, device, dtype)
+    if not found:
+        found = _limit_reasons(get_backend(name), op, dims)
+    return found
+
+
+def reason_not_served(name: str, op: str, device, dtype: torch.dtype, dims=None) -> str | None:
+    """Why backend ``name`` cannot run ``op`` on (device, dtype[, dims]); None when it can."""
+    found = not_supported_reasons(name, op, device, dtype, dims)
+    return "; ".join(found) if found else None
+
+
+def reasons(op: str, device, dtype: torch.dtype, dims=None) -> dict[str, str | None]:
+    """Every backend's reasons for not serving ``op`` (None where it can). ``device`` may be a
+    string ("cpu", "cuda:0"); ``dims`` optionally adds the shape limits of one call."""
+    return {name: reason_not_served(name, op, device, dtype, dims) for name in BACKEND_NAMES}
+
+
+def _requested_from_environment() -> str:
+    value = os.environ.get(ENVIRONMENT_VARIABLE) or "auto"
+    if value != "auto" and value not in BACKEND_NAMES:
+        raise ValueError(
+            f"{ENVIRONMENT_VARIABLE}: expected one of {('auto',) + BACKEND_NAMES} (or unset), got {value!r}"
+        )
+    return value
+
+
+def _candidates(op: str, requested: str, device: torch.device, dtype: torch.dtype) -> tuple:
+    """(module, limits function) of the backends that serve (device, dtype), in the order "auto"
+    tries them; for an explicit request, that one backend (or () when it cannot serve them)."""
+    key = (op, requested, device.type, dtype)
+    found = _candidates_cache.get(key)
+    if found is None:
+        names = AUTO_ORDER.get(device.type, ("reference",)) if requested == "auto" else (requested,)
+        modules = [get_backend(n) for n in names if not _static_reasons(n, op, device, dtype)]
+        found = tuple((m, getattr(m, "limits", _no_limits)) for m in modules)
+        _candidates_cache[key] = found
+    return found
+
+
+def select(op: str, requested: str, device, dtype: torch.dtype, dims=None):
+    """The backend module that runs ``op`` for ``backend=requested`` on this call.
+
+    "auto" honours FASTFVAE_BACKEND, then takes the first backend of AUTO_ORDER that can serve
+    the device, dtype and sizes (``dims``), falling back to the next one otherwise. An explicit
+    backend that cannot serve the call raises ValueError listing every backend's reasons.
     """
     if requested == "auto":
-        requested = os.environ.get("FASTFVAE_BACKEND", "auto") or "auto"
-    key = (op, requested, device.type, dtype)
-    module = _choice_cache.get(key)
-    if module is not None:
-        return module
-    if requested == "auto":
-        order = AUTO_ORDER.get(device.type, ("reference",))
-        name = next(n for n in order if reason_not_served(n, op, device, dtype) is None or n == "reference")
-    else:
-        name = requested
-        if reason_not_served(name, op, device, dtype) is not None:
-            lines = "\n".join(
-                f"  {n}: {r or 'can serve it'}" for n, r in reasons(op, device, dtype).items()
-            )
-            raise ValueError(
-                f"backend={requested!r} cannot run {op} on a {device.type} tensor of {dtype}:\n{lines}"
-            )
-    module = get_backend(name)
-    _choice_cache[key] = module
-    return module
+        requested = _requested_from_environment()
+    elif requested not in BACKEND_NAMES:
+        raise ValueError(f"backend: expected one of {('auto',) + BACKEND_NAMES}, got {requested!r}")
+    if not isinstance(device, torch.device):
+        device = _as_device(device)
+    for module, limits in _candidates(op, requested, device, dtype):
+        if dims is None or not limits(op, dims):
+            return module
+    if requested == "auto":  # the reference serves everything; only reached for exotic devices
+        return get_backend("reference")
+    lines = "\n".join(f"  {n}: {r or 'can serve it'}" for n, r in reasons(op, device, dtype, dims).items())
+    raise ValueError(f"backend={requested!r} cannot run {op} on a {device.type} tensor of {dtype}:\n{lines}")
 
 
 def clear_cache() -> None:
     """Forget cached choices (tests that change FASTFVAE_BACKEND or TRITON_INTERPRET)."""
-    _choice_cache.clear()
+    _candidates_cache.clear()

@@ -78,7 +78,9 @@ REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 _STATUS_NAMES = {1: "invalid argument", 2: "unsupported dtype", 3: "out of memory", 4: "CUDA error", 5: "internal"}
 
 
-def entry_points(op: str) -> tuple[str, str]:
+def entry_points(op: str) -> tuple[str, ...]:
+    if op in FORWARD_ONLY_OPS:
+        return (f"ffv_{op}_forward",)
     return f"ffv_{op}_forward", f"ffv_{op}_backward"
 
 
@@ -349,16 +351,12 @@ def discriminator_loss_backward(grad_loss, d_real, d_perm):
 # ---------------------------------------------------------------------------------------------
 # log_qz (outputs and incoming gradients in the compute dtype: float32, float64 for float64)
 # ---------------------------------------------------------------------------------------------
-def _log_qz_compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def log_qz_forward(z, mu, logvar, dataset_size, method):
-    from fastfvae.reference import log_qz_weight_constants
+    from fastfvae.reference import compute_dtype, log_qz_weight_constants
 
     queries, dim = z.shape
     components = mu.shape[0]
-    acc = _log_qz_compute_dtype(z.dtype)
+    acc = compute_dtype(z.dtype)
     log_qz = torch.empty((queries,), dtype=acc, device=z.device)
     log_qzj = torch.empty((queries, dim), dtype=acc, device=z.device)
     z_s, mu_s, lv_s = z.stride(), mu.stride(), logvar.stride()
@@ -373,11 +371,11 @@ def log_qz_forward(z, mu, logvar, dataset_size, method):
 
 
 def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, dataset_size, method):
-    from fastfvae.reference import log_qz_weight_constants
+    from fastfvae.reference import compute_dtype, log_qz_weight_constants
 
     queries, dim = z.shape
     components = mu.shape[0]
-    acc = _log_qz_compute_dtype(z.dtype)
+    acc = compute_dtype(z.dtype)
     grad_log_qz, grad_log_qzj = grad_log_qz.to(acc), grad_log_qzj.to(acc)
     grad_z, grad_mu, grad_logvar = z.new_empty(z.shape), mu.new_empty(mu.shape), mu.new_empty(mu.shape)
     z_s, mu_s, lv_s, h_s, lqj_s = z.stride(), mu.stride(), logvar.stride(), grad_log_qzj.stride(), log_qzj.stride()
@@ -391,3 +389,42 @@ def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, d
         grad_z.data_ptr(), grad_mu.data_ptr(), grad_logvar.data_ptr(),
     )
     return grad_z, grad_mu, grad_logvar
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape limits (the dispatcher's per-call reasons; kernels/include/arg_checks.h runs the same)
+# ---------------------------------------------------------------------------------------------
+INT32_MAX = 2**31 - 1
+
+
+def limits(op: str, dims: dict) -> list[str]:
+    """Every size of this call the native kernels cannot take (``dims``: the op's B, D, G, ...)."""
+    found = []
+    if op == "permute_dims" and dims.get("B", 0) > INT32_MAX:
+        found.append(f"permute_dims writes int32 row indices: B must be <= {INT32_MAX}, got {dims['B']}")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# gather_images (forward only: the packed table and the index have no gradient)
+# ---------------------------------------------------------------------------------------------
+FORWARD_ONLY_OPS = frozenset({"gather_images"})
+ARGTYPES["ffv_gather_images_forward"] = (
+    _dtype, _i64, _i64, _ptr, _i64,  # dtype N B packed(s0)
+    _ptr, _i64, _i32, _ptr, _ptr,  # index(s0) index_is_int32 out stream
+)
+
+
+def gather_images_forward(packed, index, dtype):
+    """packed uint8 (N, 512), index int32/int64 (B,) -> (B, 1, 64, 64) of dtype (NaN images for
+    indices outside [0, N))."""
+    if packed.stride(1) != 1:
+        packed = packed.contiguous()  # the kernels read the bytes of a row contiguously
+    rows, batch = packed.shape[0], index.shape[0]
+    out = torch.empty((batch, 1, 64, 64), dtype=dtype, device=packed.device)
+    _call(
+        "ffv_gather_images_forward", packed,
+        DTYPE_CODES[dtype], rows, batch, packed.data_ptr(), packed.stride(0),
+        index.data_ptr(), index.stride(0), int(index.dtype == torch.int32), out.data_ptr(),
+    )
+    return out

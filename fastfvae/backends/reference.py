@@ -21,10 +21,6 @@ def why_not(op: str, device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _per_sample_kl_grad(grad_kl: torch.Tensor, batch: int, reduction: str) -> torch.Tensor:
     """gkl_i as a (B, 1) column, from the gradient of the reduced KL."""
     if reduction == "none":
@@ -35,7 +31,7 @@ def _per_sample_kl_grad(grad_kl: torch.Tensor, batch: int, reduction: str) -> to
 
 # ---------------------------------------------------------------------------- reparameterize_kl
 def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
-    acc = _compute_dtype(mu.dtype)
+    acc = ref.compute_dtype(mu.dtype)
     batch, dim = mu.shape
     if eps is None:
         eps = ref.reparameterize_noise(seed, batch, dim, device=mu.device)
@@ -45,7 +41,7 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
 
 def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps):
     """eps: the forward's given noise, or None: regenerated from ``seed`` (the forward's draw)."""
-    acc = _compute_dtype(mu.dtype)
+    acc = ref.compute_dtype(mu.dtype)
     batch, dim = mu.shape
     if eps is None:
         eps = ref.reparameterize_noise(seed, batch, dim, device=mu.device)
@@ -70,12 +66,12 @@ def permute_dims_backward(grad_out, index):
 
 # ---------------------------------------------------------------------------- tc_loss
 def tc_loss_forward(logits):
-    return ref.tc_loss(logits.to(_compute_dtype(logits.dtype))).to(logits.dtype)
+    return ref.tc_loss(logits.to(ref.compute_dtype(logits.dtype))).to(logits.dtype)
 
 
 def tc_loss_backward(grad_tc, logits):
     batch, k = logits.shape
-    g = grad_tc.to(_compute_dtype(logits.dtype)) / batch
+    g = grad_tc.to(ref.compute_dtype(logits.dtype)) / batch
     grad = g.reshape(1, 1).expand(batch, k).clone()
     if k == 2:
         grad[:, 1] = -grad[:, 1]
@@ -84,13 +80,13 @@ def tc_loss_backward(grad_tc, logits):
 
 # ---------------------------------------------------------------------------- discriminator_loss
 def discriminator_loss_forward(d_real, d_perm):
-    acc = _compute_dtype(d_real.dtype)
+    acc = ref.compute_dtype(d_real.dtype)
     return ref.discriminator_loss(d_real.to(acc), d_perm.to(acc)).to(d_real.dtype)
 
 
 def discriminator_loss_backward(grad_loss, d_real, d_perm):
     """dL/dl = 0.5/B * (softmax(l) - onehot) for 2 logits, 0.5/B * (sigmoid(l) - y) for one."""
-    acc = _compute_dtype(d_real.dtype)
+    acc = ref.compute_dtype(d_real.dtype)
     real, perm = d_real.to(acc), d_perm.to(acc)
     scale = grad_loss.to(acc) * 0.5 / real.shape[0]
     if real.shape[1] == 2:
@@ -105,14 +101,19 @@ def discriminator_loss_backward(grad_loss, d_real, d_perm):
 # ---------------------------------------------------------------------------- log_qz
 def log_qz_forward(z, mu, logvar, dataset_size, method):
     """(log_qz (M,), log_qzj (M, D)) in the compute dtype, materialising the (M, K, D) log-densities."""
-    acc = _compute_dtype(z.dtype)
+    acc = ref.compute_dtype(z.dtype)
     return ref.log_qz_marginals(z.to(acc), mu.to(acc), logvar.to(acc), dataset_size, method)
 
 
 def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, dataset_size, method):
-    acc = _compute_dtype(z.dtype)
+    acc = ref.compute_dtype(z.dtype)
     grads = ref.log_qz_backward(
         grad_log_qz.to(acc), grad_log_qzj.to(acc), z.to(acc), mu.to(acc), logvar.to(acc),
         log_qz.to(acc), log_qzj.to(acc), dataset_size, method,
     )
     return tuple(g.to(z.dtype) for g in grads)
+
+
+# ---------------------------------------------------------------------------- gather_images
+def gather_images_forward(packed, index, dtype):
+    return ref.gather_images(packed, index, dtype)

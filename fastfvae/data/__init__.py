@@ -1,7 +1,7 @@
 """Ground-truth data sets shared by training and the metrics (DESIGN.md §2).
 
 A ground-truth data set has K discrete generative factors and renders (or looks up) the image of
-any combination of them. The interface, which ``fastfvae.train`` and ``fastfvae.metrics`` rely on:
+any combination of them. The interface, which ``fastfvae.train`` and ``fastfvae.metrics`` rely on (typed in full in protocol.py):
 
     factor_names: tuple[str, ...]                  K names
     factor_sizes: tuple[int, ...]                  K numbers of classes
@@ -15,5 +15,6 @@ any combination of them. The interface, which ``fastfvae.train`` and ``fastfvae.
 """
 from fastfvae.data.base import GroundTruthDataset
 from fastfvae.data.dsprites import DSprites, render_dsprites
+from fastfvae.data.protocol import Encode, GroundTruthData, TrainingData
 
-__all__ = ["DSprites", "GroundTruthDataset", "render_dsprites"]
+__all__ = ["DSprites", "Encode", "GroundTruthData", "GroundTruthDataset", "TrainingData", "render_dsprites"]

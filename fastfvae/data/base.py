@@ -2,8 +2,21 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
+
+
+def _integer_index(i):
+    """``i`` if it is an integer (int, numpy integer, 0-d integer tensor); TypeError otherwise:
+    int(2.7) would silently pick image 2."""
+    if isinstance(i, torch.Tensor):
+        integer = not (i.dtype.is_floating_point or i.dtype.is_complex or i.dtype == torch.bool)
+        if i.dim() == 0 and integer:
+            return int(i)
+    if isinstance(i, (bool, torch.Tensor)) or not hasattr(type(i), "__index__"):
+        raise TypeError(f"index: expected an integer, got {type(i).__name__} {i!r}")
+    return i
 
 
 class GroundTruthDataset:
@@ -59,7 +72,7 @@ class GroundTruthDataset:
         """Validate a factor batch: LongTensor (n, K) with 0 <= factors[:, k] < factor_sizes[k]."""
         if not isinstance(factors, torch.Tensor):
             raise TypeError(f"factors: expected a torch.Tensor, got {type(factors).__name__}")
-        if factors.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if factors.dtype.is_floating_point or factors.dtype.is_complex or factors.dtype == torch.bool:
             raise TypeError(f"factors: expected an integer tensor (class indices), got {factors.dtype}")
         k = len(self.factor_sizes)
         if factors.dim() != 2 or factors.shape[1] != k:
@@ -77,12 +90,12 @@ class GroundTruthDataset:
         return factors
 
     def __getitem__(self, i: int):
+        """(image (C, 64, 64) uint8, factors (K,) long) of grid index ``i`` (an integer; negative
+        counts from the end)."""
         n = len(self)
-        if not isinstance(i, int):
-            i = int(i)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {i} out of range for a data set of {n} images")
-        factors = self.factors_of_index(torch.tensor([i]))
+        index = operator.index(_integer_index(i))
+        position = index + n if index < 0 else index
+        if not 0 <= position < n:
+            raise IndexError(f"index {index} out of range for a data set of {n} images (valid: {-n} to {n - 1})")
+        factors = self.factors_of_index(torch.tensor([position]))
         return self.images(factors)[0], factors[0]

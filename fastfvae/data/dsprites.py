@@ -13,8 +13,8 @@ so 3*6*40*32*32 = 737,280 images, and grid index = shape*245760 + scale*40960 + 
 32, 1]`` (its colour class is always 0).
 
 The procedural renderer is not DeepMind's generator (which is not public). Its geometry was
-measured on real dSprites images (/work/shared/data, README there) and the heart calibrated on
-them: a pixel (column i, row j; y points down) is on when its centre lies inside the shape,
+measured on real dSprites images (the official file; four of its images are in tests/data) and
+the heart calibrated on them: a pixel (column i, row j; y points down) is on when its centre lies inside the shape,
 whose centre is at (15.5 + 32*pos_x, 15.5 + 32*pos_y) and which is turned counter-clockwise on
 screen by the orientation. In units of pixels at scale 1 (everything scales linearly):
 
@@ -191,7 +191,22 @@ def load_official_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
             f"dSprites file {path!r}: 'latents_classes' must be integer of shape "
             f"({imgs.shape[0]}, 6) (columns {_OFFICIAL_COLUMNS}), got {classes.dtype} {classes.shape}"
         )
+    _check_binary(path, imgs)
     return imgs, np.array(classes, dtype=np.int64)  # a small writable copy (35 MB for the full file)
+
+
+def _check_binary(path: str, imgs: np.ndarray, chunk: int = 65536) -> None:
+    """Refuse pixel values above 1 (e.g. a file stored as 0/255): the Bernoulli reconstruction
+    loss needs targets in [0, 1] (and goes to -1e7 otherwise). Checked once here, in chunks (the
+    official file is 3 GB, maybe memory-mapped), so training never pays a per-step check."""
+    for start in range(0, imgs.shape[0], chunk):
+        top = int(imgs[start:start + chunk].max())
+        if top > 1:
+            raise ValueError(
+                f"dSprites file {path!r}: 'imgs' must hold 0/1 pixels (Bernoulli targets), found the "
+                f"value {top} in images {start}..{min(start + chunk, imgs.shape[0]) - 1}; divide a 0/255 "
+                f"file by 255 and store it as uint8 0/1"
+            )
 
 
 class DSprites(GroundTruthDataset):
@@ -253,6 +268,15 @@ class DSprites(GroundTruthDataset):
             rows = self._row_of_index[rows]
         picked = self._imgs[rows.numpy()]
         return torch.from_numpy(np.ascontiguousarray(picked)).unsqueeze(1).to(factors.device)
+
+    def packed_images(self, device=None, *, cache_dir=None) -> torch.Tensor:
+        """Every image bit-packed: uint8 (len(self), 512) on ``device`` (default CPU), row i the
+        image of index i (``factors_of_index`` order), bit order "little" (pixel 64*row + col is
+        bit p % 8 of byte p // 8). Built once and cached on disk (fastfvae/data/packed.py: where,
+        and when it is rebuilt); unpack a batch with ``fastfvae.gather_images``."""
+        from fastfvae.data.packed import dsprites_packed_images
+
+        return dsprites_packed_images(self, device, cache_dir)
 
     def __repr__(self) -> str:
         source = "procedural" if self._imgs is None else repr(self.path)

@@ -1,6 +1,7 @@
 """Shared plumbing for the metrics: input checks, reproducible sampling, chunked encoding.
 
-The metrics see a data set only through the ground-truth interface of fastfvae.data:
+The metrics see a data set only through the ground-truth interface of fastfvae.data (typed and
+documented as ``fastfvae.data.GroundTruthData`` in fastfvae/data/protocol.py):
 
 - ``dataset.factor_sizes``: tuple of K ints, the number of values of each factor;
 - ``dataset.sample_factors(n, generator)``: LongTensor (n, K) of class indices, drawn with ``generator``;
@@ -178,3 +179,41 @@ def encode_all(encode, dataset, factors: torch.Tensor, chunk_size: int, num_dims
 def check_choice(name: str, value, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def sample_codes(encode, dataset, sizes: tuple[int, ...], n: int, generator: torch.Generator,
+                 encode_batch_size: int, num_dims: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random points as disentanglement_lib's ``generate_batch_factor_code``: (codes float64 (n, D)
+    on encode's device, factors LongTensor (n, K) on the CPU)."""
+    factors = sample_factors(dataset, sizes, n, generator)
+    return encode_all(encode, dataset, factors, encode_batch_size, num_dims), factors
+
+
+def check_enough_points(name: str, n: int, sizes: tuple[int, ...]) -> None:
+    """A classifier per factor needs a chance to see every class: n >= the largest factor size."""
+    if n < max(sizes):
+        raise ValueError(
+            f"{name}: expected at least {max(sizes)} points (the largest factor has {max(sizes)} classes, "
+            f"factor_sizes={sizes}), got {n}"
+        )
+
+
+def check_factors_vary(name: str, factors: torch.Tensor) -> None:
+    """Every factor takes at least two values among the training points (a classifier needs two
+    classes); otherwise a clear error instead of scikit-learn's."""
+    for k in range(factors.shape[1]):
+        if int(factors[:, k].unique().numel()) < 2:
+            raise ValueError(
+                f"{name}: factor {k} takes a single value ({int(factors[0, k])}) in all {factors.shape[0]} "
+                "training points; a classifier needs two classes (raise the number of points, or drop a "
+                "factor of size 1 from the data set)"
+            )
+
+
+def random_state(generator: torch.Generator) -> int:
+    """A seed for a scikit-learn estimator, drawn after the points so the points do not move."""
+    return int(torch.randint(2**31 - 1, (1,), generator=generator))
+
+
+def to_numpy(tensor: torch.Tensor):
+    return tensor.detach().cpu().numpy()

@@ -10,13 +10,15 @@ num_train 10000, num_eval 5000):
 2. A multinomial logistic regression is fitted on ``num_train`` points; train and eval accuracy on
    those and on ``num_eval`` fresh points.
 
-Where we differ from disentanglement_lib, on purpose: it fits scikit-learn's default
-``LogisticRegression`` (L2 penalty C=1, lbfgs stopped at 100 iterations, raw features). We have no
-scikit-learn, so ``fit_logistic_regression`` is our own: features standardised with the training
-mean and standard deviation (which makes the score invariant to rescaling dimensions), the same
-L2 strength (0.5 * ||W||^2 against the summed cross-entropy, bias unpenalised), full-batch L-BFGS
-in float64 with a strong-Wolfe line search for up to ``max_iter`` iterations from zero weights
-(deterministic). Scores are therefore close to disentanglement_lib's, not digit for digit.
+The classifier is disentanglement_lib's: scikit-learn's ``LogisticRegression()`` with its
+defaults (multinomial, L2 penalty C = 1, lbfgs stopped at ``max_iter`` = 100 iterations) on the raw
+features. Raw features make the score depend on the codes' scale (the L2 penalty does); that is
+the published protocol, kept for comparable numbers. Fits that stop before convergence are
+counted in ``convergence_warnings``. (Until this version the classifier was our own L-BFGS on
+standardised features, 500 iterations. Measured against scikit-learn on the same features at the
+default sizes, on the tests' toy codes: eval accuracy 0.7682 (ours) against 0.7658 (scikit-learn),
+0.9984 against 0.9980, 1.0 against 1.0; fit time 5.4 s against 4.6 s, 13.0 s against 1.9 s, 0.30 s
+against 0.24 s on the shared 2-core CPU: no reason to keep our own.)
 
 Images encoded: 2 * L * (num_train + num_eval) — 1.92 million at the defaults, twice the FactorVAE
 metric; see fastfvae.metrics.PRESETS for a cheaper preset.
@@ -25,9 +27,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from fastfvae.metrics import _common
+from fastfvae.metrics._sklearn import fit_counting_warnings, sklearn
 
 
 def sample_pairs(dataset, sizes: tuple[int, ...], num_points: int, batch_size: int, generator: torch.Generator):
@@ -60,51 +64,28 @@ def pair_features(encode, dataset, factors1: torch.Tensor, factors2: torch.Tenso
     return torch.cat(features)
 
 
-def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, max_iter: int = 500):
-    """Multinomial logistic regression; returns predict(features (n, D)) -> LongTensor (n,).
-
-    Minimises mean cross-entropy + 0.5 / n * ||W||^2 (scikit-learn's C=1 scaled by n) on features
-    standardised by the training mean/std (a constant feature stays 0). float64, L-BFGS, zero start.
-    """
-    x = features.to(torch.float64)
-    y = labels.to(x.device)
-    mean = x.mean(dim=0)
-    std = x.std(dim=0, correction=0)
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    x = (x - mean) / std
-    n, d = x.shape
-    weight = torch.zeros(d, num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-10, tolerance_change=1e-14, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + 0.5 / n * (weight * weight).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    weight, bias = weight.detach(), bias.detach()
-
-    def predict(new_features: torch.Tensor) -> torch.Tensor:
-        z = (new_features.to(torch.float64) - mean) / std
-        return (z @ weight + bias).argmax(dim=1)
-
-    return predict
+def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, *, max_iter: int = 100):
+    """scikit-learn ``LogisticRegression(max_iter=max_iter)`` fitted on features (n, D) and labels (n,):
+    (fitted model, number of ConvergenceWarnings)."""
+    model = sklearn().linear_model.LogisticRegression(max_iter=max_iter)
+    warned = fit_counting_warnings(model, _common.to_numpy(features), _common.to_numpy(labels))
+    return model, warned
 
 
 def beta_vae_from_samples(encode, dataset, train_points, eval_points, *, num_factors: int,
-                          encode_batch_size: int, max_iter: int = 500) -> dict:
+                          encode_batch_size: int, max_iter: int = 100) -> dict:
     """The metric on pre-drawn pairs: train_points, eval_points = (factor_index, factors1, factors2)."""
     train_x = pair_features(encode, dataset, train_points[1], train_points[2], encode_batch_size)
-    predict = fit_logistic_regression(train_x, train_points[0], num_factors, max_iter=max_iter)
+    if int(train_points[0].unique().numel()) < 2:
+        raise ValueError(f"num_train: all {train_points[0].shape[0]} training points fix the same factor; "
+                         "the classifier needs two classes (raise num_train)")
+    model, warned = fit_logistic_regression(train_x, train_points[0], max_iter=max_iter)
     eval_x = pair_features(encode, dataset, eval_points[1], eval_points[2], encode_batch_size)
-    train_y, eval_y = train_points[0].to(train_x.device), eval_points[0].to(eval_x.device)
+    train_y, eval_y = _common.to_numpy(train_points[0]), _common.to_numpy(eval_points[0])
     return {
-        "train_accuracy": float((predict(train_x) == train_y).double().mean()),
-        "eval_accuracy": float((predict(eval_x) == eval_y).double().mean()),
+        "train_accuracy": float(np.mean(model.predict(_common.to_numpy(train_x)) == train_y)),
+        "eval_accuracy": float(np.mean(model.predict(_common.to_numpy(eval_x)) == eval_y)),
+        "convergence_warnings": warned,
         "num_dims": train_x.shape[1],
         "num_images_encoded": 2 * (train_points[1][:, :, 0].numel() + eval_points[1][:, :, 0].numel()),
     }
@@ -117,7 +98,7 @@ def beta_vae_metric(
     batch_size: int = 64,
     num_train: int = 10000,
     num_eval: int = 5000,
-    max_iter: int = 500,
+    max_iter: int = 100,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     encode_batch_size: int = _common.DEFAULT_ENCODE_BATCH_SIZE,
@@ -126,7 +107,7 @@ def beta_vae_metric(
     """The beta-VAE metric (module docstring: protocol, defaults, classifier).
 
     encode: callable, observations (n, ...) -> floating (n, D) tensor. dataset: ground-truth data set.
-    batch_size: L, pairs averaged per point. max_iter: L-BFGS iterations of the classifier.
+    batch_size: L, pairs averaged per point. max_iter: lbfgs iterations of the classifier (scikit-learn's 100).
     seed / generator: as in factor_vae_metric (one CPU generator; seed 0 by default).
 
     data_device: None (default: dataset.images gets CPU factors) or a device to move each chunk of
@@ -150,7 +131,7 @@ def beta_vae_metric(
                                    encode_batch_size=encode_batch_size, max_iter=max_iter)
     result.update(
         batch_size=batch_size, num_train=num_train, num_eval=num_eval, max_iter=max_iter,
-        classifier="multinomial logistic regression, standardised features, L2 0.5*||W||^2 on summed CE, L-BFGS",
+        classifier=f"sklearn LogisticRegression(max_iter={max_iter}) defaults, raw features",
         seed=used_seed, seconds=time.perf_counter() - start_time,
     )
     return result

@@ -6,7 +6,12 @@ prune_dims.threshold 0.05):
 
 1. Global scale: encode ``num_variance_estimate`` random observations; ``global_var[d]`` is the
    sample variance (ddof=1) of dimension d.
-2. Pruning: dimension d is active when ``sqrt(global_var[d]) >= prune_threshold``. NOTE:
+2. Pruning: dimension d is active when ``sqrt(global_var[d]) >= prune_threshold`` and
+   ``global_var[d] > 0``. The threshold is a parameter; we default to 0.05, the value of
+   disentanglement_lib's study configs (its code default is 0.0, which keeps every dimension),
+   and report it in the result. A constant dimension is pruned
+   even at threshold 0.0: disentanglement_lib keeps it there, and its 0/0 ratio is NaN, which
+   wins np.argmin, so a perfect code plus one constant dimension would score 1/K. NOTE:
    disentanglement_lib's ``_prune_dims`` thresholds the standard deviation, not the variance, so
    0.05 keeps dimensions with variance >= 0.0025. We do the same. Public ports disagree here:
    some threshold the variance itself, some ``variance ** 2``, some only drop variance == 0; the
@@ -91,7 +96,9 @@ def factor_vae_from_samples(encode, dataset, variance_factors: torch.Tensor, tra
     global_reps = _common.encode_all(encode, dataset, variance_factors, encode_batch_size)
     global_var = global_reps.var(dim=0, correction=1)                          # (D,) float64
     num_dims = global_var.shape[0]
-    active = global_var.sqrt() >= prune_threshold                              # std, as disentanglement_lib
+    # std, as disentanglement_lib. A dimension with variance 0 is never active, whatever the
+    # threshold: its vote ratio would be 0/0, and a NaN wins torch's (and numpy's) argmin.
+    active = (global_var.sqrt() >= prune_threshold) & (global_var > 0)
     result = {
         "num_dims": num_dims,
         "num_active_dims": int(active.sum()),

@@ -176,6 +176,18 @@ FFV_API ffv_status ffv_log_qz_backward(
     double log_w_other, double log_w_own, double log_w_partner,
     void* grad_z /* [M, D] */, void* grad_mu /* [K, D] */, void* grad_logvar /* [K, D] */, void* stream);
 
+/* ---- gather_images (forward only; fastfvae/reference.py: gather_images) -------------------
+ * Binary 64x64 images bit-packed to 512 bytes a row, bit order "little" (LSB first):
+ *   out[b, p] = (packed[index[b], p / 8] >> (p % 8)) & 1, p = 64 * row + col in [0, 4096), as dtype;
+ *   index[b] outside [0, N): out[b, :] = NaN (the index is never read on the host).
+ * packed: uint8 [N, 512] with row stride packed_s0 (bytes of a row contiguous);
+ * index: [B] with stride index_s0, int32 when index_is_int32 != 0, else int64. */
+FFV_API ffv_status ffv_gather_images_forward(
+    ffv_dtype dtype, int64_t N, int64_t B,
+    const uint8_t* packed, int64_t packed_s0,
+    const void* index, int64_t index_s0, int32_t index_is_int32,
+    void* out /* [B, 4096] */, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -25,6 +25,7 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 if _IMPORT_ERROR is None:
     from fastfvae.backends.triton.discriminator_loss import discriminator_loss_backward, discriminator_loss_forward
+    from fastfvae.backends.triton.gather_images import gather_images_forward
     from fastfvae.backends.triton.log_qz import log_qz_backward, log_qz_forward
     from fastfvae.backends.triton.permute_dims import permute_dims_backward, permute_dims_forward
     from fastfvae.backends.triton.reparameterize_kl import reparameterize_kl_backward, reparameterize_kl_forward
@@ -56,3 +57,35 @@ def why_not(op: str, device: torch.device, dtype: torch.dtype) -> str | None:
             )
         return None
     return f"Triton kernels run on CUDA tensors (or CPU under TRITON_INTERPRET=1), not on {device.type}"
+
+
+# Sizes the launchers cannot take (the dispatcher's per-call reasons, so "auto" falls back).
+_INT32_MAX = 2**31 - 1
+_GRID_AXIS_MAX = 65535  # CUDA grid axes 1 and 2
+
+
+def limits(op: str, dims: dict) -> list[str]:
+    """Every size of this call the Triton launchers cannot take (``dims``: the op's B, D, G, M, K)."""
+    from fastfvae.backends.triton import log_qz, permute_dims, reparameterize_kl
+
+    log_qz_max_d = log_qz.MAX_BLOCK_D  # one tile spans all of D
+    permute_tile_d = permute_dims.TILE_D  # columns per program on grid axis 1
+    backward_tile_d = reparameterize_kl.MAX_BLOCK_D  # the reparameterize_kl backward's columns per program
+    found = []
+    rows = max(dims.get("B", 0), dims.get("M", 0), dims.get("K", 0))
+    if rows > _INT32_MAX:
+        found.append(f"row offsets are computed in int32 (program_id * BLOCK): rows must be <= {_INT32_MAX}, got {rows}")
+    dim = dims.get("D", 0)
+    if op == "log_qz" and dim > log_qz_max_d:
+        found.append(f"the log_qz kernels hold all of D in one tile: D must be <= {log_qz_max_d}, got {dim}")
+    if op == "permute_dims":
+        if dims.get("G", 1) > _GRID_AXIS_MAX:
+            found.append(f"groups run on CUDA grid axis 2: G must be <= {_GRID_AXIS_MAX}, got {dims['G']}")
+        if -(-dim // permute_tile_d) > _GRID_AXIS_MAX:
+            found.append(f"column tiles run on CUDA grid axis 1: D must be <= {_GRID_AXIS_MAX * permute_tile_d}, got {dim}")
+    if op == "reparameterize_kl" and -(-dim // backward_tile_d) > _GRID_AXIS_MAX:
+        found.append(
+            f"the backward's column tiles run on CUDA grid axis 1: D must be <= "
+            f"{_GRID_AXIS_MAX * backward_tile_d}, got {dim}"
+        )
+    return found

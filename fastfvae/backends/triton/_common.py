@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastfvae.reference import compute_dtype as reference_compute_dtype
+
 
 def device_guard(t: torch.Tensor):
     """A context that makes ``t``'s CUDA device current for a launch (no-op on CPU)."""
@@ -22,13 +24,14 @@ def device_guard(t: torch.Tensor):
 
 
 def compute_dtype(dtype: torch.dtype):
-    """The Triton dtype the kernels accumulate in for inputs of ``dtype``."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    """The Triton dtype the kernels accumulate in for inputs of ``dtype`` (the rule of
+    fastfvae.reference.compute_dtype)."""
+    return tl.float64 if reference_compute_dtype(dtype) == torch.float64 else tl.float32
 
 
 def accumulator_torch_dtype(dtype: torch.dtype) -> torch.dtype:
     """``compute_dtype`` as a torch dtype (for scratch buffers of partial results)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return reference_compute_dtype(dtype)
 
 
 # Deterministic batch reductions (tc_loss, discriminator_loss, the mean/sum KL): up to

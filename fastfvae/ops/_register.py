@@ -1,0 +1,242 @@
+"""One declaration per op builds both of its autograd paths (DESIGN.md §6).
+
+An op module declares, once, how its backend launchers are called (``OpDeclaration``) and
+``register`` turns that into a callable with two equivalent paths over the same launchers:
+
+- eager: one shared ``torch.autograd.Function`` (a few microseconds per call on the CPU), skipped
+  entirely when nothing needs a gradient (evaluation, the discriminator step's permute);
+- under ``torch.compile``: a ``torch.library`` custom op ``fastfvae::<op>`` and a second one
+  ``fastfvae::<op>_backward``, each with a fake (meta) implementation, joined by
+  ``register_autograd``, so the losses trace without graph breaks.
+
+The compiled path passes the *requested* backend name ("auto" or an explicit one) into the
+custom op and resolves it there, at run time, with the real tensors: nothing about dispatch is
+traced (tracing ``importlib.import_module`` breaks ``fullgraph=True``, issue 14.12), and "auto"
+falls back exactly as in eager mode.
+
+Declarations speak in positional argument tuples. For an op ``f(a, b, const)``:
+
+    forward(impl, a, b, const)            -> output or tuple of outputs (fresh tensors)
+    forward_fake(a, b, const)             -> the same shapes/dtypes, allocated on the fake device
+    save(args, outputs)                   -> the backward's arguments after the incoming gradients
+                                             (tensors are saved with save_for_backward, the rest
+                                             kept on ctx)
+    backward(impl, *grads, *saved)        -> the gradients of the inputs at ``grad_inputs`` (in order)
+    backward_fake(*grads, *saved)         -> their fakes
+    select(requested, *args)              -> the backend module for these inputs (fastfvae.backends)
+    select_backward(requested, *grads, *saved) -> the same module, found from the backward's inputs
+    inference(impl, *args)                -> optional: the forward when no gradient is recorded
+                                             (skips what only the backward needs, e.g. an index)
+
+Non-differentiable outputs (an index for the backward) come last; ``num_outputs`` counts all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class OpDeclaration:
+    """Everything ``register`` needs to know about one op (see the module docstring)."""
+
+    name: str
+    forward_schema: str  # e.g. "(Tensor logits) -> Tensor"; ", str backend" is appended
+    forward: Callable
+    forward_fake: Callable
+    save: Callable
+    backward_schema: str  # e.g. "(Tensor grad_tc, Tensor logits) -> Tensor"
+    backward: Callable
+    backward_fake: Callable
+    grad_inputs: tuple[int, ...]  # positions (in the forward's args) of the backward's outputs
+    select: Callable
+    select_backward: Callable
+    num_outputs: int = 1
+    inference: Optional[Callable] = None
+    num_non_differentiable_outputs: int = 0  # the last outputs (never given a gradient)
+
+    @property
+    def num_grads(self) -> int:
+        """Incoming gradients the backward takes: one per differentiable output."""
+        return self.num_outputs - self.num_non_differentiable_outputs
+
+
+def _with_backend(schema: str) -> str:
+    """'(Tensor a) -> T' -> '(Tensor a, str backend) -> T'."""
+    arguments, returns = schema.split("->")
+    arguments = arguments.strip()
+    assert arguments.startswith("(") and arguments.endswith(")"), schema
+    inner = arguments[1:-1].strip()
+    return f"({inner + ', ' if inner else ''}str backend) -> {returns.strip()}"
+
+
+def _as_tuple(values) -> tuple:
+    return values if isinstance(values, tuple) else (values,)
+
+
+def needs_graph(args) -> bool:
+    """Whether autograd must record the op: skipping the Function when nothing requires a
+    gradient saves ~5 us per call on the CPU."""
+    if not torch.is_grad_enabled():
+        return False
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.requires_grad:
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving: tensors through save_for_backward (version-checked, no reference cycles), the rest on ctx
+# ---------------------------------------------------------------------------------------------
+def _stash(ctx, saved: tuple) -> None:
+    tensors = tuple(v for v in saved if isinstance(v, torch.Tensor))
+    ctx.save_for_backward(*tensors)
+    ctx.saved_layout = tuple(None if isinstance(v, torch.Tensor) else (v,) for v in saved)
+
+
+def _unstash(ctx) -> tuple:
+    tensors = iter(ctx.saved_tensors)
+    return tuple(next(tensors) if slot is None else slot[0] for slot in ctx.saved_layout)
+
+
+class RegisteredOp:
+    """The callable ``register`` returns: ``op(requested_backend, *args)``."""
+
+    def __init__(self, declaration: OpDeclaration):
+        self.declaration = declaration
+        self._select = declaration.select
+        self._inference = declaration.inference or declaration.forward
+        self.forward_op = self._define_forward()
+        self.backward_op = self._define_backward()
+        self.forward_op.register_autograd(self._compiled_grad, setup_context=self._compiled_setup)
+        camel = "".join(part.title() for part in declaration.name.split("_"))
+        self.function = type(f"{camel}Function", (_EagerFunction,), {})
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, requested: str, *args):
+        """Run the op for ``backend=requested`` (already validated inputs)."""
+        if torch.compiler.is_compiling():
+            return self.forward_op(*args, requested)
+        if _functorch_active():
+            return self._under_functorch(requested, *args)
+        impl = self._select(requested, *args)
+        if not needs_graph(args):
+            return self._inference(impl, *args)
+        return self.function.apply(self, impl, *args)
+
+    def _under_functorch(self, requested: str, *args):
+        """torch.func transforms see through plain torch ops only (the kernels read raw data
+        pointers, which batched and functional tensors do not have): the op runs the reference
+        backend's launcher, written in torch ops, and autograd/vmap go through it directly."""
+        from fastfvae.backends import BACKEND_NAMES, ENVIRONMENT_VARIABLE, _requested_from_environment
+
+        if requested == "auto":
+            requested = _requested_from_environment()
+        if requested not in ("auto", "reference"):
+            raise ValueError(
+                f"backend: torch.func transforms (vmap, grad, jacrev, ...) run {self.declaration.name} with the "
+                f"reference backend only; got backend={requested!r} (pass backend='auto' or 'reference', and "
+                f"leave {ENVIRONMENT_VARIABLE} unset or 'reference'; backends: {BACKEND_NAMES})"
+            )
+        return self.declaration.forward(reference_backend(), *args)
+
+    def input_grads(self, backward_outputs, needs_input_grad) -> tuple:
+        """The backward's outputs placed at their inputs' positions (None where not needed)."""
+        grads = [None] * len(needs_input_grad)
+        for position, grad in zip(self.declaration.grad_inputs, _as_tuple(backward_outputs)):
+            if needs_input_grad[position]:
+                grads[position] = grad
+        return tuple(grads)
+
+    # ------------------------------------------------------------------ the compiled path
+    def _define_forward(self):
+        declaration = self.declaration
+
+        def forward(*args):
+            *inputs, requested = args
+            return declaration.forward(declaration.select(requested, *inputs), *inputs)
+
+        op = torch.library.custom_op(
+            f"fastfvae::{declaration.name}", forward, mutates_args=(),
+            schema=_with_backend(declaration.forward_schema),
+        )
+        op.register_fake(lambda *args: declaration.forward_fake(*args[:-1]))
+        return op
+
+    def _define_backward(self):
+        declaration = self.declaration
+
+        def backward(*args):
+            *inputs, requested = args
+            return declaration.backward(declaration.select_backward(requested, *inputs), *inputs)
+
+        op = torch.library.custom_op(
+            f"fastfvae::{declaration.name}_backward", backward, mutates_args=(),
+            schema=_with_backend(declaration.backward_schema),
+        )
+        op.register_fake(lambda *args: declaration.backward_fake(*args[:-1]))
+        return op
+
+    def _compiled_setup(self, ctx, inputs, output):
+        *args, requested = inputs
+        _stash(ctx, _as_tuple(self.declaration.save(tuple(args), _as_tuple(output))))
+        ctx.requested = requested
+        _mark_non_differentiable(ctx, self.declaration, output)
+
+    def _compiled_grad(self, ctx, *grads):
+        saved = _unstash(ctx)
+        outputs = self.backward_op(*grads[: self.declaration.num_grads], *saved, ctx.requested)
+        return (*self.input_grads(outputs, ctx.needs_input_grad[:-1]), None)
+
+
+def _mark_non_differentiable(ctx, declaration: OpDeclaration, outputs) -> None:
+    if declaration.num_non_differentiable_outputs:
+        ctx.mark_non_differentiable(*_as_tuple(outputs)[declaration.num_grads:])
+
+
+class _EagerFunction(torch.autograd.Function):
+    """The eager path of every op: forward and backward call the chosen backend directly.
+
+    Each op gets a subclass named after it, so autograd's messages name the op (e.g. "output 0
+    of TcLossFunctionBackward"). Double backward (``create_graph=True``, e.g. a gradient
+    penalty): the kernels' backward is not itself differentiable, so when a graph is requested
+    the backward runs the reference backend's launcher instead, written in differentiable torch
+    ops (issue 14.9: second-order terms are never dropped silently).
+    """
+
+    @staticmethod
+    def forward(ctx, op: RegisteredOp, impl, *args):
+        declaration = op.declaration
+        outputs = declaration.forward(impl, *args)
+        _stash(ctx, _as_tuple(declaration.save(args, _as_tuple(outputs))))
+        _mark_non_differentiable(ctx, declaration, outputs)
+        ctx.op, ctx.impl = op, impl
+        return outputs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        op = ctx.op
+        grads = grads[: op.declaration.num_grads]
+        # Grad mode is on in a backward only under create_graph=True.
+        impl = reference_backend() if torch.is_grad_enabled() else ctx.impl
+        outputs = op.declaration.backward(impl, *grads, *_unstash(ctx))
+        return (None, None, *op.input_grads(outputs, ctx.needs_input_grad[2:]))
+
+
+def reference_backend():
+    """The reference backend module (torch ops: differentiable, and composable with torch.func)."""
+    from fastfvae.backends import get_backend
+
+    return get_backend("reference")
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) is running."""
+    return torch._C._are_functorch_transforms_active()
+
+
+def register(declaration: OpDeclaration) -> RegisteredOp:
+    """Build the eager and compiled paths of ``declaration`` (see the module docstring)."""
+    return RegisteredOp(declaration)

@@ -1,0 +1,78 @@
+"""gather_images: a batch of binary 64x64 images unpacked from a bit-packed table in one pass
+(the data path of a training step with the data set resident on the device; DESIGN.md §15).
+
+The table is ``fastfvae.data.DSprites.packed_images()``: uint8 (N, 512), row i the image of
+index i, bit order "little" (pixel p = 64 * row + col is bit p % 8 of byte p // 8; see
+fastfvae/reference.py). No backward: neither the table nor the index has a gradient.
+
+Eager calls go straight to the backend's launcher; under ``torch.compile`` the op is the
+``torch.library`` custom op ``fastfvae::gather_images`` with a fake implementation, so a compiled
+step traces it without a graph break. (Not declared through fastfvae/ops/_register.py: that
+helper pairs every op with a backward, and this one has none.)
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastfvae import reference
+from fastfvae._checks import FLOAT_DTYPES, check_choice
+from fastfvae.backends import BACKEND_NAMES, select
+
+ROW_BYTES = reference.PACKED_ROW_BYTES
+SIDE = reference.PACKED_IMAGE_SIDE
+INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+@torch.library.custom_op("fastfvae::gather_images", mutates_args=())
+def _gather_images_op(packed: Tensor, index: Tensor, dtype: torch.dtype, backend: str) -> Tensor:
+    # ``backend`` is the requested name, resolved here with the real tensors (nothing about
+    # dispatch is traced; fastfvae/ops/_register.py says why).
+    return select("gather_images", backend, packed.device, dtype).gather_images_forward(packed, index, dtype)
+
+
+@_gather_images_op.register_fake
+def _(packed, index, dtype, backend):
+    return packed.new_empty((index.shape[0], 1, SIDE, SIDE), dtype=dtype)
+
+
+def _check_inputs(packed, index, dtype) -> None:
+    """Metadata only: the index values are never read on the host (that would synchronise a
+    CUDA step); out-of-range indices give NaN images instead."""
+    if not isinstance(packed, torch.Tensor):
+        raise TypeError(f"packed: expected a torch.Tensor, got {type(packed).__name__}")
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed: expected dtype torch.uint8 (bit-packed images), got {packed.dtype}")
+    if packed.dim() != 2 or packed.shape[1] != ROW_BYTES or packed.shape[0] == 0:
+        raise ValueError(
+            f"packed: expected shape (N, {ROW_BYTES}) with N >= 1 (64x64 binary images, 8 pixels "
+            f"a byte), got {tuple(packed.shape)}"
+        )
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"index: expected a torch.Tensor, got {type(index).__name__}")
+    if index.dtype not in INDEX_DTYPES:
+        raise TypeError(f"index: expected dtype torch.int64 or torch.int32, got {index.dtype}")
+    if index.dim() != 1 or index.shape[0] == 0:
+        raise ValueError(f"index: expected a 1-D tensor of B >= 1 row indices, got shape {tuple(index.shape)}")
+    if index.device != packed.device:
+        raise ValueError(f"index: expected a tensor on packed's device {packed.device}, got {index.device}")
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"dtype: expected one of torch.float32, torch.float64, torch.float16, torch.bfloat16, got {dtype!r}"
+        )
+
+
+def gather_images(packed: Tensor, index: Tensor, dtype: torch.dtype = torch.float32, *,
+                  backend: str = "auto") -> Tensor:
+    """out[b, 0] = the image of row index[b] of ``packed``, unpacked to 0/1 values of ``dtype``.
+
+    packed: uint8 (N, 512), bit-packed 64x64 binary images (bit order in the module docstring).
+    index: int64 or int32 (B,), on packed's device. An index outside [0, N) gives an image of
+    NaN (never an out-of-bounds read; the index is not checked on the host, see _check_inputs).
+    Returns (B, 1, 64, 64) of ``dtype`` (float32, float64, float16 or bfloat16), contiguous.
+    """
+    _check_inputs(packed, index, dtype)
+    check_choice("backend", backend, ("auto",) + BACKEND_NAMES)
+    if torch.compiler.is_compiling():
+        return _gather_images_op(packed, index, dtype, backend)
+    return select("gather_images", backend, packed.device, dtype).gather_images_forward(packed, index, dtype)

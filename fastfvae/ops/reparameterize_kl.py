@@ -1,0 +1,98 @@
+"""reparameterize_kl: the reparameterised sample and its Gaussian KL to N(0, I), fused
+(DESIGN.md §1, §2, §5)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastfvae import backends, reference
+from fastfvae._checks import check_choice, check_float_tensor, check_like, promoted
+from fastfvae.ops._register import OpDeclaration, register
+from fastfvae.ops._seed import draw_seed
+
+
+def _select(requested, mu, *_):
+    batch, dim = mu.shape
+    return backends.select("reparameterize_kl", requested, mu.device, mu.dtype, {"B": batch, "D": dim})
+
+
+def _save(args, outputs):
+    # eps (None when drawn) and the seed, not z: the backward needs std*eps exactly and
+    # regenerates a drawn eps from the seed with the forward's counters (z - mu loses std*eps to
+    # z's rounding: bfloat16 mu = 3, logvar = -8 gave ~50% error; issue 14.8).
+    mu, logvar, eps, seed, reduction = args
+    need_grad_eps = eps is not None and eps.requires_grad
+    return mu, logvar, eps, seed, reduction, need_grad_eps
+
+
+def _backward(impl, grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps):
+    grad_mu, grad_logvar, grad_eps = impl.reparameterize_kl_backward(
+        grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps
+    )
+    # A custom op cannot return None: an empty placeholder stands for "eps needs no gradient".
+    return grad_mu, grad_logvar, grad_eps if grad_eps is not None else mu.new_empty((0,))
+
+
+def _backward_fake(grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps):
+    grad_eps_shape = mu.shape if need_grad_eps else (0,)
+    return mu.new_empty(mu.shape), mu.new_empty(mu.shape), mu.new_empty(grad_eps_shape)
+
+
+_op = register(OpDeclaration(
+    name="reparameterize_kl",
+    # mu, logvar, eps: (B, D); seed: int64 (1,), unused when eps is given -> z (B, D), kl () or (B,)
+    forward_schema="(Tensor mu, Tensor logvar, Tensor? eps, Tensor seed, str reduction) -> (Tensor, Tensor)",
+    forward=lambda impl, mu, logvar, eps, seed, reduction: impl.reparameterize_kl_forward(
+        mu, logvar, eps, seed, reduction
+    ),
+    forward_fake=lambda mu, logvar, eps, seed, reduction: (
+        mu.new_empty(mu.shape), mu.new_empty((mu.shape[0],) if reduction == "none" else ())
+    ),
+    num_outputs=2,
+    save=_save,
+    backward_schema=(
+        "(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor? eps, Tensor seed, str reduction, "
+        "bool need_grad_eps) -> (Tensor, Tensor, Tensor)"
+    ),
+    backward=_backward,
+    backward_fake=_backward_fake,
+    grad_inputs=(0, 1, 2),
+    select=_select,
+    select_backward=lambda requested, grad_z, grad_kl, mu, *_: _select(requested, mu),
+))
+
+
+def reparameterize_kl(
+    mu: Tensor, logvar: Tensor, *, eps: Optional[Tensor] = None, reduction: str = "mean",
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Fused reparameterised sample and Gaussian KL to N(0, I).
+
+    mu, logvar: (B, D) floating, same dtype and device. eps: optional (B, D) noise; when None
+    it is drawn inside the kernel from torch's generator (Philox, DESIGN.md §5); when given, no
+    seed is drawn (the generator is not advanced).
+    Returns z = mu + exp(logvar/2) * eps, shape (B, D), in the inputs' dtype, and
+    kl = reduce_i 0.5 * sum_d (mu^2 + exp(logvar) - logvar - 1): () for "mean"/"sum", (B,) for "none",
+    in the compute dtype (float32 for 16-bit inputs, as autocast returns reductions; DESIGN.md §4).
+    Mixed float dtypes are promoted as torch's binary ops do.
+    Differentiable in mu, logvar (and eps when given).
+    """
+    check_float_tensor("mu", mu, (2,))
+    check_float_tensor("logvar", logvar, (2,))
+    check_like("logvar", logvar, "mu", mu, same_dtype=False)
+    if eps is not None:
+        check_float_tensor("eps", eps, (2,))
+        check_like("eps", eps, "mu", mu, same_dtype=False)
+    check_choice("reduction", reduction, reference.REDUCTIONS)
+    mu, logvar, eps = promoted(mu, logvar, eps)
+    # Given eps, nothing is drawn (the user's generator is not advanced); the launchers still
+    # take a seed pointer, so they get a placeholder.
+    seed = draw_seed(mu.device) if eps is None else torch.zeros((1,), dtype=torch.int64, device=mu.device)
+    if mu.dtype in (torch.float32, torch.float64):
+        return _op(backend, mu, logvar, eps, seed, reduction)
+    # 16-bit: the kernels would widen on load and round z once on store; doing the widening
+    # here gives the same z and a float32 KL (the launchers write kl in the input dtype).
+    z, kl = _op(backend, mu.float(), logvar.float(), None if eps is None else eps.float(), seed, reduction)
+    return z.to(mu.dtype), kl

@@ -1,0 +1,219 @@
+"""Property-based tests (hypothesis): every op against the reference formulas over generated
+shapes (B, D, G including 1), dtypes, layouts (transposed, sliced, expanded), reductions and
+special values, outputs and gradients (issue 14, "the suite that finds the next ones";
+DESIGN.md §8).
+
+Expected values are fastfvae.reference evaluated in float64 on the inputs as rounded to the
+tested dtype, and gradients are float64 autograd of those textbook formulas with the same
+upstream gradients; the tolerance is the dtype's (conftest.TOLERANCES). The example budget is
+bounded (settings below) so the file stays under a minute on a busy CPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastfvae import reference
+import fastfvae
+from conftest import FLOAT_DTYPES, TOLERANCES, require, seed_for
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+BUDGET = settings(max_examples=25, deadline=None, derandomize=True)
+
+sizes = st.integers(min_value=1, max_value=9)
+dtypes = st.sampled_from(FLOAT_DTYPES)
+layouts = st.sampled_from(["contiguous", "transposed", "sliced", "expanded"])
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts: a (rows, cols) view of a base tensor with the layout's strides. The base is the leaf
+# (gradients are compared on it), so the op sees the strided view, as a user's view would be.
+# ---------------------------------------------------------------------------------------------
+def _base_shape(rows: int, cols: int, layout: str) -> tuple[int, int]:
+    return {"contiguous": (rows, cols), "transposed": (cols, rows), "sliced": (rows, 2 * cols),
+            "expanded": (1, cols)}[layout]
+
+
+def _view(base: torch.Tensor, rows: int, layout: str) -> torch.Tensor:
+    if layout == "transposed":
+        return base.t()
+    if layout == "sliced":
+        return base[:, ::2]
+    if layout == "expanded":
+        return base.expand(rows, base.shape[1])
+    return base
+
+
+def _bases(generator, shapes, dtype, scale=1.0, special=None):
+    """float64 base tensors rounded to ``dtype`` (so both sides see the same values)."""
+    out = []
+    for shape in shapes:
+        t = torch.randn(*shape, generator=generator, dtype=torch.float64) * scale
+        if special is not None:
+            t.view(-1)[0] = special
+        out.append(t.to(dtype).double())
+    return out
+
+
+def _compare(op_fn, ref_fn, bases, dtype, views, *, gradients=True, seed=0):
+    """Run ``op_fn`` on dtype leaves and ``ref_fn`` on float64 leaves of the same values, both
+    through ``views``; compare outputs and (when ``gradients``) the leaves' gradients."""
+    leaves = [b.to(dtype).requires_grad_(gradients) for b in bases]
+    ref_leaves = [b.clone().requires_grad_(gradients) for b in bases]
+    outs = op_fn(*views(leaves))
+    ref_outs = ref_fn(*views(ref_leaves))
+    outs, ref_outs = (outs if isinstance(outs, tuple) else (outs,)), (ref_outs if isinstance(ref_outs, tuple) else (ref_outs,))
+    tol = TOLERANCES[dtype]
+    for i, (out, want) in enumerate(zip(outs, ref_outs)):
+        torch.testing.assert_close(out.detach().double(), want.detach(), equal_nan=True, **tol,
+                                   msg=lambda m, i=i: f"output {i} ({dtype}): {m}")
+    if not gradients:
+        return
+    g = torch.Generator().manual_seed(seed)
+    upstream = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
+    grads = torch.autograd.grad(outs, leaves, upstream, allow_unused=True)
+    ref_grads = torch.autograd.grad(ref_outs, ref_leaves, [u.double() for u in upstream], allow_unused=True)
+    for i, (got, want) in enumerate(zip(grads, ref_grads)):
+        want = torch.zeros_like(ref_leaves[i]) if want is None else want
+        got = torch.zeros_like(ref_leaves[i]) if got is None else got.double()
+        torch.testing.assert_close(got, want, equal_nan=True, **tol,
+                                   msg=lambda m, i=i: f"gradient of input {i} ({dtype}): {m}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The ops
+# ---------------------------------------------------------------------------------------------
+@BUDGET
+@given(batch=sizes, k=st.sampled_from([1, 2, 0]), dtype=dtypes, layout=layouts, seed=seeds)
+def test_tc_loss_matches_reference(backend, batch, k, dtype, layout, seed):
+    """k = 0 stands for (B,) logits."""
+    require(backend, "tc_loss", "cpu", dtype)
+    cols = max(k, 1)
+    g = torch.Generator().manual_seed(seed)
+    bases = _bases(g, [_base_shape(batch, cols, layout)], dtype)
+
+    def views(ts):
+        v = _view(ts[0], batch, layout)
+        return (v[:, 0] if k == 0 else v,)
+
+    _compare(lambda l: fastfvae.tc_loss(l, backend=backend), reference.tc_loss, bases, dtype, views, seed=seed)
+
+
+@BUDGET
+@given(batch=sizes, k=st.sampled_from([1, 2, 0]), dtype=dtypes, layout=layouts, seed=seeds,
+       scale=st.sampled_from([1.0, 30.0]))
+def test_discriminator_loss_matches_reference(backend, batch, k, dtype, layout, seed, scale):
+    require(backend, "discriminator_loss", "cpu", dtype)
+    cols = max(k, 1)
+    g = torch.Generator().manual_seed(seed)
+    bases = _bases(g, [_base_shape(batch, cols, layout)] * 2, dtype, scale=scale)
+
+    def views(ts):
+        vs = [_view(t, batch, layout) for t in ts]
+        return tuple(v[:, 0] if k == 0 else v for v in vs)
+
+    _compare(lambda r, p: fastfvae.discriminator_loss(r, p, backend=backend), reference.discriminator_loss,
+             bases, dtype, views, seed=seed)
+
+
+@BUDGET
+@given(batch=sizes, dim=sizes, dtype=dtypes, layout=layouts, seed=seeds,
+       reduction=st.sampled_from(reference.REDUCTIONS))
+def test_reparameterize_kl_matches_reference(backend, batch, dim, dtype, layout, seed, reduction):
+    require(backend, "reparameterize_kl", "cpu", dtype)
+    g = torch.Generator().manual_seed(seed)
+    shape = _base_shape(batch, dim, layout)
+    mu, logvar, eps = _bases(g, [shape] * 3, dtype)
+
+    def views(ts):
+        return tuple(_view(t, batch, layout) for t in ts)
+
+    _compare(lambda m, lv, e: fastfvae.reparameterize_kl(m, lv, eps=e, reduction=reduction, backend=backend),
+             lambda m, lv, e: reference.reparameterize_kl(m, lv, e, reduction),
+             [mu, logvar, eps], dtype, views, seed=seed)
+
+
+@BUDGET
+@given(groups=st.integers(min_value=0, max_value=3), batch=sizes, dim=sizes, dtype=dtypes,
+       layout=st.sampled_from(["contiguous", "transposed", "expanded"]), seed=seeds)
+def test_permute_dims_matches_reference_and_permutes_columns(backend, groups, batch, dim, dtype, layout, seed):
+    """groups = 0 stands for a (B, D) input; otherwise (G, B, D)."""
+    require(backend, "permute_dims", "cpu", dtype)
+    g = torch.Generator().manual_seed(seed)
+    shape = _base_shape(batch, dim, layout)
+    (base,) = _bases(g, [(max(groups, 1),) + shape], dtype)
+
+    def views(ts):
+        t = ts[0]
+        v = t.transpose(1, 2) if layout == "transposed" else (
+            t.expand(t.shape[0], batch, dim) if layout == "expanded" else t)
+        return (v[0] if groups == 0 else v,)
+
+    leaf = base.to(dtype).requires_grad_(True)
+    (z,) = views([leaf])
+    torch.manual_seed(seed)
+    out = fastfvae.permute_dims(z, backend=backend)
+    assert out.shape == z.shape and out.dtype == z.dtype
+    # every column of every group is a permutation of the input column
+    torch.testing.assert_close(out.detach().sort(dim=-2).values, z.detach().sort(dim=-2).values, rtol=0, atol=0)
+    # and it is the reference's permutation for the seed the op drew, with its gradient
+    index = reference.philox_permutation(seed_for(seed, "cpu"), max(groups, 1), batch, dim)
+    index = index[0] if groups == 0 else index
+
+    def ref_fn(t):
+        return reference.permute_dims(t, index)
+
+    def op_fn(t):
+        torch.manual_seed(seed)
+        return fastfvae.permute_dims(t, backend=backend)
+
+    _compare(op_fn, ref_fn, [base], dtype, views, seed=seed)
+
+
+@BUDGET
+@given(queries=sizes, components=sizes, dim=sizes, dtype=dtypes, layout=layouts, seed=seeds,
+       method=st.sampled_from(reference.LOG_QZ_METHODS), dataset_extra=st.integers(0, 1000))
+def test_log_qz_matches_reference(backend, queries, components, dim, dtype, layout, seed, method, dataset_extra):
+    require(backend, "log_qz", "cpu", dtype)
+    if method == "mss":
+        components = max(components, 2)
+        queries = min(queries, components)
+    dataset_size = components + dataset_extra
+    g = torch.Generator().manual_seed(seed)
+    z, = _bases(g, [_base_shape(queries, dim, layout)], dtype)
+    mu, logvar = _bases(g, [_base_shape(components, dim, layout)] * 2, dtype, scale=0.7)
+
+    def views(ts):
+        return (_view(ts[0], queries, layout), _view(ts[1], components, layout), _view(ts[2], components, layout))
+
+    _compare(lambda a, b, c: fastfvae.log_qz_marginals(a, b, c, dataset_size=dataset_size, method=method, backend=backend),
+             lambda a, b, c: reference.log_qz_marginals(a, b, c, dataset_size, method),
+             [z, mu, logvar], dtype, views, seed=seed)
+
+
+@BUDGET
+@given(batch=sizes, dim=sizes, dtype=st.sampled_from([torch.float32, torch.float64]), seed=seeds,
+       special=st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e30, -1e30]),
+       op=st.sampled_from(["tc_loss", "discriminator_loss", "reparameterize_kl"]))
+def test_special_values_propagate_like_the_reference(backend, batch, dim, dtype, seed, special, op):
+    """A NaN, an infinity or a huge value in the input: the outputs agree with the reference."""
+    require(backend, op, "cpu", dtype)
+    g = torch.Generator().manual_seed(seed)
+    if op == "tc_loss":
+        bases = _bases(g, [(batch, 2)], dtype, special=special)
+        _compare(lambda l: fastfvae.tc_loss(l, backend=backend), reference.tc_loss, bases, dtype,
+                 lambda ts: ts, gradients=False)
+    elif op == "discriminator_loss":
+        bases = _bases(g, [(batch, 2), (batch, 2)], dtype, special=special)
+        _compare(lambda r, p: fastfvae.discriminator_loss(r, p, backend=backend), reference.discriminator_loss,
+                 bases, dtype, lambda ts: ts, gradients=False)
+    else:
+        mu, logvar, eps = _bases(g, [(batch, dim)] * 3, dtype)
+        mu.view(-1)[0] = special
+        _compare(lambda m, lv, e: fastfvae.reparameterize_kl(m, lv, eps=e, reduction="none", backend=backend),
+                 lambda m, lv, e: reference.reparameterize_kl(m, lv, e, "none"),
+                 [mu, logvar, eps], dtype, lambda ts: ts, gradients=False)
