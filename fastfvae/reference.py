@@ -135,6 +135,33 @@ def reparameterize_kl(mu, logvar, eps, reduction: str = "mean"):
     return reparameterize(mu, logvar, eps), gaussian_kl(mu, logvar, reduction)
 
 
+def reparameterize_noise(seed: int | torch.Tensor, batch: int, dim: int, device=None) -> torch.Tensor:
+    """The float32 (B, D) eps every backend draws for reparameterize_kl: element (i, d) is
+    philox_randn(seed, i*D + d). Counter-based, so the backward regenerates the forward's eps
+    from the saved seed instead of storing it (as flash-attention replays its dropout mask)."""
+    if device is None:
+        device = seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu")
+    offsets = torch.arange(batch * dim, dtype=torch.int64, device=device).reshape(batch, dim)
+    return philox_randn(seed, offsets)
+
+
+def reparameterize_kl_backward(grad_z, gkl, mu, logvar, eps):
+    """The gradients of (z, kl) by the textbook formula, all (B, D) (gkl: (B, 1) or (B, D)).
+
+    gkl is row i's weight of the KL gradient (grad_kl[i], or the reduced KL's gradient, divided
+    by B for "mean"). With std = exp(logvar / 2):
+        grad_mu     = gz + gkl * mu
+        grad_logvar = 0.5 * gz * std * eps + 0.5 * gkl * (exp(logvar) - 1)
+        grad_eps    = gz * std
+    std * eps is NOT rebuilt as z - mu: z is rounded to its dtype (bfloat16: 8 bits; mu = 3,
+    logvar = -8 leaves std * eps below z's last bit) and inf - inf is NaN for an infinite mu.
+    """
+    std = torch.exp(0.5 * logvar)
+    grad_mu = grad_z + gkl * mu
+    grad_logvar = 0.5 * grad_z * std * eps + 0.5 * gkl * (torch.exp(logvar) - 1.0)
+    return grad_mu, grad_logvar, grad_z * std
+
+
 def permute_dims(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Paper, Algorithm 1, with the permutations given.
 

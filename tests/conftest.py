@@ -8,8 +8,18 @@ asserts that the native library was built, and tests/test_triton_interpret.py ru
 """
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+import tempfile
+
+# torch.compile's on-disk caches (Inductor's FX graph and AOTAutograd caches) live in one folder
+# per user by default, shared by every checkout on the machine, and their keys do not cover a
+# custom op's schema: code compiled for another branch's fastfvae::<op> signature was replayed
+# here (seen: "Expected a value of type 'Tensor' for argument 'seed'"). Each test session
+# compiles into its own folder (subprocesses inherit it).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="fastfvae-tests-inductor-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from fastfvae import backends
 

@@ -69,7 +69,7 @@ static void print_reparam(double mu, double lv, double eps, double gz, double g,
   const Acc m = Acc(mu), l = Acc(lv), e = Acc(eps), gzz = Acc(gz);
   const Acc z = reparameterize(m, l, e), gkl = kl_row_grad(Acc(g), reduction, B);
   const Acc values[6] = {z, kl_term(m, l), gkl, reparameterize_kl_grad_mu(gzz, gkl, m),
-                         reparameterize_kl_grad_logvar(gzz, gkl, m, l, z), reparameterize_kl_grad_eps(gzz, l)};
+                         reparameterize_kl_grad_logvar(gzz, gkl, l, e), reparameterize_kl_grad_eps(gzz, l)};
   for (Acc v : values) std::printf(fmt, double(v));
   std::printf("\n");
 }

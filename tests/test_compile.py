@@ -26,7 +26,11 @@ def _op_cases(backend):
         ("reparameterize_kl", ops.reparameterize_kl.default, (t(6, 5), t(6, 5), None, seed, "mean", backend)),
         ("reparameterize_kl", ops.reparameterize_kl.default, (t(6, 5), t(6, 5), t(6, 5), seed, "none", backend)),
         ("reparameterize_kl", ops.reparameterize_kl_backward.default,
-         (torch.randn(6, 5), torch.randn(()), torch.randn(6, 5), torch.randn(6, 5), torch.randn(6, 5), "sum", True, backend)),
+         (torch.randn(6, 5), torch.randn(()), torch.randn(6, 5), torch.randn(6, 5), seed, "sum", "drawn",
+          backend)),
+        ("reparameterize_kl", ops.reparameterize_kl_backward.default,
+         (torch.randn(6, 5), torch.randn(6), torch.randn(6, 5), torch.randn(6, 5), torch.randn(6, 5), "none",
+          "given_needs_grad", backend)),
         ("permute_dims", ops.permute_dims.default, (t(2, 7, 3), seed, backend)),
         ("permute_dims", ops.permute_dims_backward.default,
          (torch.randn(1, 4, 2), torch.tensor([[[1, 0], [0, 3], [3, 2], [2, 1]]], dtype=torch.int32), backend)),
@@ -37,7 +41,7 @@ def _op_cases(backend):
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_opcheck(backend, case):
     op_name, op, args = _op_cases(backend)[case]
     require(backend, op_name, "cpu", torch.float32)

@@ -204,7 +204,7 @@ def _all_native_outputs(batch, dim, seed):
     real, perm, grad = torch.randn(batch, 2), torch.randn(batch, 2), torch.tensor(1.5)
     z, kl = native.reparameterize_kl_forward(mu, logvar, None, seed, "mean")
     out, index = native.permute_dims_forward(z.unsqueeze(0), seed, True)
-    return (z, kl, *native.reparameterize_kl_backward(grad_z, grad, mu, logvar, z, "mean", True),
+    return (z, kl, *native.reparameterize_kl_backward(grad_z, grad, mu, logvar, None, seed, "mean", True),
             out, index, native.permute_dims_backward(grad_z.unsqueeze(0), index),
             native.tc_loss_forward(real), native.tc_loss_backward(grad, real),
             native.discriminator_loss_forward(real, perm), *native.discriminator_loss_backward(grad, real, perm))

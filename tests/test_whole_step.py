@@ -265,3 +265,15 @@ def test_cuda_trainer_graph_checkpoint_resume(tmp_path, monkeypatch):
     resumed = Trainer(tiny_config(device="cuda", graph=True, steps=6, out=str(tmp_path / "b"), resume=True),
                       dataset=dataset).run()
     assert whole["final"] == resumed["final"]
+
+
+def test_trainer_on_packed_data_resumes_exactly(tmp_path, monkeypatch):
+    """The device-drawn batch indices follow torch's generator, whose state the checkpoint keeps:
+    4 steps in one go equal 2 steps, a checkpoint and 2 resumed steps."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dataset = DSprites(path=_small_npz(tmp_path))
+    whole = Trainer(tiny_config(packed_data=True, steps=4, out=str(tmp_path / "a")), dataset=dataset).run()
+    Trainer(tiny_config(packed_data=True, steps=2, out=str(tmp_path / "b")), dataset=dataset).run()
+    resumed = Trainer(tiny_config(packed_data=True, steps=4, out=str(tmp_path / "b"), resume=True),
+                      dataset=dataset).run()
+    assert whole["final"] == resumed["final"]

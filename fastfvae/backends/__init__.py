@@ -20,10 +20,11 @@ contiguous tensors (never views of their inputs: they also back torch.library cu
         mu, logvar, eps: (B, D); eps None means "draw it": eps = philox_randn(seed, i*D + d).
         seed: int64 (1,) on the inputs' device. reduction: "mean" | "sum" | "none".
         z: (B, D) input dtype; kl: () or (B,) for "none", input dtype.
-    reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, z, reduction, need_grad_eps)
-        -> (grad_mu, grad_logvar, grad_eps or None); grad_kl has kl's shape.
-        dmu = gz + gkl_i*mu; dlogvar = 0.5*gz*(z - mu) + 0.5*gkl_i*(exp(logvar) - 1);
-        deps = gz*exp(logvar/2), where gkl_i = grad_kl (sum), grad_kl/B (mean), grad_kl[i] (none).
+    reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps)
+        -> (grad_mu, grad_logvar, grad_eps or None); grad_kl has kl's shape; eps is the forward's
+        given eps, or None: the forward's draw, regenerated from seed (never stored).
+        dmu = gz + gkl_i*mu; dlogvar = 0.5*gz*std*eps + 0.5*gkl_i*(exp(logvar) - 1);
+        deps = gz*std, std = exp(logvar/2), gkl_i = grad_kl (sum), grad_kl/B (mean), grad_kl[i] (none).
     permute_dims_forward(z, seed, need_index) -> (out, index or None)
         z, out: (G, B, D); out[g, i, d] = z[g, P[g, i, d], d] with P = reference.philox_permutation.
         index: whatever the backward needs to invert P (backend-specific dtype), or None.

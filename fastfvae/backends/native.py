@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 NAME = "native"
-ABI_VERSION = 1
+ABI_VERSION = 2  # FFV_ABI_VERSION of kernels/include/fastfvae.h (tests/test_build.py checks)
 LIB_DIR_ENV = "FASTFVAE_NATIVE_LIB_DIR"
 LIBRARY_FILES = {"cpu": "libfastfvae_cpu.so", "cuda": "libfastfvae_cuda.so"}
 
@@ -44,7 +44,7 @@ ARGTYPES: dict[str, tuple] = {
     ),
     "ffv_reparameterize_kl_backward": (
         _dtype, _i64, _i64, *_strided2, _ptr, _i64, _i32,  # dtype B D grad_z grad_kl(s0) reduction
-        *_strided2, *_strided2, *_strided2,  # mu logvar z
+        *_strided2, *_strided2, *_strided2, _ptr,  # mu logvar eps seed
         _ptr, _ptr, _ptr, _ptr,  # grad_mu grad_logvar grad_eps stream
     ),
     "ffv_permute_dims_forward": (
@@ -220,31 +220,35 @@ def _raise(library: Library, entry: str, status: int):
 # ---------------------------------------------------------------------------------------------
 # reparameterize_kl
 # ---------------------------------------------------------------------------------------------
+def _optional_strided2(t):
+    """(pointer, stride 0, stride 1) of a (rows, cols) tensor, or (NULL, 0, 0) for None."""
+    if t is None:
+        return None, 0, 0
+    return t.data_ptr(), t.stride(0), t.stride(1)
+
+
 def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
     batch, dim = mu.shape
     z = mu.new_empty((batch, dim))
     kl = mu.new_empty((batch,) if reduction == "none" else ())
     mu_s, logvar_s = mu.stride(), logvar.stride()
-    if eps is None:
-        eps_ptr, eps_s = None, (0, 0)
-    else:
-        eps_ptr, eps_s = eps.data_ptr(), eps.stride()
     _call(
         "ffv_reparameterize_kl_forward", mu,
         DTYPE_CODES[mu.dtype], batch, dim,
         mu.data_ptr(), mu_s[0], mu_s[1],
         logvar.data_ptr(), logvar_s[0], logvar_s[1],
-        eps_ptr, eps_s[0], eps_s[1],
+        *_optional_strided2(eps),
         None if seed is None else seed.data_ptr(), REDUCTION_CODES[reduction], z.data_ptr(), kl.data_ptr(),
     )
     return z, kl
 
 
-def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, z, reduction, need_grad_eps):
+def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps):
+    """eps: the forward's given noise, or None: the kernel regenerates the forward's draw from seed."""
     batch, dim = mu.shape
     grad_mu, grad_logvar = mu.new_empty((batch, dim)), mu.new_empty((batch, dim))
     grad_eps = mu.new_empty((batch, dim)) if need_grad_eps else None
-    gz_s, mu_s, logvar_s, z_s = grad_z.stride(), mu.stride(), logvar.stride(), z.stride()
+    gz_s, mu_s, logvar_s = grad_z.stride(), mu.stride(), logvar.stride()
     _call(
         "ffv_reparameterize_kl_backward", mu,
         DTYPE_CODES[mu.dtype], batch, dim,
@@ -252,7 +256,7 @@ def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, z, reduction, need_g
         grad_kl.data_ptr(), grad_kl.stride(0) if reduction == "none" else 0, REDUCTION_CODES[reduction],
         mu.data_ptr(), mu_s[0], mu_s[1],
         logvar.data_ptr(), logvar_s[0], logvar_s[1],
-        z.data_ptr(), z_s[0], z_s[1],
+        *_optional_strided2(eps), None if seed is None else seed.data_ptr(),
         grad_mu.data_ptr(), grad_logvar.data_ptr(), grad_eps.data_ptr() if need_grad_eps else None,
     )
     return grad_mu, grad_logvar, grad_eps

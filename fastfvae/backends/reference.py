@@ -34,20 +34,22 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
     acc = ref.compute_dtype(mu.dtype)
     batch, dim = mu.shape
     if eps is None:
-        offsets = torch.arange(batch * dim, dtype=torch.int64, device=mu.device).reshape(batch, dim)
-        eps = ref.philox_randn(seed, offsets)
+        eps = ref.reparameterize_noise(seed, batch, dim, device=mu.device)
     z, kl = ref.reparameterize_kl(mu.to(acc), logvar.to(acc), eps.to(acc), reduction)
     return z.to(mu.dtype), kl.to(mu.dtype)
 
 
-def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, z, reduction, need_grad_eps):
+def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps):
+    """eps: the forward's given noise, or None: regenerated from ``seed`` (the forward's draw)."""
     acc = ref.compute_dtype(mu.dtype)
-    gz, mu_a, logvar_a = grad_z.to(acc), mu.to(acc), logvar.to(acc)
-    gkl = _per_sample_kl_grad(grad_kl.to(acc), mu.shape[0], reduction)
-    grad_mu = gz + gkl * mu_a
-    grad_logvar = 0.5 * gz * (z.to(acc) - mu_a) + 0.5 * gkl * (torch.exp(logvar_a) - 1.0)
-    grad_eps = (gz * torch.exp(0.5 * logvar_a)).to(mu.dtype) if need_grad_eps else None
-    return grad_mu.to(mu.dtype), grad_logvar.to(mu.dtype), grad_eps
+    batch, dim = mu.shape
+    if eps is None:
+        eps = ref.reparameterize_noise(seed, batch, dim, device=mu.device)
+    gkl = _per_sample_kl_grad(grad_kl.to(acc), batch, reduction)
+    grad_mu, grad_logvar, grad_eps = ref.reparameterize_kl_backward(
+        grad_z.to(acc), gkl, mu.to(acc), logvar.to(acc), eps.to(acc)
+    )
+    return grad_mu.to(mu.dtype), grad_logvar.to(mu.dtype), (grad_eps.to(mu.dtype) if need_grad_eps else None)
 
 
 # ---------------------------------------------------------------------------- permute_dims

@@ -18,22 +18,32 @@ def _select(requested, mu, *_):
     return backends.select("reparameterize_kl", requested, mu.device, mu.dtype, {"B": batch, "D": dim})
 
 
+# Where the backward finds eps: drawn (regenerate it from the seed), given, given and needing a gradient.
+_DRAWN, _GIVEN, _GIVEN_NEEDS_GRAD = "drawn", "given", "given_needs_grad"
+
+
 def _save(args, outputs):
+    # The noise's source, not z: the backward needs std*eps exactly (rebuilding it as z - mu loses
+    # it to z's rounding, issue 14.8). A given eps is saved; a drawn one is regenerated from the
+    # forward's seed. One tensor slot holds either (``eps_mode`` says which), so the backward's
+    # schema has no optional tensor and no placeholder.
     mu, logvar, eps, seed, reduction = args
-    need_grad_eps = eps is not None and eps.requires_grad
-    return mu, logvar, outputs[0], reduction, need_grad_eps
+    if eps is None:
+        return mu, logvar, seed, reduction, _DRAWN
+    return mu, logvar, eps, reduction, (_GIVEN_NEEDS_GRAD if eps.requires_grad else _GIVEN)
 
 
-def _backward(impl, grad_z, grad_kl, mu, logvar, z, reduction, need_grad_eps):
+def _backward(impl, grad_z, grad_kl, mu, logvar, eps_or_seed, reduction, eps_mode):
+    eps, seed = (None, eps_or_seed) if eps_mode == _DRAWN else (eps_or_seed, None)
     grad_mu, grad_logvar, grad_eps = impl.reparameterize_kl_backward(
-        grad_z, grad_kl, mu, logvar, z, reduction, need_grad_eps
+        grad_z, grad_kl, mu, logvar, eps, seed, reduction, eps_mode == _GIVEN_NEEDS_GRAD
     )
     # A custom op cannot return None: an empty placeholder stands for "eps needs no gradient".
     return grad_mu, grad_logvar, grad_eps if grad_eps is not None else mu.new_empty((0,))
 
 
-def _backward_fake(grad_z, grad_kl, mu, logvar, z, reduction, need_grad_eps):
-    grad_eps_shape = mu.shape if need_grad_eps else (0,)
+def _backward_fake(grad_z, grad_kl, mu, logvar, eps_or_seed, reduction, eps_mode):
+    grad_eps_shape = mu.shape if eps_mode == _GIVEN_NEEDS_GRAD else (0,)
     return mu.new_empty(mu.shape), mu.new_empty(mu.shape), mu.new_empty(grad_eps_shape)
 
 
@@ -50,8 +60,8 @@ _op = register(OpDeclaration(
     num_outputs=2,
     save=_save,
     backward_schema=(
-        "(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor z, str reduction, "
-        "bool need_grad_eps) -> (Tensor, Tensor, Tensor)"
+        "(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor eps_or_seed, str reduction, "
+        "str eps_mode) -> (Tensor, Tensor, Tensor)"
     ),
     backward=_backward,
     backward_fake=_backward_fake,

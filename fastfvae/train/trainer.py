@@ -113,7 +113,8 @@ class Trainer:
         if cfg.graph and batches is None:
             raise TrainingError("--graph needs a data set that can be bit-packed on the device (see the note above)")
         mode = "graph" if cfg.graph else "compile" if cfg.compile and not self.distributed else "eager"
-        return WholeStep(self.objective, batches or self.sample_batches, mode)
+        return WholeStep(self.objective, batches or self.sample_batches, mode,
+                         update=lambda x1, x2: self.train_step(x1, x2))
 
     def sample_batches(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """x1 (and x2 when the objective takes two), float (B, C, 64, 64) on the device."""

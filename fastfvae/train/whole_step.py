@@ -160,16 +160,20 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
 class WholeStep:
     """``step()`` -> the objective's detached terms, float32 (len(terms),) on the device.
 
-    objective: a fastfvae.train.steps.Step; batches: () -> (x1, x2), a DeviceBatches for the
-    sync-free step ("graph" requires one); mode: one of MODES (module docstring);
+    objective: a fastfvae.train.steps.Step (its optimisers are adapted to the mode); batches:
+    () -> (x1, x2), a DeviceBatches for the sync-free step ("graph" requires one); update:
+    (x1, x2) -> terms, the objective itself by default (the Trainer passes its train_step);
+    mode: one of MODES (module docstring);
     compile_backend: torch.compile's backend for "compile" (tests use "aot_eager": the same
     tracing, without inductor's code generation).
     """
 
-    def __init__(self, objective, batches: Callable, mode: str = "eager", compile_backend: str = "inductor"):
+    def __init__(self, objective, batches: Callable, mode: str = "eager", compile_backend: str = "inductor",
+                 update: Optional[Callable] = None):
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         self.objective, self.batches, self.mode = objective, batches, mode
+        self.update = update if update is not None else objective  # (x1, x2) -> terms
         self.optimizers = [o for o in (objective.opt_vae, getattr(objective, "opt_d", None)) if o is not None]
         self.calls = 0
         self.graph: Optional[torch.cuda.CUDAGraph] = None
@@ -187,7 +191,7 @@ class WholeStep:
 
     def eager(self) -> torch.Tensor:
         """The step as written: draw the batches, run the objective's update."""
-        return self.objective(*self.batches())
+        return self.update(*self.batches())
 
     def __call__(self) -> torch.Tensor:
         self.calls += 1

@@ -3,8 +3,9 @@
 //
 // forward  z[i,d] = mu[i,d] + exp(logvar[i,d]/2) * eps[i,d]   (eps given or philox_randn(seed, i*D + d))
 //          kl_i   = 0.5 * sum_d (mu^2 + exp(logvar) - logvar - 1), reduced over rows
-// backward grad_mu = gz + gkl_i*mu; grad_logvar = 0.5*gz*(z - mu) + 0.5*gkl_i*(exp(logvar) - 1);
-//          grad_eps = gz*exp(logvar/2) — eps is never stored: z - mu = std*eps.
+// backward grad_mu = gz + gkl_i*mu; grad_logvar = 0.5*gz*std*eps + 0.5*gkl_i*(exp(logvar) - 1);
+//          grad_eps = gz*std, std = exp(logvar/2). A drawn eps is not stored: the backward
+//          regenerates it from the same seed and counters (Philox is counter-based).
 #include <algorithm>
 #include <cmath>
 
@@ -128,73 +129,115 @@ ffv_status forward(int64_t B, int64_t D, Strided2 mu, Strided2 logvar, Strided2 
   return FFV_OK;
 }
 
-// Backward of rows [r0, r1). Row-major inputs take a unit-stride inner loop that vectorises.
+// The inputs of one backward call, shared by its tiles.
 template <typename T>
-FFV_CLONES void backward_rows(int64_t r0, int64_t r1, int64_t D, Strided2 grad_z, const T* gkl_p,
-                              int64_t grad_kl_s0, bool per_row_gkl, typename Element<T>::compute shared_gkl,
-                              Strided2 mu, Strided2 logvar, Strided2 z, T* grad_mu, T* grad_logvar,
-                              T* grad_eps) {
+struct BackwardArgs {
+  using C = typename Element<T>::compute;
+  int64_t D;
+  Strided2 grad_z;          // [B, D] strided: dL/dz
+  const T* grad_kl;         // [B] (NONE, stride grad_kl_s0) or [1]: dL/dkl
+  int64_t grad_kl_s0;
+  bool per_row_gkl;         // NONE: gkl_i = grad_kl[i]; else every row uses shared_gkl
+  C shared_gkl;             // grad_kl[0], divided by B for MEAN
+  Strided2 mu, logvar;      // [B, D] strided
+  Strided2 eps;             // [B, D] strided given noise, or base NULL: regenerate from key
+  uint64_t key;             // Philox seed of the forward's draw (used when eps.base is NULL)
+  T* grad_mu;               // [B, D] contiguous out
+  T* grad_logvar;           // [B, D] contiguous out
+  T* grad_eps;              // [B, D] contiguous out, or NULL
+};
+
+// Backward of the block rows [r0, r1) x columns [d0, d1) — whole rows (d0 = 0, d1 = D), or a
+// part of one row when D > kTileElements — so its elements have the consecutive global indices
+// r0*D + d0 ... and a drawn eps is regenerated in one vectorised fill (the forward's counters).
+//   std = exp(logvar/2); grad_mu = gz + gkl_i*mu;
+//   grad_logvar = 0.5*gz*std*eps + 0.5*gkl_i*(exp(logvar) - 1); grad_eps = gz*std.
+// std*eps is never rebuilt as z - mu: z is rounded (bfloat16 has 8 bits) and inf - inf is NaN.
+template <typename T>
+FFV_CLONES void backward_block(const BackwardArgs<T>& a, int64_t r0, int64_t r1, int64_t d0, int64_t d1) {
   using E = Element<T>;
   using C = typename E::compute;
-  const T* gz_p = static_cast<const T*>(grad_z.base);
-  const T* mu_p = static_cast<const T*>(mu.base);
-  const T* logvar_p = static_cast<const T*>(logvar.base);
-  const T* z_p = static_cast<const T*>(z.base);
-  const bool unit = grad_z.s1 == 1 && mu.s1 == 1 && logvar.s1 == 1 && z.s1 == 1;
+  const T* gz_p = static_cast<const T*>(a.grad_z.base);
+  const T* mu_p = static_cast<const T*>(a.mu.base);
+  const T* logvar_p = static_cast<const T*>(a.logvar.base);
+  const T* eps_p = static_cast<const T*>(a.eps.base);
+  const int64_t width = d1 - d0;
+  float drawn[kTileElements];  // the block's regenerated eps (row-major), when eps is not given
+  if (eps_p == nullptr)
+    ffv::cpu_math::fill_randn_f32(a.key, static_cast<uint64_t>(r0 * a.D + d0), (r1 - r0) * width, drawn);
+  const bool unit = a.grad_z.s1 == 1 && a.mu.s1 == 1 && a.logvar.s1 == 1 && (eps_p == nullptr || a.eps.s1 == 1);
   for (int64_t i = r0; i < r1; ++i) {
-    const C gkl = per_row_gkl ? E::load(gkl_p + i * grad_kl_s0) : shared_gkl;
-    T* gm = grad_mu + i * D;
-    T* glv = grad_logvar + i * D;
-    T* ge = grad_eps ? grad_eps + i * D : nullptr;
-    if (unit) {
-      const T* gz_row = gz_p + i * grad_z.s0;
-      const T* m_row = mu_p + i * mu.s0;
-      const T* lv_row = logvar_p + i * logvar.s0;
-      const T* z_row = z_p + i * z.s0;
-      for (int64_t d = 0; d < D; ++d) {
+    const C gkl = a.per_row_gkl ? E::load(a.grad_kl + i * a.grad_kl_s0) : a.shared_gkl;
+    T* gm = a.grad_mu + i * a.D;
+    T* glv = a.grad_logvar + i * a.D;
+    const float* drawn_row = drawn + (i - r0) * width;  // drawn_row[d - d0] for d in [d0, d1)
+    if (unit) {  // unit-stride rows: a loop the compiler vectorises
+      const T* gz_row = gz_p + i * a.grad_z.s0;
+      const T* m_row = mu_p + i * a.mu.s0;
+      const T* lv_row = logvar_p + i * a.logvar.s0;
+      const T* e_row = eps_p ? eps_p + i * a.eps.s0 : nullptr;
+      for (int64_t d = d0; d < d1; ++d) {
         const C gz = E::load(gz_row + d), m = E::load(m_row + d), lv = E::load(lv_row + d);
+        const C e = e_row ? E::load(e_row + d) : static_cast<C>(drawn_row[d - d0]);
+        const C std_dev = exp_c(C(0.5) * lv);
         E::store(gm + d, gz + gkl * m);
-        E::store(glv + d, C(0.5) * gz * (E::load(z_row + d) - m) + C(0.5) * gkl * (exp_c(lv) - C(1)));
-      }
-      if (ge) {
-        for (int64_t d = 0; d < D; ++d) E::store(ge + d, E::load(gz_row + d) * exp_c(C(0.5) * E::load(lv_row + d)));
+        E::store(glv + d, C(0.5) * gz * std_dev * e + C(0.5) * gkl * (exp_c(lv) - C(1)));
+        if (a.grad_eps) E::store(a.grad_eps + i * a.D + d, gz * std_dev);
       }
       continue;
     }
-    for (int64_t d = 0; d < D; ++d) {
-      const C gz = E::load(gz_p + i * grad_z.s0 + d * grad_z.s1);
-      const C m = E::load(mu_p + i * mu.s0 + d * mu.s1);
-      const C lv = E::load(logvar_p + i * logvar.s0 + d * logvar.s1);
-      const C zz = E::load(z_p + i * z.s0 + d * z.s1);
+    for (int64_t d = d0; d < d1; ++d) {
+      const C gz = E::load(gz_p + i * a.grad_z.s0 + d * a.grad_z.s1);
+      const C m = E::load(mu_p + i * a.mu.s0 + d * a.mu.s1);
+      const C lv = E::load(logvar_p + i * a.logvar.s0 + d * a.logvar.s1);
+      const C e = eps_p ? E::load(eps_p + i * a.eps.s0 + d * a.eps.s1) : static_cast<C>(drawn_row[d - d0]);
+      const C std_dev = exp_c(C(0.5) * lv);
       E::store(gm + d, gz + gkl * m);
-      E::store(glv + d, C(0.5) * gz * (zz - m) + C(0.5) * gkl * (exp_c(lv) - C(1)));
-      if (ge) E::store(ge + d, gz * exp_c(C(0.5) * lv));
+      E::store(glv + d, C(0.5) * gz * std_dev * e + C(0.5) * gkl * (exp_c(lv) - C(1)));
+      if (a.grad_eps) E::store(a.grad_eps + i * a.D + d, gz * std_dev);
     }
   }
 }
 
 template <typename T>
 ffv_status backward(int64_t B, int64_t D, Strided2 grad_z, const void* grad_kl_base, int64_t grad_kl_s0,
-                    int32_t reduction, Strided2 mu, Strided2 logvar, Strided2 z, void* grad_mu_out,
-                    void* grad_logvar_out, void* grad_eps_out) {
+                    int32_t reduction, Strided2 mu, Strided2 logvar, Strided2 eps, const int64_t* seed,
+                    void* grad_mu_out, void* grad_logvar_out, void* grad_eps_out) {
   using E = Element<T>;
   using C = typename E::compute;
-  const T* gkl_p = static_cast<const T*>(grad_kl_base);  // [B] (NONE, stride grad_kl_s0) or [1]
-  T* grad_mu = static_cast<T*>(grad_mu_out);              // [B, D] contiguous
-  T* grad_logvar = static_cast<T*>(grad_logvar_out);      // [B, D] contiguous
-  T* grad_eps = static_cast<T*>(grad_eps_out);            // [B, D] contiguous, or NULL
+  BackwardArgs<T> a{};
+  a.D = D;
+  a.grad_z = grad_z;
+  a.grad_kl = static_cast<const T*>(grad_kl_base);
+  a.grad_kl_s0 = grad_kl_s0;
   // gkl_i for MEAN/SUM is one number: the reduced KL's gradient, scaled by 1/B for the mean.
-  const bool per_row_gkl = reduction == FFV_REDUCTION_NONE;
-  C shared_gkl = per_row_gkl ? C(0) : E::load(gkl_p);
-  if (reduction == FFV_REDUCTION_MEAN) shared_gkl *= static_cast<C>(1.0 / static_cast<double>(B));
-  const int64_t block_rows = std::max<int64_t>(1, 4096 / D);
-  const int64_t blocks = (B + block_rows - 1) / block_rows;
+  a.per_row_gkl = reduction == FFV_REDUCTION_NONE;
+  a.shared_gkl = a.per_row_gkl ? C(0) : E::load(a.grad_kl);
+  if (reduction == FFV_REDUCTION_MEAN) a.shared_gkl *= static_cast<C>(1.0 / static_cast<double>(B));
+  a.mu = mu;
+  a.logvar = logvar;
+  a.eps = eps;
+  a.key = eps.base ? 0 : static_cast<uint64_t>(*seed);
+  a.grad_mu = static_cast<T*>(grad_mu_out);
+  a.grad_logvar = static_cast<T*>(grad_logvar_out);
+  a.grad_eps = static_cast<T*>(grad_eps_out);
+  const bool parallel = B * D >= (eps.base ? ffv::kParallelCheap : ffv::kParallelExpensive);
 
-  FFV_OMP(parallel for if(B * D >= ffv::kParallelCheap) schedule(static))
-  for (int64_t block = 0; block < blocks; ++block) {
-    const int64_t r0 = block * block_rows;
-    backward_rows<T>(r0, std::min(B, r0 + block_rows), D, grad_z, gkl_p, grad_kl_s0, per_row_gkl, shared_gkl, mu,
-                     logvar, z, grad_mu, grad_logvar, grad_eps);
+  if (D > kTileElements) {  // very wide rows: each row in column blocks of kTileElements
+    const int64_t column_blocks = (D + kTileElements - 1) / kTileElements;
+    FFV_OMP(parallel for if(parallel) schedule(static))
+    for (int64_t block = 0; block < B * column_blocks; ++block) {
+      const int64_t i = block / column_blocks, d0 = (block % column_blocks) * kTileElements;
+      backward_block<T>(a, i, i + 1, d0, std::min(D, d0 + kTileElements));
+    }
+    return FFV_OK;
+  }
+  const int64_t tile_rows = kTileElements / D;
+  const int64_t tiles = (B + tile_rows - 1) / tile_rows;
+  FFV_OMP(parallel for if(parallel) schedule(static))
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t r0 = tile * tile_rows;
+    backward_block<T>(a, r0, std::min(B, r0 + tile_rows), 0, D);
   }
   return FFV_OK;
 }
@@ -229,9 +272,10 @@ FFV_API ffv_status ffv_reparameterize_kl_backward(ffv_dtype dtype, int64_t B, in
                                                   int64_t grad_z_s0, int64_t grad_z_s1, const void* grad_kl,
                                                   int64_t grad_kl_s0, int32_t reduction, const void* mu,
                                                   int64_t mu_s0, int64_t mu_s1, const void* logvar,
-                                                  int64_t logvar_s0, int64_t logvar_s1, const void* z,
-                                                  int64_t z_s0, int64_t z_s1, void* grad_mu, void* grad_logvar,
-                                                  void* grad_eps, void* /*stream*/) {
+                                                  int64_t logvar_s0, int64_t logvar_s1, const void* eps,
+                                                  int64_t eps_s0, int64_t eps_s1, const int64_t* seed,
+                                                  void* grad_mu, void* grad_logvar, void* grad_eps,
+                                                  void* /*stream*/) {
   static const char* entry = "ffv_reparameterize_kl_backward";
   FFV_CHECK(ffv::check_positive(entry, "B", B));
   FFV_CHECK(ffv::check_positive(entry, "D", D));
@@ -240,14 +284,14 @@ FFV_API ffv_status ffv_reparameterize_kl_backward(ffv_dtype dtype, int64_t B, in
   FFV_CHECK(ffv::check_reduction(entry, reduction));
   FFV_CHECK(ffv::check_not_null(entry, "mu", mu));
   FFV_CHECK(ffv::check_not_null(entry, "logvar", logvar));
-  FFV_CHECK(ffv::check_not_null(entry, "z", z));
+  if (eps == nullptr) FFV_CHECK(ffv::check_not_null(entry, "seed (needed when eps is NULL)", seed));
   FFV_CHECK(ffv::check_not_null(entry, "grad_mu", grad_mu));
   FFV_CHECK(ffv::check_not_null(entry, "grad_logvar", grad_logvar));
   return ffv::guarded(entry, [&] {
     return ffv::with_dtype(entry, dtype, [&](auto tag) {
       return backward<decltype(tag)>(B, D, {grad_z, grad_z_s0, grad_z_s1}, grad_kl, grad_kl_s0, reduction,
-                                     {mu, mu_s0, mu_s1}, {logvar, logvar_s0, logvar_s1}, {z, z_s0, z_s1},
-                                     grad_mu, grad_logvar, grad_eps);
+                                     {mu, mu_s0, mu_s1}, {logvar, logvar_s0, logvar_s1}, {eps, eps_s0, eps_s1},
+                                     seed, grad_mu, grad_logvar, grad_eps);
     });
   });
 }

@@ -38,9 +38,13 @@ inline ffv_status check_launch(const char* entry) {
                                 cudaGetErrorString(error));
 }
 
-// A CUDA runtime call's result (cudaMallocAsync, a CUB call) as a status.
+// A CUDA runtime call's result (cudaMallocAsync, a CUB call) as a status. A failed call also
+// sets the runtime's last error; it is cleared here (cudaGetLastError) so that the next
+// check_launch, of any op, does not report this failure again as its own. (Sticky errors of a
+// corrupted context are not cleared by this and keep being reported, as they must.)
 inline ffv_status check_call(cudaError_t error, const char* entry, const char* what) {
   if (error == cudaSuccess) return FFV_OK;
+  (void)cudaGetLastError();
   const ffv_status status = error == cudaErrorMemoryAllocation ? FFV_ERR_OUT_OF_MEMORY : FFV_ERR_CUDA;
   return fail(status, std::string(entry) + ": " + what + " failed: " + cudaGetErrorName(error) + ": " +
                           cudaGetErrorString(error));

@@ -49,10 +49,13 @@ FFV_HD Acc reparameterize_kl_grad_mu(Acc gz, Acc gkl, Acc mu) {
   return gz + gkl * mu;
 }
 
-// grad_logvar = 0.5 * gz * (z - mu) + 0.5 * gkl_i * (exp(logvar) - 1)
+// grad_logvar = 0.5 * gz * exp(logvar / 2) * eps + 0.5 * gkl_i * (exp(logvar) - 1), eps the
+// forward's noise (given, or regenerated from the seed). Not 0.5 * gz * (z - mu): z is rounded
+// to its dtype (in bfloat16, mu = 3 and logvar = -8 leave std * eps under z's last bit), and
+// inf - inf is NaN.
 template <typename Acc>
-FFV_HD Acc reparameterize_kl_grad_logvar(Acc gz, Acc gkl, Acc mu, Acc logvar, Acc z) {
-  return Acc(0.5) * gz * (z - mu) + Acc(0.5) * gkl * (exp_(logvar) - Acc(1));
+FFV_HD Acc reparameterize_kl_grad_logvar(Acc gz, Acc gkl, Acc logvar, Acc eps) {
+  return Acc(0.5) * gz * exp_(Acc(0.5) * logvar) * eps + Acc(0.5) * gkl * (exp_(logvar) - Acc(1));
 }
 
 // grad_eps = gz * exp(logvar / 2)

@@ -6,8 +6,10 @@
 //           kl = kl_i [B] (NONE) | mean_i kl_i [1] (MEAN) | sum_i kl_i [1] (SUM)
 // backward: gkl_i = grad_kl[i] (NONE) | grad_kl[0] / B (MEAN) | grad_kl[0] (SUM)
 //           grad_mu = gz + gkl_i * mu
-//           grad_logvar = 0.5 * gz * (z - mu) + 0.5 * gkl_i * (exp(logvar) - 1)
+//           grad_logvar = 0.5 * gz * exp(logvar / 2) * eps + 0.5 * gkl_i * (exp(logvar) - 1)
 //           grad_eps = gz * exp(logvar / 2)
+//           eps = the forward's given eps, or philox_randn(seed, i*D + d) regenerated from the
+//           same seed (counter-based, as flash-attention replays dropout): nothing is stored.
 //
 // Launches (every sum in a fixed order, no float atomics: results are run-to-run identical).
 // Forward NONE: one launch, one warp per row (8 rows per 256-thread block, grid-stride over
@@ -118,12 +120,14 @@ __global__ void __launch_bounds__(kElementwiseThreads) reparameterize_kl_backwar
     const T* __restrict__ grad_kl, int64_t gkl_s0,                       // [B] strided (NONE) or [1]: dL/dkl
     const T* __restrict__ mu, int64_t mu_s0, int64_t mu_s1,              // [B, D] strided
     const T* __restrict__ logvar, int64_t logvar_s0, int64_t logvar_s1,  // [B, D] strided
-    const T* __restrict__ z, int64_t z_s0, int64_t z_s1,                 // [B, D] strided: forward's z
+    const T* __restrict__ eps, int64_t eps_s0, int64_t eps_s1,           // [B, D] strided given noise, or NULL
+    const int64_t* __restrict__ seed,                                    // [1] device int64: Philox key (eps == NULL)
     T* __restrict__ grad_mu,                                             // [B, D] contiguous out
     T* __restrict__ grad_logvar,                                         // [B, D] contiguous out
     T* __restrict__ grad_eps) {                                          // [B, D] contiguous out, or NULL
   using A = Acc<T>;
   const int64_t n = B * D;
+  const uint64_t key = eps == nullptr ? static_cast<uint64_t>(*seed) : 0;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = e / D, d = e - i * D;
@@ -132,9 +136,11 @@ __global__ void __launch_bounds__(kElementwiseThreads) reparameterize_kl_backwar
     const A gz = load2(grad_z, i, d, gz_s0, gz_s1);
     const A m = load2(mu, i, d, mu_s0, mu_s1);
     const A lv = load2(logvar, i, d, logvar_s0, logvar_s1);
-    const A zz = load2(z, i, d, z_s0, z_s1);
+    // The forward's eps: e is the global element index i*D + d, its Philox counter.
+    const A noise = eps != nullptr ? load2(eps, i, d, eps_s0, eps_s1)
+                                   : static_cast<A>(philox_randn(key, static_cast<uint64_t>(e)));
     grad_mu[e] = from_acc<T>(cuda_math::reparameterize_kl_grad_mu(gz, gkl, m));
-    grad_logvar[e] = from_acc<T>(cuda_math::reparameterize_kl_grad_logvar(gz, gkl, m, lv, zz));
+    grad_logvar[e] = from_acc<T>(cuda_math::reparameterize_kl_grad_logvar(gz, gkl, lv, noise));
     if (grad_eps != nullptr) grad_eps[e] = from_acc<T>(cuda_math::reparameterize_kl_grad_eps(gz, lv));
   }
 }
@@ -205,7 +211,8 @@ FFV_API ffv_status ffv_reparameterize_kl_backward(
     int32_t reduction,
     const void* mu, int64_t mu_s0, int64_t mu_s1,
     const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
-    const void* z, int64_t z_s0, int64_t z_s1,
+    const void* eps, int64_t eps_s0, int64_t eps_s1,
+    const int64_t* seed,
     void* grad_mu, void* grad_logvar, void* grad_eps,
     void* stream) {
   const char* entry = "ffv_reparameterize_kl_backward";
@@ -218,7 +225,7 @@ FFV_API ffv_status ffv_reparameterize_kl_backward(
     FFV_CHECK(check_reduction(entry, reduction));
     FFV_CHECK(check_not_null(entry, "mu", mu));
     FFV_CHECK(check_not_null(entry, "logvar", logvar));
-    FFV_CHECK(check_not_null(entry, "z", z));
+    if (eps == nullptr) FFV_CHECK(check_not_null(entry, "seed (needed when eps is NULL)", seed));
     FFV_CHECK(check_not_null(entry, "grad_mu", grad_mu));
     FFV_CHECK(check_not_null(entry, "grad_logvar", grad_logvar));
     const cudaStream_t s = as_stream(stream);
@@ -227,7 +234,7 @@ FFV_API ffv_status ffv_reparameterize_kl_backward(
       reparameterize_kl_backward_kernel<T><<<grid_for(B * D, kElementwiseThreads), kElementwiseThreads, 0, s>>>(
           B, D, reduction, static_cast<const T*>(grad_z), grad_z_s0, grad_z_s1, static_cast<const T*>(grad_kl),
           grad_kl_s0, static_cast<const T*>(mu), mu_s0, mu_s1, static_cast<const T*>(logvar), logvar_s0,
-          logvar_s1, static_cast<const T*>(z), z_s0, z_s1, static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar),
+          logvar_s1, static_cast<const T*>(eps), eps_s0, eps_s1, seed, static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar),
           static_cast<T*>(grad_eps));
       return check_launch(entry);
     });

@@ -18,5 +18,5 @@ ffv_status fail(ffv_status status, const std::string& message) {
 
 extern "C" {
 FFV_API const char* ffv_last_error(void) { return last_error.c_str(); }
-FFV_API int32_t ffv_abi_version(void) { return 1; }
+FFV_API int32_t ffv_abi_version(void) { return FFV_ABI_VERSION; }
 }

@@ -48,7 +48,11 @@ typedef enum ffv_dtype {
 
 /* Message of the last failure on this thread ("" if none). */
 FFV_API const char* ffv_last_error(void);
-/* ABI version: bumped whenever an entry point's signature changes. */
+/* ABI version: bumped whenever an entry point's signature changes. The one definition:
+ * the libraries return it from ffv_abi_version(), and tests/test_build.py checks that
+ * fastfvae/backends/native.py's ABI_VERSION equals it.
+ * 2: reparameterize_kl backward takes (eps, seed) instead of z. */
+#define FFV_ABI_VERSION 2
 FFV_API int32_t ffv_abi_version(void);
 
 typedef enum ffv_reduction {
@@ -62,9 +66,12 @@ typedef enum ffv_reduction {
  *          eps = given, or (eps == NULL) philox_randn(seed, offset = i*D + d) in float32;
  *          kl_i = 0.5 * sum_d (mu^2 + exp(logvar) - logvar - 1);
  *          kl = kl_i [B] (NONE) | mean_i kl_i [1] (MEAN) | sum_i kl_i [1] (SUM).
- * backward: gkl_i = grad_kl[i] (NONE) | grad_kl[0]/B (MEAN) | grad_kl[0] (SUM);
- *          grad_mu = gz + gkl_i*mu; grad_logvar = 0.5*gz*(z - mu) + 0.5*gkl_i*(exp(logvar) - 1);
- *          grad_eps = gz * exp(0.5*logvar) (only when grad_eps != NULL). */
+ * backward: gkl_i = grad_kl[i] (NONE) | grad_kl[0]/B (MEAN) | grad_kl[0] (SUM); std = exp(0.5*logvar);
+ *          eps = the forward's given eps, or (eps == NULL) philox_randn(seed, i*D + d) again:
+ *          the forward's draw, regenerated from the same seed instead of stored;
+ *          grad_mu = gz + gkl_i*mu; grad_logvar = 0.5*gz*std*eps + 0.5*gkl_i*(exp(logvar) - 1);
+ *          grad_eps = gz * std (only when grad_eps != NULL).
+ *          (std*eps is not rebuilt as z - mu: z is rounded to the dtype, and inf - inf is NaN.) */
 FFV_API ffv_status ffv_reparameterize_kl_forward(
     ffv_dtype dtype, int64_t B, int64_t D,
     const void* mu, int64_t mu_s0, int64_t mu_s1,
@@ -80,7 +87,8 @@ FFV_API ffv_status ffv_reparameterize_kl_backward(
     int32_t reduction,
     const void* mu, int64_t mu_s0, int64_t mu_s1,
     const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
-    const void* z, int64_t z_s0, int64_t z_s1,
+    const void* eps, int64_t eps_s0, int64_t eps_s1, /* the forward's eps, or NULL: regenerate */
+    const int64_t* seed, /* the forward's seed (read when eps == NULL) */
     void* grad_mu /* [B, D] */, void* grad_logvar /* [B, D] */, void* grad_eps /* [B, D] or NULL */,
     void* stream);
 

@@ -2,8 +2,10 @@
 
 Forward, one pass over (B, D): z = mu + exp(logvar/2) * eps and kl_i = 0.5 * sum_d (mu^2 +
 exp(logvar) - logvar - 1), eps given or drawn in the kernel as tl.randn(seed, i*D + d).
-Backward, one pass from grad_z, grad_kl, mu, logvar and z (eps is never stored:
-exp(logvar/2) * eps = z - mu).
+Backward, one pass from grad_z, grad_kl, mu, logvar and eps: the given eps, or the forward's
+draw regenerated as tl.randn(seed, i*D + d) from the same seed (Philox is counter-based, so
+eps is never stored; flash-attention replays its dropout mask the same way). std * eps is not
+rebuilt as z - mu: z is rounded to its dtype, and inf - inf is NaN.
 
 Launches:
 - forward, reduction "none": 1 (per-row KL written in the output dtype);
@@ -122,7 +124,8 @@ def _reparameterize_kl_backward_kernel(
     grad_kl_ptr,  # () or (B,) input dtype, strided: dL/dkl (scalar for mean/sum, per row for none)
     mu_ptr,  # (B, D) input dtype, strided: posterior means
     logvar_ptr,  # (B, D) input dtype, strided: posterior log-variances
-    z_ptr,  # (B, D) input dtype, strided: the forward's sample (z - mu = exp(logvar/2) * eps)
+    eps_ptr,  # (B, D) input dtype, strided: given noise; unused (any pointer) when not HAS_EPS
+    seed_ptr,  # (1,) int64: the forward's Philox seed (read when not HAS_EPS)
     grad_mu_ptr,  # (B, D) input dtype, contiguous: output dL/dmu
     grad_logvar_ptr,  # (B, D) input dtype, contiguous: output dL/dlogvar
     grad_eps_ptr,  # (B, D) input dtype, contiguous: output dL/deps (written when NEED_EPS)
@@ -135,17 +138,19 @@ def _reparameterize_kl_backward_kernel(
     stride_mu_d,
     stride_lv_b,
     stride_lv_d,
-    stride_z_b,
-    stride_z_d,
+    stride_eps_b,
+    stride_eps_d,
     gkl_divisor,  # B for "mean", 1 for "sum" and "none"
+    HAS_EPS: tl.constexpr,
     NEED_EPS: tl.constexpr,
     COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """With gkl_i = grad_kl[i or 0] / gkl_divisor:
-    dmu = gz + gkl_i * mu;  dlogvar = 0.5 * gz * (z - mu) + 0.5 * gkl_i * (exp(logvar) - 1);
-    deps = gz * exp(logvar / 2).  One (BLOCK_B, BLOCK_D) tile per program."""
+    dmu = gz + gkl_i * mu;  dlogvar = 0.5 * gz * exp(logvar / 2) * eps + 0.5 * gkl_i * (exp(logvar) - 1);
+    deps = gz * exp(logvar / 2), eps = given or tl.randn(seed, i*D + d) (the forward's draw).
+    One (BLOCK_B, BLOCK_D) tile per program."""
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     cols = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
     row_ok = rows < B
@@ -155,16 +160,20 @@ def _reparameterize_kl_backward_kernel(
     gz = tl.load(grad_z_ptr + r * stride_gz_b + c * stride_gz_d, mask=mask, other=0.0).to(COMPUTE)
     mu = tl.load(mu_ptr + r * stride_mu_b + c * stride_mu_d, mask=mask, other=0.0).to(COMPUTE)
     lv = tl.load(logvar_ptr + r * stride_lv_b + c * stride_lv_d, mask=mask, other=0.0).to(COMPUTE)
-    z = tl.load(z_ptr + r * stride_z_b + c * stride_z_d, mask=mask, other=0.0).to(COMPUTE)
+    if HAS_EPS:
+        eps = tl.load(eps_ptr + r * stride_eps_b + c * stride_eps_d, mask=mask, other=0.0).to(COMPUTE)
+    else:
+        eps = tl.randn(tl.load(seed_ptr), r * D + c).to(COMPUTE)  # the forward's counters
     gkl = tl.load(grad_kl_ptr + rows * stride_gkl, mask=row_ok, other=0.0).to(COMPUTE)
     gkl = (gkl / gkl_divisor)[:, None]
+    std = tl.exp(0.5 * lv)
     grad_mu = gz + gkl * mu
-    grad_lv = 0.5 * gz * (z - mu) + 0.5 * gkl * (tl.exp(lv) - 1.0)
+    grad_lv = 0.5 * gz * std * eps + 0.5 * gkl * (tl.exp(lv) - 1.0)
     out = r * D + c
     tl.store(grad_mu_ptr + out, grad_mu.to(grad_mu_ptr.dtype.element_ty), mask=mask)
     tl.store(grad_logvar_ptr + out, grad_lv.to(grad_logvar_ptr.dtype.element_ty), mask=mask)
     if NEED_EPS:
-        grad_eps = gz * tl.exp(0.5 * lv)
+        grad_eps = gz * std
         tl.store(grad_eps_ptr + out, grad_eps.to(grad_eps_ptr.dtype.element_ty), mask=mask)
 
 
@@ -209,8 +218,9 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
     return z, kl
 
 
-def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, z, reduction, need_grad_eps):
-    """Returns (grad_mu, grad_logvar, grad_eps or None), all (B, D) contiguous, one launch."""
+def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps):
+    """eps: the forward's given (B, D) noise, or None: regenerated from seed (int64 (1,)).
+    Returns (grad_mu, grad_logvar, grad_eps or None), all (B, D) contiguous, one launch."""
     batch, dim = mu.shape
     block_b, block_d = _tile(batch, dim)
     grad_mu = torch.empty((batch, dim), dtype=mu.dtype, device=mu.device)
@@ -218,16 +228,19 @@ def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, z, reduction, need_g
     grad_eps = torch.empty_like(grad_mu) if need_grad_eps else None
     stride_gkl = grad_kl.stride(0) if reduction == "none" else 0
     divisor = batch if reduction == "mean" else 1
+    has_eps = eps is not None
+    eps_arg = eps if has_eps else mu
     grid = (triton.cdiv(batch, block_b), triton.cdiv(dim, block_d))
     with device_guard(mu):
         _reparameterize_kl_backward_kernel[grid](
-            grad_z, grad_kl, mu, logvar, z,
+            grad_z, grad_kl, mu, logvar, eps_arg, seed if seed is not None else mu,
             grad_mu, grad_logvar, grad_eps if need_grad_eps else grad_mu,
             batch, dim,
             grad_z.stride(0), grad_z.stride(1), stride_gkl,
-            mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1), z.stride(0), z.stride(1),
+            mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
+            eps_arg.stride(0), eps_arg.stride(1),
             divisor,
-            NEED_EPS=need_grad_eps, COMPUTE=compute_dtype(mu.dtype),
+            HAS_EPS=has_eps, NEED_EPS=need_grad_eps, COMPUTE=compute_dtype(mu.dtype),
             BLOCK_B=block_b, BLOCK_D=block_d,
         )
     return grad_mu, grad_logvar, grad_eps
