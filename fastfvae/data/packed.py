@@ -177,6 +177,11 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
+# The renderer's constants (fastfvae/data/dsprites.py): a change to any of them is a new table.
+_DSPRITES_GEOMETRY = ("_ORIGIN", "_TRAVEL", "_SQUARE_SIDE", "_ELLIPSE_AXES", "_HEART_SIDE", "_HEART_LOBE_RATIO",
+                      "_WINDOW", "_WINDOW_BEFORE")
+
+
 def render_device(dataset, device) -> torch.device:
     """Where a DSprites table is rendered: on the GPU when the table is wanted there (seconds
     instead of the CPU's minutes), else on the CPU; a file-backed set is not rendered (CPU)."""
@@ -195,8 +200,7 @@ def dsprites_source_key(dataset, render_on: torch.device = torch.device("cpu")) 
         digest.update(f"rendered on {render_on.type}".encode())
         for function in (dsprites.render_dsprites, dsprites._inside, dsprites.factor_values):
             digest.update(inspect.getsource(function).encode())
-        geometry = {name: getattr(dsprites, name) for name in dir(dsprites)
-                    if name.startswith("_") and name[1:2].isupper() and isinstance(getattr(dsprites, name), (int, float, tuple))}
+        geometry = {name: getattr(dsprites, name) for name in _DSPRITES_GEOMETRY}
         digest.update(repr(sorted(geometry.items())).encode())
     else:
         digest.update(b"npz:" + _file_digest(dataset.path).encode())
