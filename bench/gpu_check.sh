@@ -5,9 +5,10 @@
 # command itself must end inside 600 s, and the most valuable stages run first so that a cut
 # run still answers the important questions. Stages, in order, with their limits (seconds):
 #
-#   env         10  python + its headers (Triton compiles its launcher with them), gcc, nvcc,
+#   env         30  (a cold torch import alone can take 10 s) python + its headers (Triton
+#                   compiles its launcher with them), gcc, nvcc,
 #                   the driver, torch and torch.version.cuda, triton, the GPU, pytest plugins
-#   build      110  CMake build of both libraries for this GPU into ./fastfvae/_lib, then the
+#   build      100  CMake build of both libraries for this GPU into ./fastfvae/_lib, then the
 #                   probe: ldd of libfastfvae_cuda.so (no libcudart: it is static) and ONE REAL
 #                   1x1 kernel call through the native CUDA library, compared with the reference
 #   warm        35  one call of every Triton kernel at the test and benchmark sizes, into one
@@ -20,11 +21,11 @@
 #                   (stale error after a failed call, log_qz local memory, CUDA vs Triton eps bit
 #                   identity, grid-axis limits, workspace path, determinism)
 #   bench-key   80  benchmarks: loss head, permute_dims, training step
-#   tests-rest  50  every other test file (losses, models, train, metrics, ...) on the GPU box
+#   tests-rest  45  every other test file (losses, models, train, metrics, ...) on the GPU box
 #   bench-rest  35  benchmarks: reparameterize_kl, tc_loss, discriminator_loss, log_qz
 #   paper       60  bench/paper_stage.sh when present (the paper-reproduction hook, filled in by
 #                   the training side); "not present" otherwise
-#   metrics     35  the metric battery at disentanglement_lib's sizes on the GPU (bench/test_metrics.py)
+#   metrics     30  the metric battery at disentanglement_lib's sizes on the GPU (bench/test_metrics.py)
 #   report      10  bench/report.py on the benchmark JSON
 #                  ---
 #   total      600  <= 600 (GPU_CHECK_BUDGET_S caps the whole run; each stage also gets at most
@@ -62,7 +63,7 @@ START=$(date +%s)
 MODE=${1:-run}
 
 # name:limit, in run order (the header above explains each; --dry-run prints and adds them).
-PLAN="env:10 build:110 warm:35 tests-ops:150 review:25 bench-key:80 tests-rest:50 bench-rest:35 paper:60 metrics:35 report:10"
+PLAN="env:30 build:100 warm:35 tests-ops:150 review:25 bench-key:80 tests-rest:45 bench-rest:35 paper:60 metrics:30 report:10"
 # --plumbing runs on a (slow, shared) CPU: its limits are scaled by GPU_CHECK_LIMIT_SCALE (3).
 SCALE=${GPU_CHECK_LIMIT_SCALE:-1}
 [ "$MODE" = "--plumbing" ] && SCALE=${GPU_CHECK_LIMIT_SCALE:-3}
