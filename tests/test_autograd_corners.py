@@ -48,6 +48,8 @@ OPS = ["tc_loss_2", "tc_loss_1", "discriminator_loss_2", "discriminator_loss_1",
 @pytest.mark.parametrize("name", OPS)
 def test_double_backward_gradgradcheck(backend, name):
     """create_graph=True gives the second-order terms (issue 14.9), checked numerically."""
+    if backend == "triton":
+        pytest.skip("gradgradcheck's hundreds of calls do not fit the Triton interpreter's time budget")
     require(backend, name.rsplit("_", 1)[0] if name[-1].isdigit() else name, "cpu", F64)
     fn, leaves = _op_functions(backend)[name]
     assert gradcheck(fn, leaves)
@@ -57,6 +59,8 @@ def test_double_backward_gradgradcheck(backend, name):
 def test_gradient_penalty_matches_the_textbook_formula(backend):
     """The discriminator's gradient penalty (the case of issue 14.9): d/dw of ||dL/dx||^2 with
     L = discriminator_loss(x W, x' W) equals float64 autograd of the reference formula."""
+    if backend == "triton":
+        pytest.skip("the double backward runs the reference's backward for every backend")
     require(backend, "discriminator_loss", "cpu", F64)
     x, x_perm, weight = _leaf(8, 3), _leaf(8, 3), _leaf(3, 2)
 
