@@ -50,6 +50,7 @@ FFV_CLONES void softmax2_f32(const float* a, const float* b, int64_t n, float* p
 
 // GCC cannot see that load_pairs fills the block buffers before the vectorised loops (which take
 // them as const pointers) read them, and warns; every element read was written.
+#pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 // Rows [begin, end) of a strided (B, 2) logits tensor into two float columns.
@@ -180,6 +181,8 @@ ffv_status backward(int64_t B, int64_t K, const void* grad_loss, const void* rea
   return FFV_OK;
 }
 
+#pragma GCC diagnostic pop  // the -Wmaybe-uninitialized exception ends with the kernels
+
 }  // namespace
 
 extern "C" {
@@ -215,9 +218,11 @@ FFV_API ffv_status ffv_discriminator_loss_backward(ffv_dtype dtype, int64_t B, i
   FFV_CHECK(ffv::check_not_null(entry, "d_perm", d_perm));
   FFV_CHECK(ffv::check_not_null(entry, "grad_real", grad_real));
   FFV_CHECK(ffv::check_not_null(entry, "grad_perm", grad_perm));
-  return ffv::with_dtype(entry, dtype, [&](auto tag) {
-    return backward<decltype(tag)>(B, K, grad_loss, d_real, d_real_s0, d_real_s1, d_perm, d_perm_s0, d_perm_s1,
-                                   grad_real, grad_perm);
+  return ffv::guarded(entry, [&] {  // no exception may cross the C boundary (every entry is guarded)
+    return ffv::with_dtype(entry, dtype, [&](auto tag) {
+      return backward<decltype(tag)>(B, K, grad_loss, d_real, d_real_s0, d_real_s1, d_perm, d_perm_s0, d_perm_s1,
+                                     grad_real, grad_perm);
+    });
   });
 }
 

@@ -328,8 +328,10 @@ FFV_API ffv_status ffv_permute_dims_backward(ffv_dtype dtype, int64_t G, int64_t
   FFV_CHECK(ffv::check_not_null(entry, "grad_out", grad_out));
   FFV_CHECK(ffv::check_not_null(entry, "index", index));
   FFV_CHECK(ffv::check_not_null(entry, "grad_z", grad_z));
-  return with_element_bits(entry, dtype, [&](auto bits) {
-    return backward<decltype(bits)>(G, B, D, grad_out, grad_out_s0, grad_out_s1, grad_out_s2, index, grad_z);
+  return ffv::guarded(entry, [&] {
+    return with_element_bits(entry, dtype, [&](auto bits) {
+      return backward<decltype(bits)>(G, B, D, grad_out, grad_out_s0, grad_out_s1, grad_out_s2, index, grad_z);
+    });
   });
 }
 

@@ -66,8 +66,10 @@ FFV_API ffv_status ffv_tc_loss_backward(ffv_dtype dtype, int64_t B, int64_t K, c
   FFV_CHECK(ffv::check_numel(entry, B, K));
   FFV_CHECK(ffv::check_not_null(entry, "grad_tc", grad_tc));
   FFV_CHECK(ffv::check_not_null(entry, "grad_logits", grad_logits));
-  return ffv::with_dtype(entry, dtype, [&](auto tag) {
-    return backward<decltype(tag)>(B, K, grad_tc, grad_logits);
+  return ffv::guarded(entry, [&] {
+    return ffv::with_dtype(entry, dtype, [&](auto tag) {
+      return backward<decltype(tag)>(B, K, grad_tc, grad_logits);
+    });
   });
 }
 
