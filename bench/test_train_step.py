@@ -16,16 +16,6 @@ from bench import common
 OP = "train_step"
 
 
-def _missing() -> str | None:
-    try:
-        from fastfvae import models, train  # noqa: F401
-    except ImportError as error:
-        return f"fastfvae.models / fastfvae.train are not there yet ({error})"
-    if not hasattr(train, "Trainer") or not hasattr(train.Trainer, "train_step"):
-        return "fastfvae.train.Trainer.train_step does not exist yet"
-    return None
-
-
 class _NoData:
     """The Trainer needs a data set only for its size (batches are passed to train_step)."""
 
@@ -58,10 +48,6 @@ def _konny(device, z_dim):
 
 
 def impls(device):
-    missing = _missing()
-    if missing:
-        return [common.Impl("fastfvae", "fastfvae", skip=missing),
-                common.Impl("loop-1konny", "baseline", skip=missing)]
     z_dim = common.TRAIN_STEP_SIZES[0][1]
     ours = common.fastfvae_impls("reparameterize_kl", device, lambda b: _fastfvae(device, z_dim)(b),
                                  needs=("permute_dims", "tc_loss", "discriminator_loss"))
