@@ -346,10 +346,16 @@ def annealed_capacity(step: int, c_max: float, iteration_threshold: int) -> floa
     return min(c_max, c_max * step / iteration_threshold)
 
 
-def _check_step(step) -> int:
-    """An int >= 0 (a Python int or a NumPy integer; not a bool, float or tensor)."""
+def _check_step(step):
+    """An int >= 0 (a Python int or a NumPy integer; not a bool or a float), or a 0-d real
+    tensor (checked for shape and dtype only: reading its value would synchronise the host)."""
+    if isinstance(step, Tensor):
+        if step.dim() != 0 or step.dtype.is_complex or step.dtype == torch.bool:
+            raise TypeError(f"step: expected an int or a 0-d real tensor, got a {step.dtype} tensor "
+                            f"of shape {tuple(step.shape)}")
+        return step
     if not isinstance(step, int) or isinstance(step, bool):
-        if isinstance(step, (bool, Tensor, float)):
+        if isinstance(step, (bool, float)):
             raise TypeError(f"step: expected an int (steps taken so far), got {type(step).__name__}")
         try:
             step = operator.index(step)  # NumPy integers
@@ -372,7 +378,9 @@ class AnnealedVAELoss(nn.Module):
         kl: the scalar KL from ``fastfvae.reparameterize_kl`` (reduction "mean");
         step: int >= 0, the number of optimisation steps taken before this one (0 at the first
             step; disentanglement_lib's global step). The module keeps no counter: the caller's
-            step, saved in its checkpoint, makes a resumed run continue the same schedule.
+            step, saved in its checkpoint, makes a resumed run continue the same schedule. A 0-d
+            integer tensor on the device also works (no host sync; a CUDA graph that increments
+            it in place replays the schedule); its value is not checked, below 0 counts as 0.
     Returns AnnealedVAELossOutput(total, recon, kl, capacity).
     """
 
@@ -389,9 +397,15 @@ class AnnealedVAELoss(nn.Module):
         _check_scalar_kl(kl)
         step = _check_step(step)
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
-        # torch.full writes the value on the device (no host-to-device copy of a host tensor).
-        capacity = torch.full((), annealed_capacity(step, self.c_max, self.iteration_threshold),
-                              dtype=kl.dtype, device=kl.device)
+        if isinstance(step, Tensor):
+            # On the device, so a captured CUDA graph whose step tensor counts up replays the
+            # schedule; a negative value counts as 0 (it cannot be checked without a host sync).
+            fraction = (step.to(device=kl.device, dtype=torch.float64) / self.iteration_threshold).clamp(0.0, 1.0)
+            capacity = (self.c_max * fraction).to(kl.dtype)
+        else:
+            # torch.full writes the value on the device (no host-to-device copy of a host tensor).
+            capacity = torch.full((), annealed_capacity(step, self.c_max, self.iteration_threshold),
+                                  dtype=kl.dtype, device=kl.device)
         total = recon + self.gamma * (kl - capacity).abs()
         return AnnealedVAELossOutput(total, recon, kl, capacity)
 

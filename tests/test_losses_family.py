@@ -260,8 +260,8 @@ def test_annealed_bad_input():
         loss(x, x, kl, True)
     with pytest.raises(ValueError, match=r"kl: expected a scalar tensor.*\(2,\)"):
         loss(x, x, torch.ones(2), 0)
-    with pytest.raises(TypeError, match="step: expected an int .*got Tensor"):
-        loss(x, x, kl, torch.tensor(3))
+    with pytest.raises(TypeError, match=r"step: expected an int or a 0-d real tensor.*shape \(2,\)"):
+        loss(x, x, kl, torch.tensor([3, 4]))
     with pytest.raises(ValueError, match="iteration_threshold: expected an int >= 1, got 0"):
         AnnealedVAELoss(iteration_threshold=0)
     with pytest.raises(ValueError, match="iteration_threshold: expected an int >= 1, got 100000.0"):
@@ -335,3 +335,18 @@ def test_family_losses_compile_fullgraph_and_match_eager():
     # dip: one graph; annealed: a static step 0, then one dynamic-step graph (at most one more
     # where the capacity stops rising), not one per step.
     assert counter.frame_count <= 4, counter.frame_count
+
+
+def test_annealed_tensor_step_gives_the_int_steps_schedule():
+    """A device step tensor (the trainer's, graph-safe) follows the same capacity as int steps."""
+    g = torch.Generator().manual_seed(4)
+    x_recon, x, mu, logvar = random_batch(3, 2, g)
+    kl = torch.tensor(0.7, dtype=F64)
+    loss = AnnealedVAELoss(gamma=3.0, c_max=2.0, iteration_threshold=5)
+    step = torch.zeros((), dtype=torch.int64)
+    for k in range(8):
+        by_int, by_tensor = loss(x_recon, x, kl, k), loss(x_recon, x, kl, step)
+        torch.testing.assert_close(by_tensor.capacity, by_int.capacity, rtol=0, atol=1e-15)
+        torch.testing.assert_close(by_tensor.total, by_int.total, rtol=0, atol=1e-12)
+        step.add_(1)
+    assert loss(x_recon, x, kl, torch.tensor(-3)).capacity.item() == 0.0

@@ -275,7 +275,9 @@ class AnnealedVAEStep(_SingleLossStep):
     --c-max nats over --iteration-threshold steps (``losses.AnnealedVAELoss``).
 
     ``steps_taken`` is the loss's step (optimisation steps before this one, disentanglement_lib's
-    global step). It is not a second counter to save: ``load_state_dict`` sets it from the
+    global step), an int64 tensor on the VAE's device incremented in place after each update, so
+    a compiled or CUDA-graph-captured whole step (--compile, --graph) advances the schedule with
+    no host sync. It is not a second counter to save: ``load_state_dict`` sets it from the
     checkpoint's ``step``, so a resumed run continues the schedule where it stopped.
     """
 
@@ -287,7 +289,7 @@ class AnnealedVAEStep(_SingleLossStep):
         self.loss_fn = losses.AnnealedVAELoss(gamma=config.anneal_gamma, c_max=config.c_max,
                                               iteration_threshold=config.iteration_threshold,
                                               reconstruction="bernoulli")
-        self.steps_taken = 0
+        self.steps_taken = torch.zeros((), dtype=torch.int64, device=next(vae.parameters()).device)
 
     def loss_terms(self, out, x_recon, x1):
         t = self.loss_fn(x_recon, x1, out.kl, self.steps_taken)
@@ -295,12 +297,12 @@ class AnnealedVAEStep(_SingleLossStep):
 
     def __call__(self, x1: Tensor, x2: Optional[Tensor] = None) -> Tensor:
         values = super().__call__(x1, x2)
-        self.steps_taken += 1
+        self.steps_taken.add_(1)
         return values
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.steps_taken = int(state["step"])
+        self.steps_taken.fill_(int(state["step"]))
 
 
 # --objective name -> its step class (the first is the default).
