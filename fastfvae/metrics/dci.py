@@ -27,14 +27,14 @@ Estimators (``estimator=``):
   node table). Tens of times faster; bench/test_metrics.py and tests/test_metrics_battery.py
   measure how close its scores are to the exact ones.
 
-Measured agreement (this project's shared 2-core CPU; dSprites' factor sizes; 2,000 training and
-1,000 test points; codes of the paper's encoder after 361 FactorVAE steps): exact / hist
-disentanglement 0.106 / 0.101, completeness 0.116 / 0.102, test informativeness 0.282 / 0.308,
-against a seed-to-seed standard deviation of hist of 0.006, 0.007 and 0.005. Disentanglement and
-completeness agree within ~2 sampling standard deviations; informativeness does not (hist's
-trees generalise better), so ``evaluate``'s default preset keeps "exact". Fit cost at 10,000
-points: hist ~18 CPU-s for the five factors (measured), exact ~325 CPU-s (issue 12's per-factor
-figures; 72 CPU-s measured at 2,000 points).
+Measured agreement (this project's shared 2-core CPU; dSprites; codes of the paper's encoder
+after 361 FactorVAE steps; seed 0). At 10,000 training / 5,000 test points, exact / hist:
+disentanglement 0.150 / 0.168, completeness 0.171 / 0.185, test informativeness 0.321 / 0.330,
+against a seed-to-seed standard deviation of hist of 0.0013, 0.0038 and 0.0022: hist does NOT
+agree within sampling noise (it scores higher), so ``evaluate``'s default preset keeps "exact".
+(At 2,000 / 1,000 points: 0.106 / 0.101, 0.116 / 0.102, 0.282 / 0.308.) Cost at 10,000 points
+for the five factors: hist 16-18 CPU-s, exact 372 CPU-s (measured; on 2 idle cores the factors
+run in parallel, so ~190 s wall, bounded below by the 40-class factor).
 
 Both run one fit per factor, in ``n_jobs`` threads (default: one per factor up to the CPU count),
 each fit on one OpenMP/BLAS thread (see _sklearn.fit_counting_warnings for the measurement behind that).

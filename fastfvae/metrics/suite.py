@@ -13,9 +13,9 @@ drawn, so a preset is a noisier estimate of the same quantity, not a different m
   of encoding on this project's 2-core CPU. The code table (code_table.py) encodes dSprites'
   737,280 grid points once instead, so evaluate uses it here (``code_table="auto"``).
   DCI runs with disentanglement_lib's exact GradientBoostingClassifier: the faster "hist"
-  estimator agreed with it on disentanglement and completeness within ~2 sampling standard
-  deviations but NOT on informativeness (dci.py gives the measurement), so it is opt-in here
-  (``dci={"estimator": "hist"}``: ~19 CPU-s against ~325 CPU-s for dSprites' five factors).
+  estimator did NOT agree with it within sampling noise on a trained encoder's codes (dci.py
+  gives the measurement), so it is opt-in here (``dci={"estimator": "hist"}``: ~18 CPU-s
+  against ~372 CPU-s for dSprites' five factors).
 - ``"fast"``: FactorVAE 5,000 + (500 + 300) * 64 = 56,200 images; beta-VAE 2 * (250 + 150) * 64 =
   51,200; MIG and unsupervised 10,000 each; DCI, SAP, modularity/explicitness 5,000 + 2,500 each:
   ~150,000 images, fewer than the grid, so no table. DCI uses the "hist" estimator here (the one
