@@ -147,6 +147,32 @@ def test_whole_step_compiles_fullgraph_and_equals_eager():
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
 
 
+def test_compile_with_host_batches_compiles_the_update_and_equals_eager():
+    """--compile without the packed table (the CPU default): the batches come from the host (a CPU
+    generator, which dynamo cannot trace), so only the update is one compiled graph."""
+    config = tiny_config()
+    table = random_table()
+
+    def host_batches():
+        generator = torch.Generator().manual_seed(0)  # as Trainer.sample_batches' data generator
+
+        def draw():
+            index = torch.randint(len(table), (8,), generator=generator)
+            x = reference.gather_images(table, index, torch.float32).contiguous(memory_format=torch.channels_last)
+            return x[:4], x[4:]
+        return draw
+
+    eager = WholeStep(factorvae_step(config), host_batches(), "eager")
+    compiled = WholeStep(factorvae_step(config), host_batches(), "compile", compile_backend="aot_eager")
+    torch._dynamo.reset()
+    for step in range(2):
+        torch.manual_seed(200 + step)
+        want = eager()
+        torch.manual_seed(200 + step)
+        got = compiled()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"step {step}: {m}")
+
+
 def test_a_host_read_in_the_step_breaks_the_full_graph():
     """The fullgraph test can fail: a step that reads a loss on the host does not compile."""
     config = tiny_config()

@@ -182,7 +182,13 @@ class WholeStep:
         if mode == "compile":
             for optimizer in self.optimizers:
                 make_traceable(optimizer)
-            self._compiled = torch.compile(self.eager, fullgraph=True, backend=compile_backend)
+            if isinstance(batches, DeviceBatches):
+                self._compiled = torch.compile(self.eager, fullgraph=True, backend=compile_backend)
+            else:
+                # Host batches (the renderer, a file, a CPU generator) are not traceable: the
+                # update alone is compiled as one graph and the batches are drawn eagerly.
+                update = torch.compile(self.update, fullgraph=True, backend=compile_backend)
+                self._compiled = lambda: update(*self.batches())
         elif mode == "graph":
             if not isinstance(batches, DeviceBatches) or batches.table.device.type != "cuda":
                 raise ValueError("mode 'graph' needs the data on a CUDA device (a DeviceBatches on cuda)")
