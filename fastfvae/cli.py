@@ -186,8 +186,11 @@ def _cmd_train(args) -> int:
         return 0 if "interrupted" not in summary else 128 + _signal_number(summary["interrupted"])
     if "interrupted" in summary:
         during = summary.get("interrupted_during")
-        what = f"during the {during} (training is complete)" if during else f"at step {summary['step']}"
-        print(f"interrupted ({summary['interrupted']}) {what}; summary.json holds what is known; continue with: "
+        if during:  # training is complete: the summary was written with what is known
+            what = f"during the {during} (training is complete); summary.json holds what is known"
+        else:  # mid-training: only the checkpoint; no summary claims a finished run
+            what = f"at step {summary['step']}; {summary['checkpoint']} holds that step (no summary.json yet)"
+        print(f"interrupted ({summary['interrupted']}) {what}; continue with: "
               f"fastfvae train --out {out} --steps {config.steps} --resume", file=sys.stderr)
         return 128 + _signal_number(summary["interrupted"])
     _print_train_result(summary, out)

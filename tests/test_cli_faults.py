@@ -327,6 +327,7 @@ def test_signal_during_steps_checkpoints_and_stops(tmp_path, capsys, monkeypatch
     status, err = run(capsys, "train", "--steps", "50", "--out", tmp_path / "run", *TINY)
     assert status == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "interrupted (SIGTERM) at step 2" in err
+    assert "holds that step (no summary.json yet)" in err and "summary.json holds" not in err
     assert load_checkpoint(str(tmp_path / "run"))["step"] == 2
     assert not (tmp_path / "run" / "summary.json").exists()  # no summary claims a finished run
 
