@@ -19,7 +19,8 @@
 #                   --maxfail, a per-test timeout instead
 #   review      25  kernels/cuda/review_checks.py: the GPU-only checks of kernels/cuda/REVIEW.md
 #                   (stale error after a failed call, log_qz local memory, CUDA vs Triton eps bit
-#                   identity, grid-axis limits, workspace path, determinism)
+#                   identity, grid-axis limits, workspace path, determinism, two-stage
+#                   reductions, permute fallback in a torch workspace)
 #   bench-key   80  benchmarks: loss head, permute_dims, training step
 #   tests-rest  45  every other test file (losses, models, train, metrics, ...) on the GPU box
 #   bench-rest  35  benchmarks: reparameterize_kl, tc_loss, discriminator_loss, log_qz

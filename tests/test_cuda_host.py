@@ -192,10 +192,19 @@ FFV_ERR_INVALID_ARGUMENT, FFV_ERR_UNSUPPORTED_DTYPE, FFV_ERR_CUDA = 1, 2, 4
 P, I64, I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 SEED_P, INDEX_P = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int32)
 SIGNATURES = {
-    "ffv_reparameterize_kl_forward": [I32, I64, I64, P, I64, I64, P, I64, I64, P, I64, I64, SEED_P, I32, P, P, P],
-    "ffv_permute_dims_forward": [I32, I64, I64, I64, P, I64, I64, I64, SEED_P, P, INDEX_P, P],
-    "ffv_tc_loss_forward": [I32, I64, I64, P, I64, I64, P, P],
+    "ffv_reparameterize_kl_forward": [I32, I64, I64, P, I64, I64, P, I64, I64, P, I64, I64, SEED_P, I32, P, P, P, I64, P],
+    "ffv_permute_dims_forward": [I32, I64, I64, I64, P, I64, I64, I64, SEED_P, P, INDEX_P, P, I64, P],
+    "ffv_tc_loss_forward": [I32, I64, I64, P, I64, I64, P, P, I64, P],
     "ffv_discriminator_loss_backward": [I32, I64, I64, P, P, I64, I64, P, I64, I64, P, P, P],
+}
+# ABI 3: the workspace size queries (host functions) and the other forward with a workspace.
+BYTES_P = ctypes.POINTER(ctypes.c_int64)
+MORE_SIGNATURES = {
+    "ffv_discriminator_loss_forward": [I32, I64, I64, P, I64, I64, P, I64, I64, P, P, I64, P],
+    "ffv_reparameterize_kl_workspace_bytes": [I32, I64, I64, I32, BYTES_P],
+    "ffv_permute_dims_workspace_bytes": [I32, I64, I64, I64, BYTES_P],
+    "ffv_tc_loss_workspace_bytes": [I32, I64, I64, BYTES_P],
+    "ffv_discriminator_loss_workspace_bytes": [I32, I64, I64, BYTES_P],
 }
 
 
@@ -214,35 +223,38 @@ def cuda_library():
     data = (ctypes.c_double * 64)()
     seed = (ctypes.c_int64 * 1)(5)
     index = (ctypes.c_int32 * 64)()
-    pointers = {"p": ctypes.cast(data, P), "seed": ctypes.cast(seed, SEED_P), "index": ctypes.cast(index, INDEX_P)}
+    nbytes = (ctypes.c_int64 * 1)(-1)
+    pointers = {"p": ctypes.cast(data, P), "seed": ctypes.cast(seed, SEED_P), "index": ctypes.cast(index, INDEX_P),
+                "bytes": ctypes.cast(nbytes, BYTES_P)}
 
     def call(entry: str, *args):
         function = getattr(lib, entry)
-        function.argtypes = SIGNATURES[entry]
+        function.argtypes = {**SIGNATURES, **MORE_SIGNATURES}[entry]
         function.restype = ctypes.c_int
         status = function(*(pointers[a] if isinstance(a, str) else a for a in args))
         return status, lib.ffv_last_error().decode()
 
-    call.keepalive = (data, seed, index)  # the buffers live as long as the fixture
+    call.bytes = nbytes  # where the size queries write
+    call.keepalive = (data, seed, index, nbytes)  # the buffers live as long as the fixture
     return call
 
 
 RK, PD, TC, DL = SIGNATURES  # entry names, in SIGNATURES order
 # (id, entry, args, status, message part); "p"/"seed"/"index" stand for the host buffers.
 INVALID_CALLS = [
-    ("reparam_B0", RK, (0, 0, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 1, "p", "p", None),
+    ("reparam_B0", RK, (0, 0, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 1, "p", "p", None, 0, None),
      FFV_ERR_INVALID_ARGUMENT, "B must be >= 1, got 0"),
-    ("reparam_seed_null", RK, (0, 2, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, None, 1, "p", "p", None),
+    ("reparam_seed_null", RK, (0, 2, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, None, 1, "p", "p", None, 0, None),
      FFV_ERR_INVALID_ARGUMENT, "seed (needed when eps is NULL) must not be NULL"),
-    ("reparam_reduction7", RK, (0, 2, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 7, "p", "p", None),
+    ("reparam_reduction7", RK, (0, 2, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 7, "p", "p", None, 0, None),
      FFV_ERR_INVALID_ARGUMENT, "reduction code 7 is not one of none=0, mean=1, sum=2"),
-    ("reparam_dtype9", RK, (9, 2, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 1, "p", "p", None),
+    ("reparam_dtype9", RK, (9, 2, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 1, "p", "p", None, 0, None),
      FFV_ERR_UNSUPPORTED_DTYPE, "dtype code 9 is not one of"),
-    ("permute_B_2pow31", PD, (0, 1, 2**31, 1, "p", 1, 1, 1, "seed", "p", "index", None),
+    ("permute_B_2pow31", PD, (0, 1, 2**31, 1, "p", 1, 1, 1, "seed", "p", "index", None, 0, None),
      FFV_ERR_INVALID_ARGUMENT, "B must fit the int32 index, got 2147483648"),
-    ("permute_overflow", PD, (0, 2**40, 2**30, 2**10, "p", 1, 1, 1, "seed", "p", "index", None),
+    ("permute_overflow", PD, (0, 2**40, 2**30, 2**10, "p", 1, 1, 1, "seed", "p", "index", None, 0, None),
      FFV_ERR_INVALID_ARGUMENT, "more than 2^63 - 1 elements"),
-    ("tc_K3", TC, (0, 4, 3, "p", 3, 1, "p", None), FFV_ERR_INVALID_ARGUMENT, "K (logits per row) must be 1 or 2, got 3"),
+    ("tc_K3", TC, (0, 4, 3, "p", 3, 1, "p", None, 0, None), FFV_ERR_INVALID_ARGUMENT, "K (logits per row) must be 1 or 2, got 3"),
     ("disc_grad_perm_null", DL, (1, 4, 2, "p", "p", 2, 1, "p", 2, 1, "p", None, None),
      FFV_ERR_INVALID_ARGUMENT, "grad_perm must not be NULL"),
 ]
@@ -256,13 +268,19 @@ def test_cuda_library_rejects_invalid_arguments(cuda_library, entry, args, statu
     assert got_message.startswith(f"{entry}: ") and message in got_message, got_message
 
 
-# Valid calls, including the workspace (cudaMallocAsync) and CUB fallback paths.
+# Valid calls, including the workspace paths (the caller's buffer, here a host one that is never
+# dereferenced: the launch fails first) and the CUB fallback (its size query fails first).
+# Workspace sizes: reparameterize_kl MEAN, B = 100000: float64 [B] (800000 B, 256-aligned) +
+# float64 partials [ceil(100000 / 16384) = 7]; tc / discriminator, B = 20000 float32: [2] / [2, 2].
+DISC = "ffv_discriminator_loss_forward"
 VALID_CALLS = [
-    ("reparam_none", RK, (0, 2, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 0, "p", "p", None)),
-    ("reparam_mean_workspace", RK, (0, 100000, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 1, "p", "p", None)),
-    ("permute_block_sort", PD, (0, 1, 8, 2, "p", 16, 2, 1, "seed", "p", "index", None)),
-    ("permute_fallback", PD, (0, 1, 5000, 2, "p", 10000, 2, 1, "seed", "p", "index", None)),
-    ("tc", TC, (0, 4, 2, "p", 2, 1, "p", None)),
+    ("reparam_none", RK, (0, 2, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 0, "p", "p", None, 0, None)),
+    ("reparam_mean_workspace", RK, (0, 100000, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 1, "p", "p", "p", 800056, None)),
+    ("permute_block_sort", PD, (0, 1, 8, 2, "p", 16, 2, 1, "seed", "p", "index", None, 0, None)),
+    ("permute_fallback", PD, (0, 1, 5000, 2, "p", 10000, 2, 1, "seed", "p", "index", None, 0, None)),
+    ("tc", TC, (0, 4, 2, "p", 2, 1, "p", None, 0, None)),
+    ("tc_two_stage", TC, (0, 20000, 2, "p", 2, 1, "p", "p", 8, None)),
+    ("disc_two_stage", DISC, (0, 20000, 2, "p", 2, 1, "p", 2, 1, "p", "p", 16, None)),
 ]
 
 
@@ -274,3 +292,63 @@ def test_cuda_library_without_device_returns_cuda_error(cuda_library, entry, arg
     status, message = cuda_library(entry, *args)
     assert status == FFV_ERR_CUDA, f"{entry}: status {status} ({message!r}), expected FFV_ERR_CUDA"
     assert message.startswith(f"{entry}: ") and "cuda" in message.lower(), message
+
+
+# ---- ABI 3: workspace size queries and checks (host code: no device needed) ------------------
+WORKSPACE_SIZES = [
+    # (id, query, size arguments, bytes): fastfvae.h's formulas
+    ("reparam_none", "ffv_reparameterize_kl_workspace_bytes", (0, 100000, 4, 0), 0),
+    ("reparam_mean_one_block", "ffv_reparameterize_kl_workspace_bytes", (0, 2048, 4, 1), 0),
+    ("reparam_mean_rows", "ffv_reparameterize_kl_workspace_bytes", (0, 4096, 4, 1), 4096 * 8),
+    ("reparam_sum_rows_unaligned", "ffv_reparameterize_kl_workspace_bytes", (1, 16383, 1, 2), 131072),
+    ("reparam_mean_two_stage", "ffv_reparameterize_kl_workspace_bytes", (0, 100000, 4, 1), 800000 + 7 * 8),
+    ("reparam_huge_B", "ffv_reparameterize_kl_workspace_bytes", (0, 2**31, 1, 1), 2**34 + 65536 * 8),
+    ("permute_block_sort", "ffv_permute_dims_workspace_bytes", (0, 3, 4096, 10), 0),
+    ("tc_one_block", "ffv_tc_loss_workspace_bytes", (0, 16384, 2), 0),
+    ("tc_two_stage_f32", "ffv_tc_loss_workspace_bytes", (0, 16385, 2), 2 * 4),
+    ("tc_two_stage_f64", "ffv_tc_loss_workspace_bytes", (1, 3 * 16384 + 1, 1), 4 * 8),
+    ("tc_two_stage_bf16", "ffv_tc_loss_workspace_bytes", (3, 2**31, 2), 65536 * 4),
+    ("disc_one_block", "ffv_discriminator_loss_workspace_bytes", (2, 100, 2), 0),
+    ("disc_two_stage", "ffv_discriminator_loss_workspace_bytes", (1, 20000, 2), 2 * 2 * 8),
+]
+
+
+@pytest.mark.parametrize("query,sizes,expected", [c[1:] for c in WORKSPACE_SIZES], ids=[c[0] for c in WORKSPACE_SIZES])
+def test_cuda_workspace_size_queries(cuda_library, query, sizes, expected):
+    cuda_library.bytes[0] = -1
+    status, message = cuda_library(query, *sizes, "bytes")
+    assert status == 0, message
+    assert cuda_library.bytes[0] == expected
+
+
+def test_cuda_workspace_queries_check_their_arguments(cuda_library):
+    status, message = cuda_library("ffv_tc_loss_workspace_bytes", 9, 4, 2, "bytes")
+    assert status == FFV_ERR_UNSUPPORTED_DTYPE and "dtype code 9" in message, message
+    status, message = cuda_library("ffv_permute_dims_workspace_bytes", 0, 1, 0, 1, "bytes")
+    assert status == FFV_ERR_INVALID_ARGUMENT and "B must be >= 1" in message, message
+    status, message = cuda_library("ffv_reparameterize_kl_workspace_bytes", 0, 4, 4, 1, None)
+    assert status == FFV_ERR_INVALID_ARGUMENT and "bytes must not be NULL" in message, message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a device CUB's size query succeeds")
+def test_cuda_permute_fallback_query_needs_a_device(cuda_library):
+    """B > 4096: the size includes CUB's temporary storage, a host query that asks the device."""
+    status, message = cuda_library("ffv_permute_dims_workspace_bytes", 0, 1, 5000, 2, "bytes")
+    assert status == FFV_ERR_CUDA and "SortKeys (size query)" in message, message
+
+
+TOO_SMALL = [
+    ("reparam_null", RK, (0, 100000, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 1, "p", "p", None, 0, None),
+     "workspace of 0 bytes (NULL) given, 800056 needed"),
+    ("reparam_short", RK, (0, 100000, 4, "p", 4, 1, "p", 4, 1, None, 0, 0, "seed", 2, "p", "p", "p", 800055, None),
+     "workspace of 800055 bytes given, 800056 needed"),
+    ("tc_null", TC, (1, 20000, 1, "p", 1, 1, "p", None, 0, None), "workspace of 0 bytes (NULL) given, 16 needed"),
+    ("disc_short", DISC, (0, 20000, 2, "p", 2, 1, "p", 2, 1, "p", "p", 15, None), "15 bytes given, 16 needed"),
+]
+
+
+@pytest.mark.parametrize("entry,args,message", [c[1:] for c in TOO_SMALL], ids=[c[0] for c in TOO_SMALL])
+def test_cuda_forward_rejects_a_missing_or_short_workspace(cuda_library, entry, args, message):
+    """Checked on the host before any launch: a short buffer never reaches a kernel."""
+    status, got = cuda_library(entry, *args)
+    assert status == FFV_ERR_INVALID_ARGUMENT and got.startswith(f"{entry}: ") and message in got, got

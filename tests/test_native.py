@@ -42,10 +42,10 @@ def test_bad_arguments_return_status_and_message(library):
     out = torch.empty(())
     forward = library.functions["ffv_tc_loss_forward"]
     cases = [
-        ((0, 0, 2, logits.data_ptr(), 2, 1, out.data_ptr(), None), 1, "B must be >= 1, got 0"),
-        ((0, 4, 3, logits.data_ptr(), 2, 1, out.data_ptr(), None), 1, "K (logits per row) must be 1 or 2, got 3"),
-        ((9, 4, 2, logits.data_ptr(), 2, 1, out.data_ptr(), None), 2, "dtype code 9"),
-        ((0, 4, 2, None, 2, 1, out.data_ptr(), None), 1, "logits must not be NULL"),
+        ((0, 0, 2, logits.data_ptr(), 2, 1, out.data_ptr(), None, 0, None), 1, "B must be >= 1, got 0"),
+        ((0, 4, 3, logits.data_ptr(), 2, 1, out.data_ptr(), None, 0, None), 1, "K (logits per row) must be 1 or 2, got 3"),
+        ((9, 4, 2, logits.data_ptr(), 2, 1, out.data_ptr(), None, 0, None), 2, "dtype code 9"),
+        ((0, 4, 2, None, 2, 1, out.data_ptr(), None, 0, None), 1, "logits must not be NULL"),
     ]
     for args, status, message in cases:
         assert forward(*args) == status
@@ -59,11 +59,11 @@ def test_library_errors_become_python_exceptions(library):
     z, kl = torch.empty(3, 2), torch.empty(())
     common = (3, 2, mu.data_ptr(), 2, 1, mu.data_ptr(), 2, 1, None, 0, 0, _seed(1).data_ptr())
     with pytest.raises(ValueError, match=r"reduction code 7 is not one of none=0, mean=1, sum=2"):
-        native._call("ffv_reparameterize_kl_forward", mu, 0, *common, 7, z.data_ptr(), kl.data_ptr())
+        native._call("ffv_reparameterize_kl_forward", mu, 0, *common, 7, z.data_ptr(), kl.data_ptr(), None, 0)
     with pytest.raises(TypeError, match=r"dtype code 5"):
-        native._call("ffv_reparameterize_kl_forward", mu, 5, *common, 1, z.data_ptr(), kl.data_ptr())
+        native._call("ffv_reparameterize_kl_forward", mu, 5, *common, 1, z.data_ptr(), kl.data_ptr(), None, 0)
     with pytest.raises(ValueError, match=r"seed \(needed when eps is NULL\) must not be NULL"):
-        args = (0, 3, 2, mu.data_ptr(), 2, 1, mu.data_ptr(), 2, 1, None, 0, 0, None, 1, z.data_ptr(), kl.data_ptr())
+        args = (0, 3, 2, mu.data_ptr(), 2, 1, mu.data_ptr(), 2, 1, None, 0, 0, None, 1, z.data_ptr(), kl.data_ptr(), None, 0)
         native._call("ffv_reparameterize_kl_forward", mu, *args)
 
 
@@ -276,8 +276,8 @@ def test_element_count_overflow_is_rejected_as_in_the_cuda_library(library):
     """check_numel runs in the CPU library too (it ran only in CUDA): sizes whose product
     overflows int64 are an error before any pointer is looked at (NULL pointers here)."""
     forward = library.functions["ffv_reparameterize_kl_forward"]
-    status = forward(0, 2**40, 2**30, None, 1, 1, None, 1, 1, None, 0, 0, None, 1, None, None, None)
+    status = forward(0, 2**40, 2**30, None, 1, 1, None, 1, 1, None, 0, 0, None, 1, None, None, None, 0, None)
     assert status == 1 and "more than 2^63 - 1 elements" in library.last_error(), library.last_error()
     permute = library.functions["ffv_permute_dims_forward"]
-    status = permute(0, 2**40, 2**20, 2**10, None, 1, 1, 1, None, None, None, None)
+    status = permute(0, 2**40, 2**20, 2**10, None, 1, 1, 1, None, None, None, None, 0, None)
     assert status == 1 and "more than 2^63 - 1 elements" in library.last_error(), library.last_error()

@@ -7,7 +7,9 @@ backend unavailable with the reason (``backend="auto"`` then falls back to the r
 package itself always imports.
 
 Launchers follow the protocol of fastfvae/backends/__init__.py. They pass every input with its
-strides (no ``.contiguous()`` copies) and allocate only their contiguous outputs. CUDA tensors
+strides (no ``.contiguous()`` copies) and allocate their contiguous outputs and, on CUDA, the
+forwards' workspaces (``_workspace``: ``ffv_<op>_workspace_bytes`` bytes of ``torch.uint8``
+from torch's caching allocator; the libraries never allocate device memory). CUDA tensors
 run on ``torch.cuda.current_stream`` of their device under a device guard. A failing status
 becomes a Python exception carrying the library's message (``ffv_last_error``).
 
@@ -23,13 +25,15 @@ from pathlib import Path
 import torch
 
 NAME = "native"
-ABI_VERSION = 2  # FFV_ABI_VERSION of kernels/include/fastfvae.h (tests/test_build.py checks)
+ABI_VERSION = 3  # FFV_ABI_VERSION of kernels/include/fastfvae.h (tests/test_build.py checks)
 LIB_DIR_ENV = "FASTFVAE_NATIVE_LIB_DIR"
 LIBRARY_FILES = {"cpu": "libfastfvae_cpu.so", "cuda": "libfastfvae_cuda.so"}
 
 # ---------------------------------------------------------------------------------------------
 # The ABI: one argtypes row per entry point (every entry returns an int status and takes a
-# trailing stream pointer). Pointers are passed as Python ints (data_ptr()) or None.
+# trailing stream pointer, except the ffv_<op>_workspace_bytes size queries, which end with an
+# int64* out). Pointers are passed as Python ints (data_ptr()) or None. A forward's
+# (workspace, workspace_bytes): a uint8 buffer of at least the query's bytes, or (None, 0).
 # ---------------------------------------------------------------------------------------------
 _ptr, _i64, _i32, _dtype = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int
 _strided2 = (_ptr, _i64, _i64)  # a (rows, cols) input: pointer, stride 0, stride 1
@@ -38,24 +42,33 @@ _strided3 = (_ptr, _i64, _i64, _i64)
 ARGTYPES: dict[str, tuple] = {
     "ffv_reparameterize_kl_forward": (
         _dtype, _i64, _i64, *_strided2, *_strided2, *_strided2,  # dtype B D mu logvar eps
-        _ptr, _i32, _ptr, _ptr, _ptr,  # seed reduction z kl stream
+        _ptr, _i32, _ptr, _ptr,  # seed reduction z kl
+        _ptr, _i64, _ptr,  # workspace workspace_bytes stream
     ),
+    "ffv_reparameterize_kl_workspace_bytes": (_dtype, _i64, _i64, _i32, _ptr),  # dtype B D reduction bytes*
     "ffv_reparameterize_kl_backward": (
         _dtype, _i64, _i64, *_strided2, _ptr, _i64, _i32,  # dtype B D grad_z grad_kl(s0) reduction
         *_strided2, *_strided2, *_strided2, _ptr,  # mu logvar eps seed
         _ptr, _ptr, _ptr, _ptr,  # grad_mu grad_logvar grad_eps stream
     ),
     "ffv_permute_dims_forward": (
-        _dtype, _i64, _i64, _i64, *_strided3, _ptr, _ptr, _ptr, _ptr,  # dtype G B D z seed out index stream
+        _dtype, _i64, _i64, _i64, *_strided3, _ptr, _ptr, _ptr,  # dtype G B D z seed out index
+        _ptr, _i64, _ptr,  # workspace workspace_bytes stream
     ),
+    "ffv_permute_dims_workspace_bytes": (_dtype, _i64, _i64, _i64, _ptr),  # dtype G B D bytes*
     "ffv_permute_dims_backward": (
         _dtype, _i64, _i64, _i64, *_strided3, _ptr, _ptr, _ptr,  # dtype G B D grad_out index grad_z stream
     ),
-    "ffv_tc_loss_forward": (_dtype, _i64, _i64, *_strided2, _ptr, _ptr),  # dtype B K logits tc stream
+    "ffv_tc_loss_forward": (
+        _dtype, _i64, _i64, *_strided2, _ptr, _ptr, _i64, _ptr,  # dtype B K logits tc workspace(bytes) stream
+    ),
+    "ffv_tc_loss_workspace_bytes": (_dtype, _i64, _i64, _ptr),  # dtype B K bytes*
     "ffv_tc_loss_backward": (_dtype, _i64, _i64, _ptr, _ptr, _ptr),  # dtype B K grad_tc grad stream
     "ffv_discriminator_loss_forward": (
-        _dtype, _i64, _i64, *_strided2, *_strided2, _ptr, _ptr,  # dtype B K d_real d_perm loss stream
+        _dtype, _i64, _i64, *_strided2, *_strided2, _ptr,  # dtype B K d_real d_perm loss
+        _ptr, _i64, _ptr,  # workspace workspace_bytes stream
     ),
+    "ffv_discriminator_loss_workspace_bytes": (_dtype, _i64, _i64, _ptr),  # dtype B K bytes*
     "ffv_discriminator_loss_backward": (
         _dtype, _i64, _i64, _ptr, *_strided2, *_strided2,  # dtype B K grad_loss d_real d_perm
         _ptr, _ptr, _ptr,  # grad_real grad_perm stream
@@ -78,9 +91,15 @@ REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 _STATUS_NAMES = {1: "invalid argument", 2: "unsupported dtype", 3: "out of memory", 4: "CUDA error", 5: "internal"}
 
 
+# Ops whose forward takes a workspace (and whose library exports ffv_<op>_workspace_bytes).
+WORKSPACE_OPS = frozenset({"reparameterize_kl", "permute_dims", "tc_loss", "discriminator_loss"})
+
+
 def entry_points(op: str) -> tuple[str, ...]:
     if op in FORWARD_ONLY_OPS:
         return (f"ffv_{op}_forward",)
+    if op in WORKSPACE_OPS:
+        return f"ffv_{op}_forward", f"ffv_{op}_backward", f"ffv_{op}_workspace_bytes"
     return f"ffv_{op}_forward", f"ffv_{op}_backward"
 
 
@@ -215,6 +234,32 @@ def _require(kind: str) -> Library:
     return library
 
 
+def _workspace(op: str, like: torch.Tensor, *sizes) -> torch.Tensor | None:
+    """The workspace of ``ffv_<op>_forward`` for these size arguments (``sizes``: the query's
+    arguments before its ``bytes`` out-pointer): on CUDA, a fresh ``torch.uint8`` buffer of
+    ``ffv_<op>_workspace_bytes`` bytes on ``like``'s device, from torch's caching allocator on
+    the current stream (the launch's stream: freeing it after the call is stream-ordered, it is
+    graph-capture safe, and an OOM lets torch free its cache first); None when the call needs
+    none, and always on the CPU (that library needs none). Pass it with ``_workspace_args``."""
+    if not like.is_cuda:
+        return None
+    library = _require("cuda")
+    entry = f"ffv_{op}_workspace_bytes"
+    nbytes = ctypes.c_int64(0)
+    with torch.cuda.device(like.device):  # CUB's size query asks the current device
+        status = library.functions[entry](*sizes, ctypes.byref(nbytes))
+    if status:
+        _raise(library, entry, status)
+    if nbytes.value == 0:
+        return None
+    return torch.empty(nbytes.value, dtype=torch.uint8, device=like.device)
+
+
+def _workspace_args(buffer: torch.Tensor | None) -> tuple:
+    """(workspace, workspace_bytes) of a forward call: (pointer, bytes), or (NULL, 0)."""
+    return (None, 0) if buffer is None else (buffer.data_ptr(), buffer.numel())
+
+
 def _raise(library: Library, entry: str, status: int):
     message = library.last_error() or f"{entry} failed"
     text = f"{message} ({library.path.name}: status {status}, {_STATUS_NAMES.get(status, 'unknown')})"
@@ -240,6 +285,7 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
     z = mu.new_empty((batch, dim))
     kl = mu.new_empty((batch,) if reduction == "none" else ())
     mu_s, logvar_s = mu.stride(), logvar.stride()
+    workspace = _workspace("reparameterize_kl", mu, DTYPE_CODES[mu.dtype], batch, dim, REDUCTION_CODES[reduction])
     _call(
         "ffv_reparameterize_kl_forward", mu,
         DTYPE_CODES[mu.dtype], batch, dim,
@@ -247,6 +293,7 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
         logvar.data_ptr(), logvar_s[0], logvar_s[1],
         *_optional_strided2(eps),
         None if seed is None else seed.data_ptr(), REDUCTION_CODES[reduction], z.data_ptr(), kl.data_ptr(),
+        *_workspace_args(workspace),
     )
     return z, kl
 
@@ -278,11 +325,13 @@ def permute_dims_forward(z, seed, need_index):
     out = z.new_empty((groups, batch, dim))
     index = torch.empty((groups, batch, dim), dtype=torch.int32, device=z.device) if need_index else None
     z_s = z.stride()
+    workspace = _workspace("permute_dims", z, DTYPE_CODES[z.dtype], groups, batch, dim)
     _call(
         "ffv_permute_dims_forward", z,
         DTYPE_CODES[z.dtype], groups, batch, dim,
         z.data_ptr(), z_s[0], z_s[1], z_s[2],
         seed.data_ptr(), out.data_ptr(), index.data_ptr() if need_index else None,
+        *_workspace_args(workspace),
     )
     return out, index
 
@@ -313,8 +362,9 @@ def tc_loss_forward(logits):
     batch, k = logits.shape
     tc = logits.new_empty(())
     s = logits.stride()
+    workspace = _workspace("tc_loss", logits, DTYPE_CODES[logits.dtype], batch, k)
     _call("ffv_tc_loss_forward", logits, DTYPE_CODES[logits.dtype], batch, k,
-          logits.data_ptr(), s[0], s[1], tc.data_ptr())
+          logits.data_ptr(), s[0], s[1], tc.data_ptr(), *_workspace_args(workspace))
     return tc
 
 
@@ -333,8 +383,10 @@ def discriminator_loss_forward(d_real, d_perm):
     batch, k = d_real.shape
     loss = d_real.new_empty(())
     r, p = d_real.stride(), d_perm.stride()
+    workspace = _workspace("discriminator_loss", d_real, DTYPE_CODES[d_real.dtype], batch, k)
     _call("ffv_discriminator_loss_forward", d_real, DTYPE_CODES[d_real.dtype], batch, k,
-          d_real.data_ptr(), r[0], r[1], d_perm.data_ptr(), p[0], p[1], loss.data_ptr())
+          d_real.data_ptr(), r[0], r[1], d_perm.data_ptr(), p[0], p[1], loss.data_ptr(),
+          *_workspace_args(workspace))
     return loss
 
 

@@ -190,6 +190,7 @@ extern "C" {
 FFV_API ffv_status ffv_discriminator_loss_forward(ffv_dtype dtype, int64_t B, int64_t K, const void* d_real,
                                                   int64_t d_real_s0, int64_t d_real_s1, const void* d_perm,
                                                   int64_t d_perm_s0, int64_t d_perm_s1, void* loss,
+                                                  void* /*workspace*/, int64_t /*workspace_bytes*/,
                                                   void* /*stream*/) {
   static const char* entry = "ffv_discriminator_loss_forward";
   FFV_CHECK(ffv::check_positive(entry, "B", B));
@@ -224,6 +225,14 @@ FFV_API ffv_status ffv_discriminator_loss_backward(ffv_dtype dtype, int64_t B, i
                                      grad_real, grad_perm);
     });
   });
+}
+
+// No workspace on the CPU: the query exists because both libraries export the same ABI
+// (fastfvae.h); the forward ignores its workspace arguments.
+FFV_API ffv_status ffv_discriminator_loss_workspace_bytes(ffv_dtype /*dtype*/, int64_t /*B*/, int64_t /*K*/, int64_t* bytes) {
+  FFV_CHECK(ffv::check_not_null("ffv_discriminator_loss_workspace_bytes", "bytes", bytes));
+  *bytes = 0;
+  return FFV_OK;
 }
 
 }  // extern "C"

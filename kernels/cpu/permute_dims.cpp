@@ -306,7 +306,8 @@ extern "C" {
 
 FFV_API ffv_status ffv_permute_dims_forward(ffv_dtype dtype, int64_t G, int64_t B, int64_t D, const void* z,
                                             int64_t z_s0, int64_t z_s1, int64_t z_s2, const int64_t* seed,
-                                            void* out, int32_t* index, void* /*stream*/) {
+                                            void* out, int32_t* index, void* /*workspace*/,
+                                            int64_t /*workspace_bytes*/, void* /*stream*/) {
   static const char* entry = "ffv_permute_dims_forward";
   FFV_CHECK(check_sizes(entry, G, B, D));
   FFV_CHECK(ffv::check_not_null(entry, "z", z));
@@ -333,6 +334,14 @@ FFV_API ffv_status ffv_permute_dims_backward(ffv_dtype dtype, int64_t G, int64_t
       return backward<decltype(bits)>(G, B, D, grad_out, grad_out_s0, grad_out_s1, grad_out_s2, index, grad_z);
     });
   });
+}
+
+// No workspace on the CPU: the query exists because both libraries export the same ABI
+// (fastfvae.h); the forward ignores its workspace arguments.
+FFV_API ffv_status ffv_permute_dims_workspace_bytes(ffv_dtype /*dtype*/, int64_t /*G*/, int64_t /*B*/, int64_t /*D*/, int64_t* bytes) {
+  FFV_CHECK(ffv::check_not_null("ffv_permute_dims_workspace_bytes", "bytes", bytes));
+  *bytes = 0;
+  return FFV_OK;
 }
 
 }  // extern "C"

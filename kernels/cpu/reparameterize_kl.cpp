@@ -250,7 +250,8 @@ FFV_API ffv_status ffv_reparameterize_kl_forward(ffv_dtype dtype, int64_t B, int
                                                  int64_t mu_s0, int64_t mu_s1, const void* logvar,
                                                  int64_t logvar_s0, int64_t logvar_s1, const void* eps,
                                                  int64_t eps_s0, int64_t eps_s1, const int64_t* seed,
-                                                 int32_t reduction, void* z, void* kl, void* /*stream*/) {
+                                                 int32_t reduction, void* z, void* kl, void* /*workspace*/,
+                                                 int64_t /*workspace_bytes*/, void* /*stream*/) {
   static const char* entry = "ffv_reparameterize_kl_forward";
   FFV_CHECK(ffv::check_positive(entry, "B", B));
   FFV_CHECK(ffv::check_positive(entry, "D", D));
@@ -296,6 +297,14 @@ FFV_API ffv_status ffv_reparameterize_kl_backward(ffv_dtype dtype, int64_t B, in
                                      seed, grad_mu, grad_logvar, grad_eps);
     });
   });
+}
+
+// No workspace on the CPU: the query exists because both libraries export the same ABI
+// (fastfvae.h); the forward ignores its workspace arguments.
+FFV_API ffv_status ffv_reparameterize_kl_workspace_bytes(ffv_dtype /*dtype*/, int64_t /*B*/, int64_t /*D*/, int32_t /*reduction*/, int64_t* bytes) {
+  FFV_CHECK(ffv::check_not_null("ffv_reparameterize_kl_workspace_bytes", "bytes", bytes));
+  *bytes = 0;
+  return FFV_OK;
 }
 
 }  // extern "C"

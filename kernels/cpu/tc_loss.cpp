@@ -44,7 +44,8 @@ ffv_status backward(int64_t B, int64_t K, const void* grad_tc, void* grad_out) {
 extern "C" {
 
 FFV_API ffv_status ffv_tc_loss_forward(ffv_dtype dtype, int64_t B, int64_t K, const void* logits,
-                                       int64_t logits_s0, int64_t logits_s1, void* tc, void* /*stream*/) {
+                                       int64_t logits_s0, int64_t logits_s1, void* tc, void* /*workspace*/,
+                                       int64_t /*workspace_bytes*/, void* /*stream*/) {
   static const char* entry = "ffv_tc_loss_forward";
   FFV_CHECK(ffv::check_positive(entry, "B", B));
   FFV_CHECK(ffv::check_logit_count(entry, K));
@@ -71,6 +72,14 @@ FFV_API ffv_status ffv_tc_loss_backward(ffv_dtype dtype, int64_t B, int64_t K, c
       return backward<decltype(tag)>(B, K, grad_tc, grad_logits);
     });
   });
+}
+
+// No workspace on the CPU: the query exists because both libraries export the same ABI
+// (fastfvae.h); the forward ignores its workspace arguments.
+FFV_API ffv_status ffv_tc_loss_workspace_bytes(ffv_dtype /*dtype*/, int64_t /*B*/, int64_t /*K*/, int64_t* bytes) {
+  FFV_CHECK(ffv::check_not_null("ffv_tc_loss_workspace_bytes", "bytes", bytes));
+  *bytes = 0;
+  return FFV_OK;
 }
 
 }  // extern "C"

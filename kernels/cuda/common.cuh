@@ -38,7 +38,7 @@ inline ffv_status check_launch(const char* entry) {
                                 cudaGetErrorString(error));
 }
 
-// A CUDA runtime call's result (cudaMallocAsync, a CUB call) as a status. A failed call also
+// A CUDA runtime call's result (a CUB call) as a status. A failed call also
 // sets the runtime's last error; it is cleared here (cudaGetLastError) so that the next
 // check_launch, of any op, does not report this failure again as its own. (Sticky errors of a
 // corrupted context are not cleared by this and keep being reported, as they must.)
@@ -120,6 +120,51 @@ inline unsigned grid_for(int64_t n, int64_t per_block) {
 
 inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
+// ---- workspaces (ABI 3: allocated by the caller, fastfvae.h) -------------------------------------
+// Byte count rounded up to a multiple of 256 (every workspace part starts 256-byte aligned, as
+// CUB's temporary storage wants; torch's allocator returns 512-byte aligned blocks).
+inline int64_t align256(int64_t bytes) { return (bytes + 255) & ~int64_t{255}; }
+
+// The caller's workspace must hold `needed` bytes (NULL allowed when needed == 0).
+inline ffv_status check_workspace(const char* entry, const void* workspace, int64_t workspace_bytes,
+                                  int64_t needed) {
+  if (needed == 0) return FFV_OK;
+  if (workspace == nullptr || workspace_bytes < needed)
+    return fail(FFV_ERR_INVALID_ARGUMENT,
+                std::string(entry) + ": workspace of " + std::to_string(workspace_bytes) + " bytes" +
+                    (workspace == nullptr ? " (NULL)" : "") + " given, " + std::to_string(needed) +
+                    " needed (see the op's ffv_*_workspace_bytes)");
+  return FFV_OK;
+}
+
+// ---- two-stage batch reductions (issue 16 item 5) ----------------------------------------------
+// A sum over `rows` runs in one block when rows <= kRowsPerReduceBlock (no workspace, one
+// launch; the same order as before). Beyond: `blocks` blocks each sum a fixed range of
+// rows_per_block consecutive rows (thread-strided, then block_sum) into a partial sum in the
+// workspace, and one block sums the partials in index order. The split depends on `rows`
+// only, so the result is bitwise run-to-run identical. Triton's _common.sum_into splits the
+// same way (16384 rows per program).
+constexpr int64_t kRowsPerReduceBlock = 16384;
+constexpr int64_t kMaxReduceBlocks = 65536;  // more rows per block beyond 2^30 rows
+struct ReducePlan {
+  int64_t blocks;          // 1: single block, no partials
+  int64_t rows_per_block;  // block b sums rows [b * rows_per_block, min(rows, (b + 1) * rows_per_block))
+};
+inline ReducePlan reduce_plan(int64_t rows) {
+  if (rows <= kRowsPerReduceBlock) return {1, rows};
+  int64_t per = kRowsPerReduceBlock;
+  if ((rows + per - 1) / per > kMaxReduceBlocks) per = (rows + kMaxReduceBlocks - 1) / kMaxReduceBlocks;
+  return {(rows + per - 1) / per, per};
+}
+
+// *bytes = sizeof the compute type of `dtype` (4, or 8 for float64), or FFV_ERR_UNSUPPORTED_DTYPE.
+inline ffv_status acc_bytes(const char* entry, int32_t dtype, int64_t* bytes) {
+  return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
+    *bytes = static_cast<int64_t>(sizeof(Acc<decltype(type_tag)>));
+    return FFV_OK;
+  });
+}
+
 // ---- deterministic reductions ----------------------------------------------------------------
 // Sum over the 32 lanes of a warp; the full sum lands in lane 0. Fixed order: run-to-run
 // identical. Every lane of the warp must call it.
@@ -141,6 +186,15 @@ __device__ __forceinline__ A block_sum(A value, A* scratch) {
   if (warp == 0) value = warp_sum(value);
   __syncthreads();  // scratch may be reused by the caller
   return value;
+}
+
+// Stage 2 of a two-stage reduction: sum of values[0 .. count) in a fixed order (thread t adds
+// t, t + kReduceThreads, ..., then block_sum); valid in thread 0 of a kReduceThreads block.
+template <typename A>
+__device__ __forceinline__ A sum_partials(const A* __restrict__ values, int64_t count, A* scratch) {
+  A partial = A(0);
+  for (int64_t i = threadIdx.x; i < count; i += kReduceThreads) partial += values[i];
+  return block_sum(partial, scratch);
 }
 
 }  // namespace gpu

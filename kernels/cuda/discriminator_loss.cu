@@ -10,8 +10,10 @@
 // The per-element forms (kernels/cuda/formulas.h) follow PyTorch's, so Inf/NaN propagate as in
 // the reference (e.g. a real logit of +Inf gives NaN for K = 1, as F.binary_cross_entropy_with_logits).
 //
-// Launches. Forward: one block of 1024 threads over both tensors, two fixed-order block sums
-// (run-to-run identical). Backward: one grid-stride launch, a thread per row writing the row's
+// Launches. Forward, B <= 16384: one block of 1024 threads over both tensors, two fixed-order
+// block sums (run-to-run identical). Larger B: two stages (common.cuh reduce_plan): P blocks
+// write partial sums [2, P] (compute type) into the caller's workspace, then one block sums
+// each row of partials in order. Backward: one grid-stride launch, a thread per row writing the row's
 // gradients in both outputs.
 #include "common.cuh"
 
@@ -28,21 +30,48 @@ __device__ __forceinline__ Acc<T> row_loss(const T* logits, int64_t i, int64_t K
   return cuda_math::bce_with_logits(x0, label == 0 ? 1 : 0);
 }
 
+// Stage 1 (or the whole reduction when partials == NULL): block b sums the losses of rows
+// [b * rows_per_block, min(B, (b + 1) * rows_per_block)) of both tensors.
 template <typename T>
 __global__ void __launch_bounds__(kReduceThreads) discriminator_loss_forward_kernel(
     int64_t B, int64_t K,
     const T* __restrict__ d_real, int64_t r_s0, int64_t r_s1,  // [B, K] strided: logits of z ~ q(z)
     const T* __restrict__ d_perm, int64_t p_s0, int64_t p_s1,  // [B, K] strided: logits of permuted z
-    T* __restrict__ loss) {                                    // [1] out
+    int64_t rows_per_block,
+    Acc<T>* __restrict__ partials,  // [2, gridDim.x] workspace out (real, perm), or NULL: one block
+    T* __restrict__ loss) {         // [1] out (single block)
   using A = Acc<T>;
   __shared__ A scratch[kReduceThreads / 32];
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int64_t end = B - begin < rows_per_block ? B : begin + rows_per_block;
   A real_partial = A(0), perm_partial = A(0);
-  for (int64_t i = threadIdx.x; i < B; i += kReduceThreads) {
+  for (int64_t i = begin + threadIdx.x; i < end; i += kReduceThreads) {
     real_partial += row_loss(d_real, i, K, r_s0, r_s1, 0);
     perm_partial += row_loss(d_perm, i, K, p_s0, p_s1, 1);
   }
   const A real_sum = block_sum(real_partial, scratch);
   const A perm_sum = block_sum(perm_partial, scratch);
+  if (threadIdx.x == 0) {
+    if (partials != nullptr) {
+      partials[blockIdx.x] = real_sum;
+      partials[gridDim.x + blockIdx.x] = perm_sum;
+    } else {
+      const A b = static_cast<A>(B);
+      loss[0] = from_acc<T>(A(0.5) * (real_sum / b + perm_sum / b));
+    }
+  }
+}
+
+// Stage 2: loss = 0.5 * (sum of real partials / B + sum of perm partials / B); one block.
+template <typename T>
+__global__ void __launch_bounds__(kReduceThreads) discriminator_loss_finish_kernel(
+    int64_t B, int64_t P,
+    const Acc<T>* __restrict__ partials,  // [2, P] workspace: stage 1's partial sums
+    T* __restrict__ loss) {               // [1] out
+  using A = Acc<T>;
+  __shared__ A scratch[kReduceThreads / 32];
+  const A real_sum = sum_partials(partials, P, scratch);
+  const A perm_sum = sum_partials(partials + P, P, scratch);
   if (threadIdx.x == 0) {
     const A b = static_cast<A>(B);
     loss[0] = from_acc<T>(A(0.5) * (real_sum / b + perm_sum / b));
@@ -87,7 +116,7 @@ FFV_API ffv_status ffv_discriminator_loss_forward(
     ffv_dtype dtype, int64_t B, int64_t K,
     const void* d_real, int64_t d_real_s0, int64_t d_real_s1,
     const void* d_perm, int64_t d_perm_s0, int64_t d_perm_s1,
-    void* loss, void* stream) {
+    void* loss, void* workspace, int64_t workspace_bytes, void* stream) {
   const char* entry = "ffv_discriminator_loss_forward";
   return guarded(entry, [&]() -> ffv_status {
     FFV_CHECK(check_positive(entry, "B", B));
@@ -99,11 +128,33 @@ FFV_API ffv_status ffv_discriminator_loss_forward(
     const cudaStream_t s = as_stream(stream);
     return dispatch_dtype(entry, dtype, [&](auto type_tag) -> ffv_status {
       using T = decltype(type_tag);
-      discriminator_loss_forward_kernel<T><<<1, kReduceThreads, 0, s>>>(
+      const ReducePlan plan = reduce_plan(B);
+      const int64_t needed = plan.blocks == 1 ? 0 : 2 * static_cast<int64_t>(sizeof(Acc<T>)) * plan.blocks;
+      FFV_CHECK(check_workspace(entry, workspace, workspace_bytes, needed));
+      Acc<T>* partials = plan.blocks == 1 ? nullptr : static_cast<Acc<T>*>(workspace);  // [2, P]
+      discriminator_loss_forward_kernel<T><<<static_cast<unsigned>(plan.blocks), kReduceThreads, 0, s>>>(
           B, K, static_cast<const T*>(d_real), d_real_s0, d_real_s1, static_cast<const T*>(d_perm), d_perm_s0,
-          d_perm_s1, static_cast<T*>(loss));
+          d_perm_s1, plan.rows_per_block, partials, static_cast<T*>(loss));
+      if (plan.blocks == 1) return check_launch(entry);
+      FFV_CHECK(check_launch(entry));
+      discriminator_loss_finish_kernel<T><<<1, kReduceThreads, 0, s>>>(B, plan.blocks, partials,
+                                                                       static_cast<T*>(loss));
       return check_launch(entry);
     });
+  });
+}
+
+FFV_API ffv_status ffv_discriminator_loss_workspace_bytes(ffv_dtype dtype, int64_t B, int64_t K, int64_t* bytes) {
+  const char* entry = "ffv_discriminator_loss_workspace_bytes";
+  return guarded(entry, [&]() -> ffv_status {
+    FFV_CHECK(check_positive(entry, "B", B));
+    FFV_CHECK(check_logit_count(entry, K));
+    FFV_CHECK(check_not_null(entry, "bytes", bytes));
+    int64_t acc = 0;
+    FFV_CHECK(acc_bytes(entry, dtype, &acc));
+    const ReducePlan plan = reduce_plan(B);
+    *bytes = plan.blocks == 1 ? 0 : 2 * acc * plan.blocks;
+    return FFV_OK;
   });
 }
 

@@ -10,8 +10,9 @@
 // the G*D columns): the block builds the column's keys in shared memory, padded to n =
 // next_pow2(B) with INT64_MAX, bitonic-sorts them, and gathers. Larger B: a fallback in four
 // launches per chunk of columns — build keys (column-major, in a workspace), segment offsets,
-// CUB's DeviceSegmentedRadixSort::SortKeys (bundled with the CUDA toolkit), gather — with one
-// cudaMallocAsync / cudaFreeAsync workspace on the stream. Backward: one scatter launch.
+// CUB's DeviceSegmentedRadixSort::SortKeys (bundled with the CUDA toolkit), gather — in the
+// caller's workspace (ABI 3, fastfvae.h; sized by ffv_permute_dims_workspace_bytes, whose CUB
+// size query is a host call). Backward: one scatter launch.
 // Values are moved bit for bit (no conversion), so every dtype is exact.
 #include <cub/device/device_segmented_radix_sort.cuh>
 
@@ -124,67 +125,78 @@ __global__ void __launch_bounds__(kElementwiseThreads) permute_dims_backward_ker
   }
 }
 
-// Byte offset rounded up to a multiple of 256 (CUB's temporary storage alignment).
-inline size_t align256(size_t bytes) { return (bytes + 255) & ~size_t{255}; }
+// The fallback's workspace (B > kMaxBlockSortKeys), every part 256-byte aligned:
+// keys_in uint64 [chunk*B] | keys_out uint64 [chunk*B] | offsets int32 [chunk+1] | CUB temp.
+struct SortLayout {
+  int64_t chunk;       // columns per CUB call; chunk * B <= kMaxChunkKeys (< 2^31, CUB's int sizes)
+  int64_t key_bytes;   // one key buffer
+  int64_t offset_bytes;
+  int64_t temp_bytes;  // CUB's temporary storage for the largest and the last chunk
+  int64_t total() const { return 2 * key_bytes + offset_bytes + temp_bytes; }
+};
 
-// The fallback for B > kMaxBlockSortKeys (see the file comment).
-template <typename T>
-ffv_status permute_dims_forward_sorted(const char* entry, int64_t G, int64_t B, int64_t D, const T* z,
-                                       int64_t z_s0, int64_t z_s1, int64_t z_s2, const int64_t* seed, int row_bits,
-                                       T* out, int32_t* index, cudaStream_t stream) {
+// Fills `layout`; CUB's size query is a host call that asks the current device (no launch).
+ffv_status sort_layout(const char* entry, int64_t G, int64_t B, int64_t D, SortLayout* layout) {
   const int64_t columns = G * D;
-  int64_t chunk = kMaxChunkKeys / B;  // columns per CUB call; chunk * B < 2^31 (CUB's int sizes)
+  int64_t chunk = kMaxChunkKeys / B;
   if (chunk < 1) chunk = 1;
   if (chunk > columns) chunk = columns;
-  // CUB's temporary storage for the largest and the last (smaller) chunk.
   size_t temp_bytes = 0;
   for (int64_t count : {chunk, columns % chunk}) {
     if (count == 0) continue;
     size_t bytes = 0;
-    ffv_status st = check_call(
+    // The same argument types as the sort below (const keys in, const offsets): one instantiation.
+    FFV_CHECK(check_call(
         cub::DeviceSegmentedRadixSort::SortKeys(nullptr, bytes, static_cast<const uint64_t*>(nullptr),
                                                 static_cast<uint64_t*>(nullptr), static_cast<int>(count * B),
                                                 static_cast<int>(count), static_cast<const int*>(nullptr),
-                                                static_cast<const int*>(nullptr), 0, 63, stream),
-        entry, "cub::DeviceSegmentedRadixSort::SortKeys (size query)");
-    if (st != FFV_OK) return st;
+                                                static_cast<const int*>(nullptr), 0, 63),
+        entry, "cub::DeviceSegmentedRadixSort::SortKeys (size query)"));
     if (bytes > temp_bytes) temp_bytes = bytes;
   }
-  // Workspace: keys_in [chunk*B] | keys_out [chunk*B] | offsets [chunk+1] | CUB temp storage.
-  const size_t key_bytes = align256(sizeof(uint64_t) * static_cast<size_t>(chunk * B));
-  const size_t offset_bytes = align256(sizeof(int) * static_cast<size_t>(chunk + 1));
-  char* workspace = nullptr;
-  ffv_status st = check_call(
-      cudaMallocAsync(reinterpret_cast<void**>(&workspace), 2 * key_bytes + offset_bytes + temp_bytes, stream),
-      entry, "cudaMallocAsync of the sort workspace");
-  if (st != FFV_OK) return st;
-  uint64_t* keys_in = reinterpret_cast<uint64_t*>(workspace);
-  uint64_t* keys_out = reinterpret_cast<uint64_t*>(workspace + key_bytes);
-  int* offsets = reinterpret_cast<int*>(workspace + 2 * key_bytes);
-  void* temp = workspace + 2 * key_bytes + offset_bytes;
-  for (int64_t first = 0; first < columns && st == FFV_OK; first += chunk) {
+  layout->chunk = chunk;
+  layout->key_bytes = align256(static_cast<int64_t>(sizeof(uint64_t)) * chunk * B);
+  layout->offset_bytes = align256(static_cast<int64_t>(sizeof(int)) * (chunk + 1));
+  layout->temp_bytes = align256(static_cast<int64_t>(temp_bytes));
+  return FFV_OK;
+}
+
+// The fallback for B > kMaxBlockSortKeys (see the file comment), in the caller's workspace.
+template <typename T>
+ffv_status permute_dims_forward_sorted(const char* entry, int64_t G, int64_t B, int64_t D, const T* z,
+                                       int64_t z_s0, int64_t z_s1, int64_t z_s2, const int64_t* seed, int row_bits,
+                                       T* out, int32_t* index, void* workspace, int64_t workspace_bytes,
+                                       cudaStream_t stream) {
+  SortLayout layout{};
+  FFV_CHECK(sort_layout(entry, G, B, D, &layout));
+  FFV_CHECK(check_workspace(entry, workspace, workspace_bytes, layout.total()));
+  const int64_t columns = G * D, chunk = layout.chunk;
+  char* base = static_cast<char*>(workspace);
+  uint64_t* keys_in = reinterpret_cast<uint64_t*>(base);                       // [chunk*B] unsorted keys
+  uint64_t* keys_out = reinterpret_cast<uint64_t*>(base + layout.key_bytes);   // [chunk*B] sorted keys
+  int* offsets = reinterpret_cast<int*>(base + 2 * layout.key_bytes);          // [chunk+1] segment starts
+  void* temp = base + 2 * layout.key_bytes + layout.offset_bytes;              // CUB temp [temp_bytes]
+  for (int64_t first = 0; first < columns; first += chunk) {
     const int64_t S = columns - first < chunk ? columns - first : chunk;
     permute_dims_build_keys_kernel<<<grid_for(S * B, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(
         B, D, first, S, seed, row_bits, keys_in);
     permute_dims_offsets_kernel<<<grid_for(S + 1, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(B, S,
                                                                                                         offsets);
-    if ((st = check_launch(entry)) != FFV_OK) break;
-    size_t bytes = temp_bytes;
-    // The same argument types as the size query above (const keys in, const offsets), so CUB's
-    // dispatch is instantiated once, not twice.
+    FFV_CHECK(check_launch(entry));
+    size_t bytes = static_cast<size_t>(layout.temp_bytes);
+    // The same argument types as the size query in sort_layout (const keys in, const offsets),
+    // so CUB's dispatch is instantiated once, not twice.
     const uint64_t* sort_in = keys_in;
     const int* begin_offsets = offsets;
-    st = check_call(cub::DeviceSegmentedRadixSort::SortKeys(temp, bytes, sort_in, keys_out, static_cast<int>(S * B),
-                                                            static_cast<int>(S), begin_offsets, begin_offsets + 1,
-                                                            0, 63, stream),
-                    entry, "cub::DeviceSegmentedRadixSort::SortKeys");
-    if (st != FFV_OK) break;
+    FFV_CHECK(check_call(cub::DeviceSegmentedRadixSort::SortKeys(temp, bytes, sort_in, keys_out,
+                                                                 static_cast<int>(S * B), static_cast<int>(S),
+                                                                 begin_offsets, begin_offsets + 1, 0, 63, stream),
+                         entry, "cub::DeviceSegmentedRadixSort::SortKeys"));
     permute_dims_gather_kernel<T><<<grid_for(S * B, kElementwiseThreads), kElementwiseThreads, 0, stream>>>(
         B, D, first, S, z, z_s0, z_s1, z_s2, keys_out, row_bits, out, index);
-    st = check_launch(entry);
+    FFV_CHECK(check_launch(entry));
   }
-  const ffv_status freed = check_call(cudaFreeAsync(workspace, stream), entry, "cudaFreeAsync of the sort workspace");
-  return st != FFV_OK ? st : freed;
+  return FFV_OK;
 }
 
 }  // namespace
@@ -209,7 +221,7 @@ FFV_API ffv_status ffv_permute_dims_forward(
     ffv_dtype dtype, int64_t G, int64_t B, int64_t D,
     const void* z, int64_t z_s0, int64_t z_s1, int64_t z_s2,
     const int64_t* seed,
-    void* out, int32_t* index, void* stream) {
+    void* out, int32_t* index, void* workspace, int64_t workspace_bytes, void* stream) {
   const char* entry = "ffv_permute_dims_forward";
   return guarded(entry, [&]() -> ffv_status {
     FFV_CHECK(check_permute_sizes(entry, G, B, D));
@@ -223,7 +235,8 @@ FFV_API ffv_status ffv_permute_dims_forward(
       const T* zt = static_cast<const T*>(z);
       T* outt = static_cast<T*>(out);
       if (B > kMaxBlockSortKeys) return permute_dims_forward_sorted<T>(entry, G, B, D, zt, z_s0, z_s1, z_s2, seed,
-                                                                       row_bits, outt, index, s);
+                                                                       row_bits, outt, index, workspace,
+                                                                       workspace_bytes, s);
       const int64_t n = ffv::cuda_math::next_pow2(B);
       int threads = static_cast<int>(n / 2 < kMaxSortThreads ? n / 2 : kMaxSortThreads);
       if (threads < 32) threads = 32;
@@ -233,6 +246,25 @@ FFV_API ffv_status ffv_permute_dims_forward(
           G, B, D, zt, z_s0, z_s1, z_s2, seed, n, row_bits, outt, index);
       return check_launch(entry);
     });
+  });
+}
+
+FFV_API ffv_status ffv_permute_dims_workspace_bytes(ffv_dtype dtype, int64_t G, int64_t B, int64_t D,
+                                                    int64_t* bytes) {
+  const char* entry = "ffv_permute_dims_workspace_bytes";
+  return guarded(entry, [&]() -> ffv_status {
+    FFV_CHECK(check_permute_sizes(entry, G, B, D));
+    FFV_CHECK(check_not_null(entry, "bytes", bytes));
+    int64_t acc = 0;
+    FFV_CHECK(acc_bytes(entry, dtype, &acc));  // the dtype check only: keys do not depend on it
+    if (B <= kMaxBlockSortKeys) {
+      *bytes = 0;
+      return FFV_OK;
+    }
+    SortLayout layout{};
+    FFV_CHECK(sort_layout(entry, G, B, D, &layout));
+    *bytes = layout.total();
+    return FFV_OK;
   });
 }
 

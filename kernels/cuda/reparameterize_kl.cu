@@ -15,9 +15,11 @@
 // Forward NONE: one launch, one warp per row (8 rows per 256-thread block, grid-stride over
 // rows) writing z and kl_i (a warp reduction). Forward MEAN/SUM with B*D <= 8192: one launch
 // of a single 1024-thread block (32 warps over the rows, then a block sum). Larger MEAN/SUM:
-// the NONE kernel writes kl_i to a float64 workspace [B] (cudaMallocAsync on the stream, freed
-// with cudaFreeAsync after), then one 1024-thread block sums it. Backward: one elementwise
-// grid-stride launch.
+// the NONE kernel writes kl_i to the caller's workspace (float64 [B]; ABI 3, fastfvae.h), then
+// one 1024-thread block sums it for B <= 16384 rows; beyond, two stages (common.cuh
+// reduce_plan): P blocks sum fixed row ranges into float64 partials [P] (in the workspace after
+// the per-row KL), then one block sums them in order. Backward: one elementwise grid-stride
+// launch.
 #include "common.cuh"
 
 namespace ffv {
@@ -99,20 +101,53 @@ __global__ void __launch_bounds__(kReduceThreads) reparameterize_kl_forward_sing
   }
 }
 
-// kl[0] = sum_i kl_workspace[i] (SUM) or that sum / B (MEAN); one block of kReduceThreads.
+// kl[0] = sum_i kl_workspace[i] (SUM) or that sum / B (MEAN). Block b sums rows
+// [b * rows_per_block, min(B, (b + 1) * rows_per_block)); with one block (partials == NULL) it
+// writes kl[0], else partials[b] (stage 1 of a two-stage reduction, reduce_kl_finish_kernel).
 template <typename T>
 __global__ void __launch_bounds__(kReduceThreads) reduce_kl_kernel(
-    int64_t B, int32_t reduction,
+    int64_t B, int32_t reduction, int64_t rows_per_block,
     const double* __restrict__ kl_workspace,  // [B] per-row KL in float64
-    T* __restrict__ kl) {                     // [1] out: the reduced KL
+    double* __restrict__ partials,            // [gridDim.x] float64 partial sums out, or NULL: one block
+    T* __restrict__ kl) {                     // [1] out (single block): the reduced KL
   __shared__ double scratch[kReduceThreads / 32];
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int64_t end = B - begin < rows_per_block ? B : begin + rows_per_block;
   double partial = 0.0;
-  for (int64_t i = threadIdx.x; i < B; i += kReduceThreads) partial += kl_workspace[i];
+  for (int64_t i = begin + threadIdx.x; i < end; i += kReduceThreads) partial += kl_workspace[i];
   const double total = block_sum(partial, scratch);
+  if (threadIdx.x == 0) {
+    if (partials != nullptr) {
+      partials[blockIdx.x] = total;
+    } else {
+      const double value = reduction == FFV_REDUCTION_MEAN ? total / static_cast<double>(B) : total;
+      kl[0] = from_acc<T>(static_cast<Acc<T>>(value));
+    }
+  }
+}
+
+// Stage 2: kl[0] = the P partials summed in order (SUM), / B (MEAN); one block.
+template <typename T>
+__global__ void __launch_bounds__(kReduceThreads) reduce_kl_finish_kernel(
+    int64_t B, int32_t reduction, int64_t P,
+    const double* __restrict__ partials,  // [P] float64: reduce_kl_kernel's partial sums
+    T* __restrict__ kl) {                 // [1] out
+  __shared__ double scratch[kReduceThreads / 32];
+  const double total = sum_partials(partials, P, scratch);
   if (threadIdx.x == 0) {
     const double value = reduction == FFV_REDUCTION_MEAN ? total / static_cast<double>(B) : total;
     kl[0] = from_acc<T>(static_cast<Acc<T>>(value));
   }
+}
+
+// Workspace of the forward (fastfvae.h): 0 for NONE and the single-block MEAN/SUM; else the
+// per-row KL, float64 [B], then (B > kRowsPerReduceBlock) the partials, float64 [P], at the
+// next 256-byte boundary.
+inline int64_t forward_workspace_bytes(int64_t B, int64_t D, int32_t reduction) {
+  if (reduction == FFV_REDUCTION_NONE || B * D <= kSingleBlockElements) return 0;
+  const ReducePlan plan = reduce_plan(B);
+  const int64_t rows = align256(static_cast<int64_t>(sizeof(double)) * B);
+  return plan.blocks == 1 ? rows : rows + static_cast<int64_t>(sizeof(double)) * plan.blocks;
 }
 
 template <typename T>
@@ -161,7 +196,7 @@ FFV_API ffv_status ffv_reparameterize_kl_forward(
     const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
     const void* eps, int64_t eps_s0, int64_t eps_s1,
     const int64_t* seed, int32_t reduction,
-    void* z, void* kl, void* stream) {
+    void* z, void* kl, void* workspace, int64_t workspace_bytes, void* stream) {
   const char* entry = "ffv_reparameterize_kl_forward";
   return guarded(entry, [&]() -> ffv_status {
     FFV_CHECK(check_positive(entry, "B", B));
@@ -189,20 +224,41 @@ FFV_API ffv_status ffv_reparameterize_kl_forward(
                                                                                        static_cast<T*>(kl));
         return check_launch(entry);
       }
-      // MEAN/SUM, large: per-row KL into a stream-ordered float64 workspace, then one block reduces it.
-      double* workspace = nullptr;
-      FFV_CHECK(check_call(cudaMallocAsync(reinterpret_cast<void**>(&workspace), sizeof(double) * B, s), entry,
-                               "cudaMallocAsync of the per-row KL workspace"));
+      // MEAN/SUM, large: per-row KL into the caller's workspace, then a one- or two-stage sum.
+      FFV_CHECK(check_workspace(entry, workspace, workspace_bytes, forward_workspace_bytes(B, D, reduction)));
+      const ReducePlan plan = reduce_plan(B);
+      const int64_t rows_bytes = align256(static_cast<int64_t>(sizeof(double)) * B);
+      double* kl_rows = static_cast<double*>(workspace);  // [B] float64 per-row KL
+      double* partials = plan.blocks == 1                 // [P] float64 partial sums (two stages)
+                             ? nullptr
+                             : reinterpret_cast<double*>(static_cast<char*>(workspace) + rows_bytes);
       reparameterize_kl_forward_kernel<T><<<grid_for(B, kRowsPerBlock), kElementwiseThreads, 0, s>>>(args, nullptr,
-                                                                                                     workspace);
-      ffv_status st = check_launch(entry);
-      if (st == FFV_OK) {
-        reduce_kl_kernel<T><<<1, kReduceThreads, 0, s>>>(B, reduction, workspace, static_cast<T*>(kl));
-        st = check_launch(entry);
-      }
-      const ffv_status freed = check_call(cudaFreeAsync(workspace, s), entry, "cudaFreeAsync of the KL workspace");
-      return st != FFV_OK ? st : freed;
+                                                                                                     kl_rows);
+      FFV_CHECK(check_launch(entry));
+      reduce_kl_kernel<T><<<static_cast<unsigned>(plan.blocks), kReduceThreads, 0, s>>>(
+          B, reduction, plan.rows_per_block, kl_rows, partials, static_cast<T*>(kl));
+      if (plan.blocks == 1) return check_launch(entry);
+      FFV_CHECK(check_launch(entry));
+      reduce_kl_finish_kernel<T><<<1, kReduceThreads, 0, s>>>(B, reduction, plan.blocks, partials,
+                                                              static_cast<T*>(kl));
+      return check_launch(entry);
     });
+  });
+}
+
+FFV_API ffv_status ffv_reparameterize_kl_workspace_bytes(ffv_dtype dtype, int64_t B, int64_t D, int32_t reduction,
+                                                         int64_t* bytes) {
+  const char* entry = "ffv_reparameterize_kl_workspace_bytes";
+  return guarded(entry, [&]() -> ffv_status {
+    FFV_CHECK(check_positive(entry, "B", B));
+    FFV_CHECK(check_positive(entry, "D", D));
+    FFV_CHECK(check_numel(entry, B, D));
+    FFV_CHECK(check_reduction(entry, reduction));
+    FFV_CHECK(check_not_null(entry, "bytes", bytes));
+    int64_t acc = 0;
+    FFV_CHECK(acc_bytes(entry, dtype, &acc));  // the dtype check only: the workspace is float64
+    *bytes = forward_workspace_bytes(B, D, reduction);
+    return FFV_OK;
   });
 }
 

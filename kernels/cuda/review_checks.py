@@ -6,6 +6,7 @@ Run: python kernels/cuda/review_checks.py
 """
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import sys
 import traceback
@@ -49,22 +50,30 @@ def check_static_runtime(name):
 
 
 def check_stale_error_cleared(name):
-    """Issue 16 item 3: after a failed runtime call (an OOM in cudaMallocAsync: the MEAN
-    workspace of B = 2^36 rows, 512 GiB), the next op must succeed, and so must torch."""
+    """Issue 16 items 3 and 6: the library no longer allocates (ABI 3: workspaces come from
+    torch.empty in the launcher), so a huge MEAN call (B = 2^36 rows, stride-0 inputs: z is 256 GiB,
+    the per-row KL workspace 512 GiB) must fail in torch's allocator with torch.OutOfMemoryError (torch
+    frees its cache first), leave no CUDA error behind, and the next native op and torch op
+    must run clean. (check_call's cudaGetLastError now guards CUB's calls only.)"""
     native, library = _cuda_library()
-    x = torch.zeros(4, device="cuda")
     seed = torch.tensor([1], dtype=torch.int64, device="cuda")
-    forward = library.functions["ffv_reparameterize_kl_forward"]
-    stream = torch.cuda.current_stream().cuda_stream
-    ptr = x.data_ptr()
-    status = forward(0, 2**36, 1, ptr, 1, 0, ptr, 1, 0, None, 0, 0, seed.data_ptr(), 1, ptr, ptr, stream)
-    first = library.last_error()
+    huge = torch.zeros(1, 1, device="cuda").expand(2**36, 1)
+    query = ctypes.c_int64(0)
+    library.functions["ffv_reparameterize_kl_workspace_bytes"](0, 2**36, 1, 1, ctypes.byref(query))
+    try:
+        native.reparameterize_kl_forward(huge, huge, None, seed, "mean")
+        raised = "nothing"
+    except torch.OutOfMemoryError as error:
+        raised = f"torch.OutOfMemoryError ({str(error)[:60]!r})"
+    except Exception as error:  # noqa: BLE001 - reported
+        raised = f"{type(error).__name__} ({str(error)[:60]!r})"
     mu = torch.zeros(1, 1, device="cuda")
-    z, kl = native.reparameterize_kl_forward(mu, mu, None, seed, "mean")  # raises if the error is stale
+    z, kl = native.reparameterize_kl_forward(mu, mu, None, seed, "mean")  # raises if an error is stale
     (torch.ones(3, device="cuda") * 2).sum().item()  # and torch's next launch is clean
     torch.cuda.synchronize()
-    ok = status == 3
-    report(name, "PASS" if ok else "FAIL", f"OOM call -> status {status} ({first[:80]!r}); next op and torch ran clean")
+    ok = raised.startswith("torch.OutOfMemoryError") and query.value >= 8 * 2**36
+    report(name, "PASS" if ok else "FAIL",
+           f"query {query.value} B; huge call -> {raised}; next op and torch ran clean")
 
 
 def check_log_qz_local_memory(name):
@@ -131,12 +140,69 @@ def check_determinism(name):
     report(name, "PASS" if all(worst) else "FAIL", f"bitwise equal over 5 runs at B = 64 and 100000: {worst}")
 
 
+def check_two_stage_reductions(name):
+    """Issue 16 items 5 and 6: tc_loss, discriminator_loss and the MEAN KL above 16384 rows run
+    two stages in a torch-allocated workspace: equal to float64 torch within float32 rounding,
+    bitwise equal over 3 runs, on both sides of the threshold."""
+    import torch.nn.functional as F
+
+    native, _ = _cuda_library()
+    seed = torch.tensor([3], dtype=torch.int64, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    details, ok = [], True
+    for batch in (16384, 16385, 1_000_003):
+        logits = torch.randn(batch, 2, device="cuda", generator=g)
+        perm = torch.randn(batch, 2, device="cuda", generator=g)
+        mu = torch.randn(batch, 10, device="cuda", generator=g)
+        got = {
+            "tc": [native.tc_loss_forward(logits) for _ in range(3)],
+            "disc": [native.discriminator_loss_forward(logits, perm) for _ in range(3)],
+            "kl": [native.reparameterize_kl_forward(mu, mu, None, seed, "mean")[1] for _ in range(3)],
+        }
+        d, p, m = logits.double(), perm.double(), mu.double()
+        want = {
+            "tc": (d[:, 0] - d[:, 1]).mean(),
+            "disc": 0.5 * (F.cross_entropy(d, torch.zeros(batch, dtype=torch.long, device="cuda"))
+                           + F.cross_entropy(p, torch.ones(batch, dtype=torch.long, device="cuda"))),
+            "kl": (0.5 * (m * m + m.exp() - m - 1).sum(1)).mean(),
+        }
+        for key, runs in got.items():
+            same = all(torch.equal(r, runs[0]) for r in runs)
+            err = abs(runs[0].double().item() - want[key].item())
+            close = err <= 1e-5 * max(1.0, abs(want[key].item())) + 1e-6
+            ok &= same and close
+            details.append(f"{key}@{batch}: {'=' if same else '!='} err {err:.1e}")
+    report(name, "PASS" if ok else "FAIL", "; ".join(details))
+
+
+def check_permute_fallback_workspace(name):
+    """Issue 16 item 6: permute_dims above 4096 rows (CUB fallback) in a torch-allocated
+    workspace (keys, offsets, CUB temp): index equals reference.philox_permutation exactly, out
+    is the gather, on both sides of the 4096-row limit."""
+    from fastfvae.reference import philox_permutation
+
+    native, library = _cuda_library()
+    details, ok = [], True
+    for groups, batch, dim in ((1, 4096, 3), (2, 4097, 3), (1, 16384, 10)):
+        seed = torch.tensor([7 + batch], dtype=torch.int64, device="cuda")
+        z = torch.randn(groups, batch, dim, device="cuda")
+        query = ctypes.c_int64(-1)
+        library.functions["ffv_permute_dims_workspace_bytes"](0, groups, batch, dim, ctypes.byref(query))
+        out, index = native.permute_dims_forward(z, seed, True)
+        expected = philox_permutation(seed, groups, batch, dim)
+        good = torch.equal(index.long(), expected) and torch.equal(out, torch.gather(z, 1, expected))
+        ok &= good and (query.value == 0) == (batch <= 4096)
+        details.append(f"B={batch}: workspace {query.value} B, {'exact' if good else 'MISMATCH'}")
+    report(name, "PASS" if ok else "FAIL", "; ".join(details))
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("check all: SKIP no CUDA device")
         return 0
     for function in (check_static_runtime, check_stale_error_cleared, check_log_qz_local_memory,
-                     check_eps_bit_identity, check_triton_grid_limits, check_determinism):
+                     check_eps_bit_identity, check_triton_grid_limits, check_determinism, check_two_stage_reductions,
+                     check_permute_fallback_workspace):
         check(function)
     failed = [r for r in RESULTS if r[1] == "FAIL"]
     print(f"review checks: {len(RESULTS) - len(failed)} of {len(RESULTS)} without failure")

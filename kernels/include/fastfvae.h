@@ -14,6 +14,16 @@
  *   fastfvae/reference.py: philox_randint4x, philox_randn, philox_permutation).
  * - The CPU library (libfastfvae_cpu) and the CUDA library (libfastfvae_cuda) export the same
  *   names; `stream` is a cudaStream_t for CUDA and ignored (pass NULL) on the CPU.
+ * - Workspaces (ABI 3): the libraries never allocate device memory. A forward that needs scratch
+ *   memory takes (workspace, workspace_bytes): a caller-allocated byte buffer on the tensors'
+ *   device (fastfvae/backends/native.py: torch.empty(bytes, dtype=torch.uint8), so it comes
+ *   from torch's caching allocator, is stream-ordered on `stream` and graph-capture safe),
+ *   256-byte aligned, at least ffv_<op>_workspace_bytes(...) bytes for the same arguments
+ *   (NULL and 0 when that is 0). Its contents on entry do not matter; it is only used by work
+ *   enqueued on `stream`, so the caller may free it right after the call (stream-ordered).
+ *   The size queries are host functions; the CUDA library's ask the current device (CUB's
+ *   temporary-storage query), so call them with the tensors' device current. The CPU library
+ *   needs no workspace: its queries return 0 and its forwards ignore the pointer.
  */
 #ifndef FASTFVAE_H
 #define FASTFVAE_H
@@ -51,8 +61,10 @@ FFV_API const char* ffv_last_error(void);
 /* ABI version: bumped whenever an entry point's signature changes. The one definition:
  * the libraries return it from ffv_abi_version(), and tests/test_build.py checks that
  * fastfvae/backends/native.py's ABI_VERSION equals it.
- * 2: reparameterize_kl backward takes (eps, seed) instead of z. */
-#define FFV_ABI_VERSION 2
+ * 2: reparameterize_kl backward takes (eps, seed) instead of z.
+ * 3: the forwards of reparameterize_kl, permute_dims, tc_loss and discriminator_loss take
+ *    (workspace, workspace_bytes) before `stream`; ffv_<op>_workspace_bytes size queries. */
+#define FFV_ABI_VERSION 3
 FFV_API int32_t ffv_abi_version(void);
 
 typedef enum ffv_reduction {
@@ -78,7 +90,16 @@ FFV_API ffv_status ffv_reparameterize_kl_forward(
     const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
     const void* eps, int64_t eps_s0, int64_t eps_s1, /* eps may be NULL */
     const int64_t* seed, int32_t reduction,
-    void* z /* [B, D] */, void* kl /* [B] or [1] */, void* stream);
+    void* z /* [B, D] */, void* kl /* [B] or [1] */,
+    void* workspace, int64_t workspace_bytes, /* see below */
+    void* stream);
+
+/* Workspace of ffv_reparameterize_kl_forward, in bytes (*bytes; 0 when none is needed).
+ * CUDA: 0 for NONE and for MEAN/SUM with B*D <= 8192 (one block); larger MEAN/SUM:
+ *   float64 [B] per-row KL, then (B > 16384 rows only) float64 [P] partial sums of
+ *   16384-row chunks (P = ceil(B / rows per chunk)), each part 256-byte aligned. */
+FFV_API ffv_status ffv_reparameterize_kl_workspace_bytes(
+    ffv_dtype dtype, int64_t B, int64_t D, int32_t reduction, int64_t* bytes);
 
 FFV_API ffv_status ffv_reparameterize_kl_backward(
     ffv_dtype dtype, int64_t B, int64_t D,
@@ -101,7 +122,16 @@ FFV_API ffv_status ffv_permute_dims_forward(
     ffv_dtype dtype, int64_t G, int64_t B, int64_t D,
     const void* z, int64_t z_s0, int64_t z_s1, int64_t z_s2,
     const int64_t* seed,
-    void* out /* [G, B, D] */, int32_t* index /* [G, B, D] or NULL */, void* stream);
+    void* out /* [G, B, D] */, int32_t* index /* [G, B, D] or NULL */,
+    void* workspace, int64_t workspace_bytes, /* see below */
+    void* stream);
+
+/* Workspace of ffv_permute_dims_forward, in bytes (*bytes). CUDA: 0 for B <= 4096 (in-block
+ * sort); B > 4096 (CUB segmented sort over chunks of S columns, S*B <= 2^26): uint64 keys in
+ * [S*B] | uint64 sorted keys [S*B] | int32 segment offsets [S+1] | CUB's temporary storage
+ * (its own size query, a host call that asks the current device), each part 256-byte aligned. */
+FFV_API ffv_status ffv_permute_dims_workspace_bytes(
+    ffv_dtype dtype, int64_t G, int64_t B, int64_t D, int64_t* bytes);
 
 FFV_API ffv_status ffv_permute_dims_backward(
     ffv_dtype dtype, int64_t G, int64_t B, int64_t D,
@@ -114,7 +144,14 @@ FFV_API ffv_status ffv_permute_dims_backward(
 FFV_API ffv_status ffv_tc_loss_forward(
     ffv_dtype dtype, int64_t B, int64_t K,
     const void* logits, int64_t logits_s0, int64_t logits_s1,
-    void* tc /* [1] */, void* stream);
+    void* tc /* [1] */,
+    void* workspace, int64_t workspace_bytes, /* see below */
+    void* stream);
+
+/* Workspace of ffv_tc_loss_forward (CUDA: 0 for B <= 16384, one block; beyond, a two-stage
+ * reduction: the compute type's (float, double for float64) partial sums [P], P blocks of
+ * ceil(B / P) rows, P = ceil(B / max(16384, ceil(B / 65536)))). */
+FFV_API ffv_status ffv_tc_loss_workspace_bytes(ffv_dtype dtype, int64_t B, int64_t K, int64_t* bytes);
 
 FFV_API ffv_status ffv_tc_loss_backward(
     ffv_dtype dtype, int64_t B, int64_t K,
@@ -130,7 +167,13 @@ FFV_API ffv_status ffv_discriminator_loss_forward(
     ffv_dtype dtype, int64_t B, int64_t K,
     const void* d_real, int64_t d_real_s0, int64_t d_real_s1,
     const void* d_perm, int64_t d_perm_s0, int64_t d_perm_s1,
-    void* loss /* [1] */, void* stream);
+    void* loss /* [1] */,
+    void* workspace, int64_t workspace_bytes, /* see below */
+    void* stream);
+
+/* Workspace of ffv_discriminator_loss_forward (CUDA: as tc_loss's, two sums: compute-type
+ * partial sums [2, P], row 0 of the real logits' losses, row 1 of the permuted ones). */
+FFV_API ffv_status ffv_discriminator_loss_workspace_bytes(ffv_dtype dtype, int64_t B, int64_t K, int64_t* bytes);
 
 FFV_API ffv_status ffv_discriminator_loss_backward(
     ffv_dtype dtype, int64_t B, int64_t K,
