@@ -411,8 +411,12 @@ fi
 # rendering and encoding on the GPU (target: under 30 s), DCI with its hist estimator (the exact
 # one is CPU-bound, minutes). Its JSON rows carry no "impl", so the
 # report below leaves them out; the per-metric seconds are in metrics.log and bench-metrics.json.
+# --plumbing (a CPU) runs the battery's quick sizes once (--benchmark-disable): the full sizes take
+# minutes there.
 export FASTFVAE_BENCH_DCI=hist
-run_stage metrics "$DEST/metrics.log" "$PY" -m pytest "${BENCH_ARGS[@]}" -s \
+METRICS_ARGS=("${BENCH_ARGS[@]}")
+[ "$MODE" = "--plumbing" ] && METRICS_ARGS=(-q -p no:cacheprovider --benchmark-disable)
+run_stage metrics "$DEST/metrics.log" "$PY" -m pytest "${METRICS_ARGS[@]}" -s \
   bench/test_metrics.py -k test_metric_battery --benchmark-json="$DEST/bench-metrics.json"
 
 # ---------------------------------------------------------------------------------------- report
