@@ -152,32 +152,13 @@ class RegisteredOp:
 
     # ------------------------------------------------------------------ the compiled path
     def _define_forward(self):
-        declaration = self.declaration
-
-        def forward(*args):
-            *inputs, requested = args
-            return declaration.forward(declaration.select(requested, *inputs), *inputs)
-
-        op = torch.library.custom_op(
-            f"fastfvae::{declaration.name}", forward, mutates_args=(),
-            schema=_with_backend(declaration.forward_schema),
-        )
-        op.register_fake(lambda *args: declaration.forward_fake(*args[:-1]))
-        return op
+        d = self.declaration
+        return _custom_op(f"fastfvae::{d.name}", d.forward_schema, d.forward, d.select, d.forward_fake)
 
     def _define_backward(self):
-        declaration = self.declaration
-
-        def backward(*args):
-            *inputs, requested = args
-            return declaration.backward(declaration.select_backward(requested, *inputs), *inputs)
-
-        op = torch.library.custom_op(
-            f"fastfvae::{declaration.name}_backward", backward, mutates_args=(),
-            schema=_with_backend(declaration.backward_schema),
-        )
-        op.register_fake(lambda *args: declaration.backward_fake(*args[:-1]))
-        return op
+        d = self.declaration
+        return _custom_op(f"fastfvae::{d.name}_backward", d.backward_schema, d.backward, d.select_backward,
+                          d.backward_fake)
 
     def _compiled_setup(self, ctx, inputs, output):
         *args, requested = inputs
@@ -189,6 +170,20 @@ class RegisteredOp:
         saved = _unstash(ctx)
         outputs = self.backward_op(*grads[: self.declaration.num_grads], *saved, ctx.requested)
         return (*self.input_grads(outputs, ctx.needs_input_grad[:-1]), None)
+
+
+def _custom_op(qualname: str, schema: str, run: Callable, select: Callable, fake: Callable):
+    """A torch.library custom op ``qualname`` taking ``schema``'s arguments plus the requested
+    backend name, which it resolves at run time with the real tensors (``select``) before calling
+    ``run(impl, *inputs)``; ``fake(*inputs)`` gives its outputs' shapes under tracing."""
+
+    def body(*args):
+        *inputs, requested = args
+        return run(select(requested, *inputs), *inputs)
+
+    op = torch.library.custom_op(qualname, body, mutates_args=(), schema=_with_backend(schema))
+    op.register_fake(lambda *args: fake(*args[:-1]))
+    return op
 
 
 def _mark_non_differentiable(ctx, declaration: OpDeclaration, outputs) -> None:
