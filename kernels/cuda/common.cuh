@@ -165,6 +165,20 @@ inline ffv_status acc_bytes(const char* entry, int32_t dtype, int64_t* bytes) {
   });
 }
 
+// Workspace of a (B, K) logits loss whose forward reduces `sums` batch sums two-stage:
+// sums * P partials of the compute type, or 0 bytes when one block serves (P = 1).
+inline ffv_status logits_reduce_workspace_bytes(const char* entry, int32_t dtype, int64_t B, int64_t K,
+                                                int64_t sums, int64_t* bytes) {
+  FFV_CHECK(check_positive(entry, "B", B));
+  FFV_CHECK(check_logit_count(entry, K));
+  FFV_CHECK(check_not_null(entry, "bytes", bytes));
+  int64_t acc = 0;
+  FFV_CHECK(acc_bytes(entry, dtype, &acc));
+  const ReducePlan plan = reduce_plan(B);
+  *bytes = plan.blocks == 1 ? 0 : sums * acc * plan.blocks;
+  return FFV_OK;
+}
+
 // ---- deterministic reductions ----------------------------------------------------------------
 // Sum over the 32 lanes of a warp; the full sum lands in lane 0. Fixed order: run-to-run
 // identical. Every lane of the warp must call it.

@@ -146,16 +146,7 @@ FFV_API ffv_status ffv_discriminator_loss_forward(
 
 FFV_API ffv_status ffv_discriminator_loss_workspace_bytes(ffv_dtype dtype, int64_t B, int64_t K, int64_t* bytes) {
   const char* entry = "ffv_discriminator_loss_workspace_bytes";
-  return guarded(entry, [&]() -> ffv_status {
-    FFV_CHECK(check_positive(entry, "B", B));
-    FFV_CHECK(check_logit_count(entry, K));
-    FFV_CHECK(check_not_null(entry, "bytes", bytes));
-    int64_t acc = 0;
-    FFV_CHECK(acc_bytes(entry, dtype, &acc));
-    const ReducePlan plan = reduce_plan(B);
-    *bytes = plan.blocks == 1 ? 0 : 2 * acc * plan.blocks;
-    return FFV_OK;
-  });
+  return guarded(entry, [&]() -> ffv_status { return logits_reduce_workspace_bytes(entry, dtype, B, K, 2, bytes); });
 }
 
 FFV_API ffv_status ffv_discriminator_loss_backward(
