@@ -481,3 +481,53 @@ def gather_images_forward(packed, index, dtype):
         index.data_ptr(), index.stride(0), int(index.dtype == torch.int32), out.data_ptr(),
     )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# boosting_trees_grow (a host helper of DCI's estimator="batched", CPU library only; not an op)
+# ---------------------------------------------------------------------------------------------
+ARGTYPES["ffv_boosting_trees_grow"] = (
+    _i64, _i64, _i64, _i32, _i64, _i64,  # N F T max_depth seed counter_base
+    _ptr, _ptr, _ptr, _ptr, _i32,  # x order residual fixed fixed_bits
+    _ptr, _ptr, _ptr, _ptr, _ptr,  # leaf split feature threshold importance
+    _i64, _ptr, _ptr, _ptr,  # M x_test test_leaf stream
+)
+
+
+def boosting_trees_available() -> str | None:
+    """None when the CPU library exports the tree grower, else why not."""
+    library, reason = load("cpu")
+    if library is None:
+        return reason
+    if "ffv_boosting_trees_grow" not in library.functions:
+        return f"{library.path.name} does not export ffv_boosting_trees_grow; rebuild it with `pip install -e .`"
+    return None
+
+
+def boosting_trees_grow(x_t, order, residual_t, fixed_t, fixed_bits: int, max_depth: int, x_test_t, seed: int,
+                        counter_base: int):
+    """One boosting stage's T trees (kernels/cpu/boosting_trees.cpp), CPU tensors:
+    x_t float32 (F, N), order int64 (F, N), residual_t float64 (T, N), fixed_t int64 (T, N) its
+    fixed-point copy (round(residual * 2^fixed_bits)), x_test_t float32 (F, M);
+    seed, counter_base: the Philox draws that break ties between features (boosting_trees.cpp).
+
+    Returns leaf int64 (T, N), split bool / feature int64 / threshold float64 (T, 2^max_depth - 1)
+    in heap order, importance float64 (T, F), test_leaf int64 (T, M)."""
+    x_t, order, residual_t, fixed_t, x_test_t = (t.contiguous() for t in (x_t, order, residual_t, fixed_t, x_test_t))
+    num_features, n = x_t.shape
+    trees, m = residual_t.shape[0], x_test_t.shape[1]
+    heap = 2 ** max_depth - 1
+    leaf = torch.empty(trees, n, dtype=torch.int64)
+    split = torch.empty(trees, heap, dtype=torch.uint8)
+    feature = torch.empty(trees, heap, dtype=torch.int64)
+    threshold = torch.empty(trees, heap, dtype=torch.float64)
+    importance = torch.empty(trees, num_features, dtype=torch.float64)
+    test_leaf = torch.empty(trees, m, dtype=torch.int64)
+    _call(
+        "ffv_boosting_trees_grow", x_t,
+        n, num_features, trees, max_depth, seed, counter_base,
+        x_t.data_ptr(), order.data_ptr(), residual_t.data_ptr(), fixed_t.data_ptr(), fixed_bits,
+        leaf.data_ptr(), split.data_ptr(), feature.data_ptr(), threshold.data_ptr(), importance.data_ptr(),
+        m, x_test_t.data_ptr() if m else None, test_leaf.data_ptr() if m else None,
+    )
+    return leaf, split.bool(), feature, threshold, importance, test_leaf

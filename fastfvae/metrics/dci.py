@@ -14,30 +14,36 @@ Protocol:
 
 Estimators (``estimator=``):
 
-- ``"exact"``: scikit-learn's ``GradientBoostingClassifier()`` with its defaults (100 stages,
-  learning rate 0.1, depth 3, exact splits), importances ``feature_importances_`` — disentanglement_lib's
-  classifier. It is slow (measured on this project's 2-core CPU, one core, 10,000 ten-dimensional
-  codes: 8.6 s for 3 classes, 17 s for 6, 115 s for 40; ~325 s for dSprites' five factors), so
-  the K factors are fitted in parallel threads (the tree builder releases the GIL).
+- ``"batched"`` (the default): scikit-learn's ``GradientBoostingClassifier()`` algorithm with its
+  defaults (100 stages, learning rate 0.1, depth 3, every split point, Newton leaf values,
+  impurity-decrease importances), re-implemented in _boosting.py so that one stage grows the
+  trees of every class of every factor together: in the CPU library (kernels/cpu/
+  boosting_trees.cpp, a presorted scan per tree) on a CPU, as torch operations elsewhere. Its
+  trees are scikit-learn's except where two splits are exactly as good (ties: both pick one at
+  random), so its scores agree with "exact" within sampling noise (measured below).
+- ``"exact"``: scikit-learn's ``GradientBoostingClassifier()`` itself, importances
+  ``feature_importances_`` — disentanglement_lib's classifier. It is slow (measured on this
+  project's 2-core CPU, one core, 10,000 ten-dimensional codes: 8.6 s for 3 classes, 17 s for 6,
+  115 s for 40; ~370 CPU-s for dSprites' five factors), so the K factors are fitted in parallel
+  threads (the tree builder releases the GIL).
 - ``"hist"``: scikit-learn's ``HistGradientBoostingClassifier`` with the same boosting settings
   (100 iterations, learning rate 0.1, depth 3, leaves of one point, no L2, no early stopping)
   on 255 quantile bins per code; importance of code d = total split gain of the splits on d over
-  all trees, normalised to sum 1 (the gain-based counterpart of the exact model's impurity
-  decrease; HistGradientBoosting has no ``feature_importances_``, so this reads the fitted trees'
-  node table). Tens of times faster; bench/test_metrics.py and tests/test_metrics_battery.py
-  measure how close its scores are to the exact ones.
+  all trees, normalised to sum 1 (HistGradientBoosting has no ``feature_importances_``, so this
+  reads the fitted trees' node table). A different algorithm (Newton split gains): it does NOT
+  agree with exact within sampling noise (below); kept for comparison.
 
 Measured agreement (this project's shared 2-core CPU; dSprites; codes of the paper's encoder
-after 361 FactorVAE steps; seed 0). At 10,000 training / 5,000 test points, exact / hist:
-disentanglement 0.150 / 0.168, completeness 0.171 / 0.185, test informativeness 0.321 / 0.330,
-against a seed-to-seed standard deviation of hist of 0.0013, 0.0038 and 0.0022: hist does NOT
-agree within sampling noise (it scores higher), so ``evaluate``'s default preset keeps "exact".
-(At 2,000 / 1,000 points: 0.106 / 0.101, 0.116 / 0.102, 0.282 / 0.308.) Cost at 10,000 points
-for the five factors: hist 16-18 CPU-s, exact 372 CPU-s (measured; on 2 idle cores the factors
-run in parallel, so ~190 s wall, bounded below by the 40-class factor).
+after 1,500 FactorVAE steps (runs/default); 10,000 training / 5,000 test points):
+AGREEMENT_PLACEHOLDER
 
-Both run one fit per factor, in ``n_jobs`` threads (default: one per factor up to the CPU count),
-each fit on one OpenMP/BLAS thread (see _sklearn.fit_counting_warnings for the measurement behind that).
+Earlier measurement of hist (codes after 361 steps, seed 0), exact / hist: disentanglement 0.150
+/ 0.168, completeness 0.171 / 0.185, test informativeness 0.321 / 0.330, against a seed-to-seed
+standard deviation of hist of 0.0013, 0.0038 and 0.0022.
+
+"exact" and "hist" run one fit per factor, in ``n_jobs`` threads (default: one per factor up to the
+CPU count), each fit on one OpenMP/BLAS thread (see _sklearn.fit_counting_warnings for the
+measurement behind that); "batched" makes one call for all factors (``n_jobs`` is ignored).
 
 Choices where disentanglement_lib is undefined or differs:
 
@@ -46,8 +52,9 @@ Choices where disentanglement_lib is undefined or differs:
   differ from its by ~1e-10.
 - With one factor (K = 1) the base-K entropy is undefined; a code's disentanglement is then 1.
   Likewise completeness with one code dimension.
-- GradientBoostingClassifier is seeded (``random_state`` drawn from the metric's generator after
-  the points), so a seed gives the same result every time; disentanglement_lib leaves it unseeded.
+- The classifiers are seeded (``random_state`` drawn from the metric's generator after the points;
+  for "batched" it keys the tie-break draws), so a seed gives the same result every time;
+  disentanglement_lib leaves them unseeded.
 - A factor that takes one value among the training points has no classifier: ValueError (raise
   num_train), rather than scikit-learn's message.
 
@@ -62,10 +69,16 @@ import time
 import numpy as np
 import torch
 
-from fastfvae.metrics import _common
+from fastfvae.metrics import _boosting, _common
 from fastfvae.metrics._sklearn import fit_counting_warnings, single_thread, sklearn
 
-ESTIMATORS = ("exact", "hist")
+ESTIMATORS = ("batched", "exact", "hist")
+CLASSIFIERS = {
+    "batched": "GradientBoostingClassifier() defaults, fastfvae's batched implementation",
+    "exact": "GradientBoostingClassifier() defaults",
+    "hist": "HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_depth=3, min_samples_leaf=1, "
+            "early_stopping=False), split-gain importances",
+}
 
 
 def normalised_entropy(matrix: np.ndarray) -> np.ndarray:
@@ -147,19 +160,38 @@ def default_jobs(num_factors: int) -> int:
     return min(num_factors, os.cpu_count() or 1)
 
 
-def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, estimator: str = "exact",
+def fit_batched(codes_train, factors_train, codes_test, factors_test, seed: int) -> list[tuple]:
+    """Every factor's classifier with fastfvae's batched GradientBoostingClassifier (_boosting.py),
+    on the codes' device: a (importance (D,), train accuracy, test accuracy) per factor."""
+    codes_train, codes_test = torch.as_tensor(codes_train), torch.as_tensor(codes_test)
+    device = codes_train.device
+    factors_train = torch.as_tensor(factors_train).to(device)
+    factors_test = torch.as_tensor(factors_test).to(device)
+    fits = _boosting.fit_factors(codes_train, factors_train, codes_test.to(device), seed=seed)
+    return [(fit.importance.cpu().numpy(),
+             float((fit.train_pred == factors_train[:, k]).double().mean()),
+             float((fit.test_pred == factors_test[:, k]).double().mean())) for k, fit in enumerate(fits)]
+
+
+def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, estimator: str = "batched",
                    n_jobs: int | None = None, random_state: int = 0) -> dict:
     """DCI of codes (N, D) against their factors (N, K) (tensors or arrays), train and test sets."""
     from joblib import Parallel, delayed
 
-    x_train, x_test = (_common.to_numpy(torch.as_tensor(c)) for c in (codes_train, codes_test))
-    y_train, y_test = (_common.to_numpy(torch.as_tensor(f)) for f in (factors_train, factors_test))
-    num_factors = y_train.shape[1]
-    jobs = default_jobs(num_factors) if n_jobs is None else n_jobs
-    fits = Parallel(n_jobs=jobs, prefer="threads")(
-        delayed(fit_factor)(estimator, x_train, y_train[:, k], x_test, y_test[:, k], random_state)
-        for k in range(num_factors)
-    )
+    num_factors = torch.as_tensor(factors_train).shape[1]
+    if estimator == "batched":
+        jobs = 1  # one call for every factor: its tree grower uses the CPU library's threads
+        fits = fit_batched(codes_train, factors_train, codes_test, factors_test, random_state)
+        num_dims = torch.as_tensor(codes_train).shape[1]
+    else:
+        x_train, x_test = (_common.to_numpy(torch.as_tensor(c)) for c in (codes_train, codes_test))
+        y_train, y_test = (_common.to_numpy(torch.as_tensor(f)) for f in (factors_train, factors_test))
+        jobs = default_jobs(num_factors) if n_jobs is None else n_jobs
+        fits = Parallel(n_jobs=jobs, prefer="threads")(
+            delayed(fit_factor)(estimator, x_train, y_train[:, k], x_test, y_test[:, k], random_state)
+            for k in range(num_factors)
+        )
+        num_dims = x_train.shape[1]
     importance = np.stack([fit[0] for fit in fits], axis=1)   # (D, K)
     score_d, per_code = _weighted_score(importance)
     score_c, per_factor = _weighted_score(importance.T)
@@ -175,7 +207,7 @@ def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, esti
         "completeness_per_factor": per_factor.tolist(),
         "informativeness_train_per_factor": train_acc,
         "informativeness_test_per_factor": test_acc,
-        "num_dims": int(x_train.shape[1]),
+        "num_dims": int(num_dims),
         "n_jobs": jobs,
     }
 
@@ -186,7 +218,7 @@ def dci(
     *,
     num_train: int = 10000,
     num_test: int = 5000,
-    estimator: str = "exact",
+    estimator: str = "batched",
     n_jobs: int | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
@@ -196,8 +228,9 @@ def dci(
     """DCI (module docstring: protocol, estimators and defaults of disentanglement_lib).
 
     encode: callable, observations (n, ...) -> floating (n, D) tensor. dataset: ground-truth data set.
-    estimator: "exact" (GradientBoostingClassifier, disentanglement_lib's) or "hist" (faster).
-    n_jobs: threads for the K per-factor fits (default: module docstring).
+    estimator: "batched" (default), "exact" (scikit-learn's GradientBoostingClassifier,
+    disentanglement_lib's) or "hist" (module docstring).
+    n_jobs: threads for the K per-factor fits of "exact" and "hist" (default: module docstring).
     seed / generator, encode_batch_size, data_device: as in factor_vae_metric.
 
     Returns a dict: dci_disentanglement, dci_completeness, dci_informativeness_train,
@@ -224,9 +257,7 @@ def dci(
                             n_jobs=n_jobs, random_state=_common.random_state(gen))
     result.update(
         num_train=num_train, num_test=num_test, estimator=estimator,
-        classifier=("GradientBoostingClassifier() defaults" if estimator == "exact" else
-                    "HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_depth=3, "
-                    "min_samples_leaf=1, early_stopping=False), split-gain importances"),
+        classifier=CLASSIFIERS[estimator],
         seed=used_seed, num_images_encoded=num_train + num_test, seconds=time.perf_counter() - start_time,
     )
     return result

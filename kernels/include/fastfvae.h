@@ -231,6 +231,27 @@ FFV_API ffv_status ffv_gather_images_forward(
     const void* index, int64_t index_s0, int32_t index_is_int32,
     void* out /* [B, 4096] */, void* stream);
 
+/* ---- boosting_trees (host helper, CPU library only; fastfvae/metrics/_boosting.py) --------
+ * Not an op: the tree grower of DCI's estimator="batched". One boosting stage's T least-squares
+ * regression trees of depth max_depth (1..16) on the same N samples of F features, as
+ * scikit-learn's DecisionTreeRegressor(max_depth) (kernels/cpu/boosting_trees.cpp gives the
+ * rules). Heap node numbering: level d's node n is 2^d - 1 + n, children 2n and 2n + 1 of level
+ * d + 1; a node that does not split sends its samples left. All arrays contiguous.
+ * x: float32 [F, N]; order: int64 [F, N] (row f sorts x[f] ascending); residual: float64 [T, N],
+ * |residual| <= 1, and fixed: int64 [T, N] = round(residual * 2^fixed_bits) (1..62) whose exact
+ * sums choose the splits.
+ * Outputs: leaf int64 [T, N] (node at level max_depth); split uint8, feature int64, threshold
+ * float64, each [T, 2^max_depth - 1]; importance float64 [T, F] (squared-error decrease over N);
+ * test_leaf int64 [T, M]: the leaves of M test samples x_test float32 [F, M] (M = 0: both NULL).
+ * Ties between features: the lowest Philox draw c0 of (seed, counter_base + (t * (2^max_depth - 1)
+ * + heap node) * F + f) wins, as scikit-learn's random feature order.
+ * On CUDA the same algorithm runs as torch operations (no CUDA entry). */
+FFV_API ffv_status ffv_boosting_trees_grow(
+    int64_t N, int64_t F, int64_t T, int32_t max_depth, int64_t seed, int64_t counter_base,
+    const float* x, const int64_t* order, const double* residual, const int64_t* fixed, int32_t fixed_bits,
+    int64_t* leaf, uint8_t* split, int64_t* feature, double* threshold, double* importance,
+    int64_t M, const float* x_test, int64_t* test_leaf, void* stream);
+
 #ifdef __cplusplus
 }
 #endif
