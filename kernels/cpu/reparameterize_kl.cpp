@@ -147,12 +147,30 @@ struct BackwardArgs {
   T* grad_eps;              // [B, D] contiguous out, or NULL
 };
 
+// The backward of n consecutive unit-stride elements of one row (pointers at the first one):
+//   std = exp(logvar/2); grad_mu = gz + gkl*mu;
+//   grad_logvar = 0.5*gz*std*eps + 0.5*gkl*(exp(logvar) - 1); grad_eps = gz*std (kGradEps).
+// eps_at(k) gives the k-th eps in the compute type. No branch inside the loop (the eps source
+// and grad_eps are template arguments), so GCC vectorises it in every FFV_CLONES clone.
+template <typename T, bool kGradEps, typename EpsAt>
+FFV_INLINE void backward_unit_run(int64_t n, typename Element<T>::compute gkl, const T* gz_p, const T* mu_p,
+                                  const T* logvar_p, EpsAt eps_at, T* grad_mu, T* grad_logvar, T* grad_eps) {
+  using E = Element<T>;
+  using C = typename E::compute;
+  for (int64_t k = 0; k < n; ++k) {
+    const C gz = E::load(gz_p + k), m = E::load(mu_p + k), lv = E::load(logvar_p + k);
+    const C std_dev = exp_c(C(0.5) * lv);
+    E::store(grad_mu + k, gz + gkl * m);
+    E::store(grad_logvar + k, C(0.5) * gz * std_dev * eps_at(k) + C(0.5) * gkl * (exp_c(lv) - C(1)));
+    if constexpr (kGradEps) E::store(grad_eps + k, gz * std_dev);
+  }
+}
+
 // Backward of the block rows [r0, r1) x columns [d0, d1) — whole rows (d0 = 0, d1 = D), or a
 // part of one row when D > kTileElements — so its elements have the consecutive global indices
 // r0*D + d0 ... and a drawn eps is regenerated in one vectorised fill (the forward's counters).
-//   std = exp(logvar/2); grad_mu = gz + gkl_i*mu;
-//   grad_logvar = 0.5*gz*std*eps + 0.5*gkl_i*(exp(logvar) - 1); grad_eps = gz*std.
-// std*eps is never rebuilt as z - mu: z is rounded (bfloat16 has 8 bits) and inf - inf is NaN.
+// Formulas in backward_unit_run. std*eps is never rebuilt as z - mu: z is rounded (bfloat16 has
+// 8 bits) and inf - inf is NaN.
 template <typename T>
 FFV_CLONES void backward_block(const BackwardArgs<T>& a, int64_t r0, int64_t r1, int64_t d0, int64_t d1) {
   using E = Element<T>;
@@ -171,19 +189,24 @@ FFV_CLONES void backward_block(const BackwardArgs<T>& a, int64_t r0, int64_t r1,
     T* gm = a.grad_mu + i * a.D;
     T* glv = a.grad_logvar + i * a.D;
     const float* drawn_row = drawn + (i - r0) * width;  // drawn_row[d - d0] for d in [d0, d1)
-    if (unit) {  // unit-stride rows: a loop the compiler vectorises
-      const T* gz_row = gz_p + i * a.grad_z.s0;
-      const T* m_row = mu_p + i * a.mu.s0;
-      const T* lv_row = logvar_p + i * a.logvar.s0;
-      const T* e_row = eps_p ? eps_p + i * a.eps.s0 : nullptr;
-      for (int64_t d = d0; d < d1; ++d) {
-        const C gz = E::load(gz_row + d), m = E::load(m_row + d), lv = E::load(lv_row + d);
-        const C e = e_row ? E::load(e_row + d) : static_cast<C>(drawn_row[d - d0]);
-        const C std_dev = exp_c(C(0.5) * lv);
-        E::store(gm + d, gz + gkl * m);
-        E::store(glv + d, C(0.5) * gz * std_dev * e + C(0.5) * gkl * (exp_c(lv) - C(1)));
-        if (a.grad_eps) E::store(a.grad_eps + i * a.D + d, gz * std_dev);
-      }
+    if (unit) {  // unit-stride rows: branch-free loops the compiler vectorises
+      const T* gz_row = gz_p + i * a.grad_z.s0 + d0;
+      const T* m_row = mu_p + i * a.mu.s0 + d0;
+      const T* lv_row = logvar_p + i * a.logvar.s0 + d0;
+      T* ge_row = a.grad_eps ? a.grad_eps + i * a.D + d0 : nullptr;
+      // (No helper lambda around these calls: a lambda's body is not compiled for the FFV_CLONES
+      // targets, and the loop would run the baseline x86-64 code.)
+      const T* e_row = eps_p ? eps_p + i * a.eps.s0 + d0 : nullptr;
+      const auto drawn_at = [drawn_row](int64_t k) { return static_cast<C>(drawn_row[k]); };
+      const auto given_at = [e_row](int64_t k) { return E::load(e_row + k); };
+      if (e_row && ge_row)
+        backward_unit_run<T, true>(width, gkl, gz_row, m_row, lv_row, given_at, gm + d0, glv + d0, ge_row);
+      else if (e_row)
+        backward_unit_run<T, false>(width, gkl, gz_row, m_row, lv_row, given_at, gm + d0, glv + d0, nullptr);
+      else if (ge_row)
+        backward_unit_run<T, true>(width, gkl, gz_row, m_row, lv_row, drawn_at, gm + d0, glv + d0, ge_row);
+      else
+        backward_unit_run<T, false>(width, gkl, gz_row, m_row, lv_row, drawn_at, gm + d0, glv + d0, nullptr);
       continue;
     }
     for (int64_t d = d0; d < d1; ++d) {
