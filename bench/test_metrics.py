@@ -41,10 +41,10 @@ def _encoder(device: str):
         weights = {k[len("encoder."):]: v for k, v in state["vae"].items() if k.startswith("encoder.")}
         encoder.load_state_dict(weights)
         source = f"checkpoint {path}"
-    encoder = encoder.to(device).eval()
+    encoder = encoder.to(device, memory_format=torch.channels_last).eval()
 
-    def encode(images: torch.Tensor) -> torch.Tensor:
-        return encoder(images.to(device).float())[0]
+    def encode(images: torch.Tensor) -> torch.Tensor:   # as fastfvae.train.evaluation's encoders
+        return encoder(images.to(device).float().contiguous(memory_format=torch.channels_last))[0]
     return encode, source
 
 
