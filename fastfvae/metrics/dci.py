@@ -35,7 +35,17 @@ Estimators (``estimator=``):
 
 Measured agreement (this project's shared 2-core CPU; dSprites; codes of the paper's encoder
 after 1,500 FactorVAE steps (runs/default); 10,000 training / 5,000 test points):
-AGREEMENT_PLACEHOLDER
+
+| on the same points (seeds 0, 1) | disentanglement | completeness | informativeness train | test |
+|---|---|---|---|---|
+| exact, seed 0 / 1 | 0.0853 / 0.0867 | 0.1062 / 0.1115 | 0.6834 / 0.6824 | 0.3590 / 0.3635 |
+| batched - exact | -0.0008 / +0.0005 | -0.0000 / +0.0002 | -0.0014 / +0.0005 | -0.0006 / -0.0002 |
+| hist - exact | +0.035 / +0.039 | +0.033 / +0.032 | -0.052 / -0.058 | +0.020 / +0.016 |
+| seed-to-seed std, batched (5 seeds) | 0.0021 | 0.0036 | 0.0015 | 0.0038 |
+
+batched agrees with exact well within sampling noise (importance matrices within 0.006); hist
+does not (~17 standard deviations on disentanglement). Time: batched 13-20 s wall on 2 cores
+(the five factors together), exact 490-530 s wall on the same (loaded) machine.
 
 Earlier measurement of hist (codes after 361 steps, seed 0), exact / hist: disentanglement 0.150
 / 0.168, completeness 0.171 / 0.185, test informativeness 0.321 / 0.330, against a seed-to-seed
