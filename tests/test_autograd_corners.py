@@ -14,11 +14,15 @@ from conftest import require
 F64 = torch.float64
 
 
+def _leaf_on(*shape, scale=1.0, device="cpu"):
+    return (torch.randn(*shape, dtype=F64) * scale).to(device).requires_grad_(True)
+
+
 def _leaf(*shape, scale=1.0):
-    return (torch.randn(*shape, dtype=F64) * scale).requires_grad_(True)
+    return _leaf_on(*shape, scale=scale)
 
 
-def _op_functions(backend):
+def _op_functions(backend, device="cpu"):
     """name -> (function of float64 leaves, the leaves); every op, deterministic (eps given,
     permute_dims under a fixed seed)."""
     def permute(z):
@@ -28,6 +32,9 @@ def _op_functions(backend):
     def reparameterize(mu, logvar, eps):
         z, kl = fastfvae.reparameterize_kl(mu, logvar, eps=eps, reduction="none", backend=backend)
         return z, kl
+
+    def _leaf(*shape, scale=1.0):
+        return _leaf_on(*shape, scale=scale, device=device)
 
     return {
         "tc_loss_2": (lambda l: fastfvae.tc_loss(l, backend=backend), (_leaf(7, 2),)),
@@ -46,12 +53,13 @@ OPS = ["tc_loss_2", "tc_loss_1", "discriminator_loss_2", "discriminator_loss_1",
 
 
 @pytest.mark.parametrize("name", OPS)
-def test_double_backward_gradgradcheck(backend, name):
-    """create_graph=True gives the second-order terms (issue 14.9), checked numerically."""
-    if backend == "triton":
+def test_double_backward_gradgradcheck(backend, name, device):
+    """create_graph=True gives the second-order terms (issue 14.9), checked numerically, on the
+    CPU and (where there is one) on a GPU, where the Triton kernels run compiled."""
+    if backend == "triton" and device == "cpu":
         pytest.skip("gradgradcheck's hundreds of calls do not fit the Triton interpreter's time budget")
-    require(backend, name.rsplit("_", 1)[0] if name[-1].isdigit() else name, "cpu", F64)
-    fn, leaves = _op_functions(backend)[name]
+    require(backend, name.rsplit("_", 1)[0] if name[-1].isdigit() else name, device, F64)
+    fn, leaves = _op_functions(backend, device)[name]
     assert gradcheck(fn, leaves)
     assert gradgradcheck(fn, leaves)
 
