@@ -31,6 +31,7 @@ from bench import common
 def _encoder(device: str):
     """encode(uint8 images (n, 1, 64, 64)) -> means (n, 10) float32 on device, and its description."""
     from fastfvae.models import Encoder
+    from fastfvae.train.evaluation import encode_chunk
 
     torch.manual_seed(0)
     encoder = Encoder(10)
@@ -43,8 +44,11 @@ def _encoder(device: str):
         source = f"checkpoint {path}"
     encoder = encoder.to(device, memory_format=torch.channels_last).eval()
 
+    chunk = encode_chunk(device)
+
     def encode(images: torch.Tensor) -> torch.Tensor:   # as fastfvae.train.evaluation's encoders
-        return encoder(images.to(device).float().contiguous(memory_format=torch.channels_last))[0]
+        return torch.cat([encoder(part.to(device).float().contiguous(memory_format=torch.channels_last))[0]
+                          for part in images.split(chunk)])
     return encode, source
 
 

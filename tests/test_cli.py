@@ -127,3 +127,29 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     state = load_checkpoint(str(out))
     logged = [r["step"] for r in rows(out) if "event" not in r]
     assert state["step"] == logged[-1] >= 3
+
+
+def test_commands_retain_freed_memory(monkeypatch):
+    # fastfvae/_memory.py: the commands stop glibc's page-fault churn before doing any work.
+    import fastfvae.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "retain_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(cli, "_cmd_traverse", lambda args: 0)
+    assert cli.main(["traverse", "no-such-checkpoint", "--out", "x.png"]) == 0
+    assert calls == [1]
+
+
+def test_retain_freed_memory_sets_glibc_options():
+    import sys
+
+    from fastfvae._memory import retain_freed_memory
+
+    result = retain_freed_memory()
+    assert result is (sys.platform.startswith("linux") and _has_glibc())
+
+
+def _has_glibc() -> bool:
+    import platform
+
+    return platform.libc_ver()[0] == "glibc"

@@ -16,8 +16,17 @@ def _batch(part: torch.Tensor, device: torch.device) -> torch.Tensor:
     return part.to(device).float().contiguous(memory_format=torch.channels_last)
 
 
-def encoder_mean_fn(vae: VAE, device: torch.device, chunk: int = 1024) -> Callable:
-    """uint8 images (n, C, 64, 64) -> encoder means (n, z_dim) float32 on ``device``."""
+def encode_chunk(device: torch.device) -> int:
+    """Images per encoder call: on a CPU 128, so activations stay under glibc's 32 MiB mmap cap
+    (fastfvae/_memory.py; a 2-core CPU encodes 128 at a time as fast as 1024); 4096 on a GPU."""
+    return 128 if torch.device(device).type == "cpu" else 4096
+
+
+def encoder_mean_fn(vae: VAE, device: torch.device, chunk: int | None = None) -> Callable:
+    """uint8 images (n, C, 64, 64) -> encoder means (n, z_dim) float32 on ``device``
+    (``chunk`` images per encoder call, default encode_chunk(device))."""
+    chunk = chunk or encode_chunk(device)
+
     def encode(images: torch.Tensor) -> torch.Tensor:
         outs = []
         with torch.no_grad():
@@ -28,8 +37,10 @@ def encoder_mean_fn(vae: VAE, device: torch.device, chunk: int = 1024) -> Callab
     return encode
 
 
-def encoder_gaussian_fn(vae: VAE, device: torch.device, chunk: int = 1024) -> Callable:
-    """uint8 images -> (mu, logvar), each (n, z_dim) float32."""
+def encoder_gaussian_fn(vae: VAE, device: torch.device, chunk: int | None = None) -> Callable:
+    """uint8 images -> (mu, logvar), each (n, z_dim) float32 (``chunk``: as encoder_mean_fn)."""
+    chunk = chunk or encode_chunk(device)
+
     def encode(images: torch.Tensor):
         mus, logvars = [], []
         with torch.no_grad():
