@@ -23,7 +23,7 @@
 //
 // Sums: the split sums are exact integer sums of the residuals in fixed point (fixed[i] =
 // round(residual[i] * 2^fixed_bits)), so two features that split a node into the same sets get
-// bit-identical proxies (a tie, settled by the draws below) whatever the order of the additions,
+// bit-identical proxies (a tie, settled by the Philox draws) whatever the order of the additions,
 // and the torch grower (integer cumsums) makes the same trees. 2^fixed_bits * N < 2^63 with
 // |residual| <= 1 (log-loss gradients), fixed_bits = 62 - bit_length(N): finer than float64 sums.
 //
