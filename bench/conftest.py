@@ -4,7 +4,7 @@ Full mode when ``--benchmark-only`` is given (or FASTFVAE_BENCH_FULL=1); quick m
 (bench/common.py explains both).
 
 Host memory: the session keeps freed memory as the ``fastfvae`` commands do
-(fastfvae/_memory.py: glibc's mmap threshold 32 MiB, no heap trimming), for fastfvae and the
+(fastfvae/memory.py: glibc's mmap threshold 32 MiB, no heap trimming), for fastfvae and the
 baselines alike, so no side pays page faults for its activations every call;
 FASTFVAE_BENCH_RETAIN_MEMORY=0 keeps glibc's defaults (the header says which).
 """
@@ -29,7 +29,7 @@ def pytest_configure(config):
     config._fastfvae_loadavg_start = _loadavg()
     config._fastfvae_retained = False
     if os.environ.get("FASTFVAE_BENCH_RETAIN_MEMORY", "1") != "0":
-        from fastfvae._memory import retain_freed_memory
+        from fastfvae.memory import retain_freed_memory
 
         config._fastfvae_retained = retain_freed_memory()
 
@@ -44,7 +44,7 @@ def _loadavg():
 def pytest_report_header(config):
     mode = "full (all sizes, torch.compile baselines, timed rounds)" if common.full_mode() else (
         "quick (smallest size, no torch.compile, one call each; use --benchmark-only for the real run)")
-    memory = "freed memory retained (fastfvae/_memory.py)" if config._fastfvae_retained else "glibc malloc defaults"
+    memory = "freed memory retained (fastfvae/memory.py)" if config._fastfvae_retained else "glibc malloc defaults"
     return [f"fastfvae bench: mode {mode}; devices {common.devices()}; torch threads {torch.get_num_threads()}; "
             f"host memory: {memory}"]
 

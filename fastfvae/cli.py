@@ -19,7 +19,7 @@ import time
 from typing import Optional, Sequence
 
 from fastfvae import train as train_mod
-from fastfvae._memory import retain_freed_memory
+from fastfvae.memory import retain_freed_memory
 from fastfvae.train import DEFAULT_STEPS, OBJECTIVES, TrainConfig, TrainingError
 from fastfvae.train.config import RESUME_MUST_MATCH
 
@@ -341,7 +341,7 @@ def _cmd_traverse(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    retain_freed_memory()  # no page-fault churn between steps and encoder batches (_memory.py)
+    retain_freed_memory()  # no page-fault churn between steps and encoder batches (memory.py)
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "traverse": _cmd_traverse}
     try:
         return commands[args.command](args)

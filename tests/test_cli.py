@@ -130,7 +130,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
 
 
 def test_commands_retain_freed_memory(monkeypatch):
-    # fastfvae/_memory.py: the commands stop glibc's page-fault churn before doing any work.
+    # fastfvae/memory.py: the commands stop glibc's page-fault churn before doing any work.
     import fastfvae.cli as cli
 
     calls = []
@@ -143,7 +143,7 @@ def test_commands_retain_freed_memory(monkeypatch):
 def test_retain_freed_memory_sets_glibc_options():
     import sys
 
-    from fastfvae._memory import retain_freed_memory
+    from fastfvae.memory import retain_freed_memory
 
     result = retain_freed_memory()
     assert result is (sys.platform.startswith("linux") and _has_glibc())

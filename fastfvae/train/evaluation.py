@@ -18,7 +18,7 @@ def _batch(part: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def encode_chunk(device: torch.device) -> int:
     """Images per encoder call: on a CPU 128, so activations stay under glibc's 32 MiB mmap cap
-    (fastfvae/_memory.py; a 2-core CPU encodes 128 at a time as fast as 1024); 4096 on a GPU."""
+    (fastfvae/memory.py; a 2-core CPU encodes 128 at a time as fast as 1024); 4096 on a GPU."""
     return 128 if torch.device(device).type == "cpu" else 4096
 
 

@@ -11,8 +11,8 @@ batches stay under the 32 MiB cap below).
 blocks are still mmapped, hence the 128-image chunks of the evaluation encoders) and never trims
 the heap, so a process's memory stays at its peak instead of returning to the kernel between
 steps. A library should not change its host's allocator behind its back: the commands call it,
-and a user's own loop can call it or set the same through the environment before Python starts:
-``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967295``.
+and a user's own loop can call it (``fastfvae.memory.retain_freed_memory()``) or set the same
+through the environment before Python starts: ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967295``.
 """
 from __future__ import annotations
 
