@@ -128,7 +128,11 @@ class FactorVAEStep(Step):
         self.disc_module = Discriminator(config.z_dim, config.disc_depth, config.disc_width).to(device)
         self.disc: Callable = self.disc_module      # D's own update (DDP / compiled)
         self.disc_for_tc: Callable = self.disc_module  # D inside the VAE's loss (compiled only)
-        self.opt_d = adam(list(self.disc_module.parameters()), config.lr_d, (0.5, 0.9))
+        self.disc_params = list(self.disc_module.parameters())
+        self.opt_d = adam(self.disc_params, config.lr_d, (0.5, 0.9))
+        # D's forward on z inside the VAE loss doubles as the real half of D's update when both
+        # are the plain module (not DDP- or compile-wrapped: ``wrap``).
+        self._reuse_d_z = True
         shared = {id(p) for p in self.vae_params} & {id(p) for p in self.disc_module.parameters()}
         if shared:  # never true by construction; a guard against future edits
             raise TrainingError("the VAE and discriminator optimisers share parameters")
@@ -140,6 +144,7 @@ class FactorVAEStep(Step):
         super().wrap(forwards)
         self.disc = forwards.training(self.disc_module)
         self.disc_for_tc = forwards.plain(self.disc_module)
+        self._reuse_d_z = self.disc is self.disc_module and self.disc_for_tc is self.disc_module
 
     def __call__(self, x1: Tensor, x2: Optional[Tensor] = None) -> Tensor:
         """x1, x2: float (B, C, 64, 64) images of two independent batches."""
@@ -151,20 +156,33 @@ class FactorVAEStep(Step):
             out = self.vae(x1)
             d_z = self.disc_for_tc(out.z)
         terms = self.loss_fn(out.x_recon.float(), x1, out.kl, d_z.float())
+        reuse = self._reuse_d_z and not torch.compiler.is_compiling()
         self.opt_vae.zero_grad(set_to_none=True)
-        terms.total.backward(inputs=self.vae_params)
+        # reuse: keep D's part of this graph, its forward on z is the real half of step 2.
+        terms.total.backward(inputs=self.vae_params, retain_graph=reuse)
         self.opt_vae.step()
         # 2. Discriminator on z of batch 1 and permute_dims(z') of batch 2, both detached.
         with torch.no_grad(), self.autocast():
             z_prime = self.vae_module.sample_z(x2)
         z_perm = functional.permute_dims(z_prime.float(), backend=self.config.backend)
         z_real = out.z.detach()
-        with self.autocast():
-            logits = self.disc(torch.cat([z_real, z_perm])).float()
-        d_real, d_perm = logits[:b], logits[b:]
+        if reuse:
+            # D(z.detach()) is d_z: D's weights have not changed since (step 1 updated the VAE
+            # only). Its backward below stops at D's parameters (``inputs``), so nothing reaches
+            # z or the encoder, and D runs on the permuted batch alone.
+            d_real = d_z.float()
+            with self.autocast():
+                d_perm = self.disc(z_perm).float()
+        else:
+            with self.autocast():
+                logits = self.disc(torch.cat([z_real, z_perm])).float()
+            d_real, d_perm = logits[:b], logits[b:]
         d_loss = self.disc_loss(d_real, d_perm)
         self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
+        if reuse:
+            d_loss.backward(inputs=self.disc_params)
+        else:
+            d_loss.backward()
         self.opt_d.step()
         d_acc = functional.discriminator_accuracy(d_real.detach(), d_perm.detach())
         self.last = {"z": z_real, "z_perm": z_perm, "mu": out.mu.detach().float(),
