@@ -90,6 +90,23 @@ def reference_loss_head(mu, logvar, mu2, logvar2, d_logits_fn):
     return kl + vae_tc, d_loss
 
 
+def stock_layers(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with torch's own layers, as 1Konny's code builds the networks: fastfvae's
+    decoder output layer (``fastfvae.models.OutputConvTranspose2d``, an nn.ConvTranspose2d with
+    a faster CPU forward) becomes a plain nn.ConvTranspose2d with the same parameters."""
+    from fastfvae.models import OutputConvTranspose2d
+
+    for name, child in module.named_children():
+        if isinstance(child, OutputConvTranspose2d):
+            plain = torch.nn.ConvTranspose2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                             child.padding, bias=child.bias is not None)
+            plain.load_state_dict(child.state_dict())
+            setattr(module, name, plain.to(child.weight.device))
+        else:
+            stock_layers(child)
+    return module
+
+
 class KonnyTrainStep:
     """One FactorVAE training step as 1Konny/FactorVAE's solver writes it (eager ops, per-column
     randperm), on given networks, for like-with-like comparisons with fastfvae.train.Trainer.
@@ -100,11 +117,13 @@ class KonnyTrainStep:
     has stepped, which current PyTorch rejects (an in-place modification of saved tensors); here
     the discriminator sees ``z.detach()`` in a second call, and the VAE backward needs no
     ``retain_graph``. Everything else follows it: the VAE backward also fills D's gradients (then
-    zeroed), z' of the second batch is computed with grad and detached after permute_dims.
+    zeroed), z' of the second batch is computed with grad and detached after permute_dims. The
+    networks run on torch's own layers (``stock_layers``), as in 1Konny's code.
     """
 
     def __init__(self, encoder, decoder, discriminator, gamma: float = 35.0, lr_vae: float = 1e-4,
                  lr_d: float = 1e-4):
+        encoder, decoder, discriminator = stock_layers(encoder), stock_layers(decoder), stock_layers(discriminator)
         self.encoder, self.decoder, self.discriminator, self.gamma = encoder, decoder, discriminator, gamma
         vae_params = list(encoder.parameters()) + list(decoder.parameters())
         self.optim_vae = torch.optim.Adam(vae_params, lr=lr_vae, betas=(0.9, 0.999))
