@@ -13,14 +13,20 @@ FactorVAE (Kim & Mnih 2018, Algorithm 2), one step on batches x1, x2 of B images
    recon + kl + gamma * tc_loss(D(z)) is back-propagated into the VAE's parameters ONLY
    (``backward(inputs=vae parameters)``): the discriminator's weights receive nothing from it.
    Adam(lr_vae, betas (0.9, 0.999)) steps the VAE.
-2. Discriminator: z' ~ q(z|x2) under no_grad, permute_dims(z'); D sees z.detach() (batch 1) and
-   the permuted z' (batch 2) in one forward; DiscriminatorLoss; Adam(lr_d, betas (0.5, 0.9))
-   steps D only.
+2. Discriminator: z' ~ q(z|x2) under no_grad (the encoder as step 1 left it), permute_dims(z');
+   DiscriminatorLoss on D(z.detach()) (batch 1) and D(z'_perm) (batch 2); Adam(lr_d, betas
+   (0.5, 0.9)) steps D only. D(z.detach()) is D(z) of step 1, value for value: step 1 changed
+   only the VAE's weights. So with the plain module (one process) D runs on z'_perm alone and
+   the real half's logits and activations are step 1's (its backward keeps D's part of the graph,
+   ``retain_graph``, and the discriminator's backward takes ``inputs=`` D's parameters, so it
+   never enters z or the encoder); under DDP or per-module torch.compile D runs once on the
+   concatenated 2B rows instead. Same maths, one B-row forward of D less per step.
 
 This avoids the three bugs of several public loops: no tensor that autograd saved is modified in
-place before its backward (the VAE's graph is consumed before any optimiser step touches a
-weight it used); the discriminator loss cannot reach the encoder (its inputs are detached); the
-optimisers own disjoint parameter sets (checked at construction).
+place before a backward that reads it (the only graph part used twice is D's, and only
+opt_vae.step runs in between); the discriminator loss cannot reach the encoder (its inputs are
+detached, or its backward stops at D's parameters); the optimisers own disjoint parameter sets
+(checked at construction).
 """
 from __future__ import annotations
 
@@ -131,7 +137,8 @@ class FactorVAEStep(Step):
         self.disc_params = list(self.disc_module.parameters())
         self.opt_d = adam(self.disc_params, config.lr_d, (0.5, 0.9))
         # D's forward on z inside the VAE loss doubles as the real half of D's update when both
-        # are the plain module (not DDP- or compile-wrapped: ``wrap``).
+        # are the plain module (not DDP- or compile-wrapped: ``wrap``; the whole-step compile of
+        # --compile traces it as it is).
         self._reuse_d_z = True
         shared = {id(p) for p in self.vae_params} & {id(p) for p in self.disc_module.parameters()}
         if shared:  # never true by construction; a guard against future edits
@@ -156,7 +163,7 @@ class FactorVAEStep(Step):
             out = self.vae(x1)
             d_z = self.disc_for_tc(out.z)
         terms = self.loss_fn(out.x_recon.float(), x1, out.kl, d_z.float())
-        reuse = self._reuse_d_z and not torch.compiler.is_compiling()
+        reuse = self._reuse_d_z
         self.opt_vae.zero_grad(set_to_none=True)
         # reuse: keep D's part of this graph, its forward on z is the real half of step 2.
         terms.total.backward(inputs=self.vae_params, retain_graph=reuse)
