@@ -160,3 +160,18 @@ def test_importances_are_normalised_and_zero_without_splits():
     x = torch.randn(30, 3)
     fit = _boosting.fit_factors(x, labels, x[:4], n_estimators=3)[0]
     assert math.isclose(fit.importance.sum().item(), 1.0, abs_tol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_grower_on_cuda_makes_the_cpu_trees():
+    # The GPU path of estimator="batched": the same splits as on the CPU (exact fixed-point sums,
+    # the same Philox draws); leaf values and importances come from float atomics there, so they
+    # agree to rounding rather than bit for bit.
+    x, y, x_test, _ = _continuous_problem(6)
+    args = (torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(x_test))
+    cpu = _boosting.fit_factors(*args, n_estimators=6, seed=3, grower="torch")
+    gpu = _boosting.fit_factors(*(t.cuda() for t in args), n_estimators=6, seed=3, grower="torch")
+    for a, b in zip(cpu, gpu):
+        torch.testing.assert_close(b.train_raw.cpu(), a.train_raw, rtol=0, atol=1e-12)
+        torch.testing.assert_close(b.importance.cpu(), a.importance, rtol=0, atol=1e-12)
+        assert torch.equal(b.test_pred.cpu(), a.test_pred)
