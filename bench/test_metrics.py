@@ -29,27 +29,20 @@ from bench import common
 
 
 def _encoder(device: str):
-    """encode(uint8 images (n, 1, 64, 64)) -> means (n, 10) float32 on device, and its description."""
-    from fastfvae.models import Encoder
-    from fastfvae.train.evaluation import encode_chunk
+    """encode(uint8 images (n, 1, 64, 64)) -> means (n, 10) float32 on device, and its
+    description: fastfvae.train.evaluation's encoder of the trainer and ``fastfvae evaluate``."""
+    from fastfvae.models import VAE
+    from fastfvae.train.evaluation import encoder_mean_fn
 
     torch.manual_seed(0)
-    encoder = Encoder(10)
+    vae = VAE(10)   # its encoder is built first: the same initial weights as Encoder(10) after the seed
     source = "initial weights (seed 0)"
     path = os.environ.get("FASTFVAE_BENCH_CHECKPOINT")
     if path:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        weights = {k[len("encoder."):]: v for k, v in state["vae"].items() if k.startswith("encoder.")}
-        encoder.load_state_dict(weights)
+        vae.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["vae"])
         source = f"checkpoint {path}"
-    encoder = encoder.to(device, memory_format=torch.channels_last).eval()
-
-    chunk = encode_chunk(device)
-
-    def encode(images: torch.Tensor) -> torch.Tensor:   # as fastfvae.train.evaluation's encoders
-        return torch.cat([encoder(part.to(device).float().contiguous(memory_format=torch.channels_last))[0]
-                          for part in images.split(chunk)])
-    return encode, source
+    vae = vae.to(device, memory_format=torch.channels_last).eval()
+    return encoder_mean_fn(vae, torch.device(device)), source
 
 
 class _SmallGrid:

@@ -511,8 +511,8 @@ def boosting_trees_grow(x_t, order, residual_t, fixed_t, fixed_bits: int, max_de
     fixed-point copy (round(residual * 2^fixed_bits)), x_test_t float32 (F, M);
     seed, counter_base: the Philox draws that break ties between features (boosting_trees.cpp).
 
-    Returns leaf int64 (T, N), split bool / feature int64 / threshold float64 (T, 2^max_depth - 1)
-    in heap order, importance float64 (T, F), test_leaf int64 (T, M)."""
+    Returns leaf int64 (T, N), importance float64 (T, F), test_leaf int64 (T, M). (The trees'
+    split, feature and threshold arrays are the kernel's scratch: it routes the test samples itself.)"""
     x_t, order, residual_t, fixed_t, x_test_t = (t.contiguous() for t in (x_t, order, residual_t, fixed_t, x_test_t))
     num_features, n = x_t.shape
     trees, m = residual_t.shape[0], x_test_t.shape[1]
@@ -530,4 +530,4 @@ def boosting_trees_grow(x_t, order, residual_t, fixed_t, fixed_bits: int, max_de
         leaf.data_ptr(), split.data_ptr(), feature.data_ptr(), threshold.data_ptr(), importance.data_ptr(),
         m, x_test_t.data_ptr() if m else None, test_leaf.data_ptr() if m else None,
     )
-    return leaf, split.bool(), feature, threshold, importance, test_leaf
+    return leaf, importance, test_leaf

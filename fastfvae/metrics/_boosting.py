@@ -162,7 +162,7 @@ class _TreeGrower:
         if self.native:
             from fastfvae.backends import native
 
-            leaf, _, _, _, importance, test_leaf = native.boosting_trees_grow(
+            leaf, importance, test_leaf = native.boosting_trees_grow(
                 self.x_t, self.order, residual, fixed, self.fixed_bits, self.max_depth, self.x_test_t, self.seed,
                 counter_base)
             return leaf, test_leaf, importance

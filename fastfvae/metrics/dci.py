@@ -189,10 +189,10 @@ def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, esti
     from joblib import Parallel, delayed
 
     num_factors = torch.as_tensor(factors_train).shape[1]
+    num_dims = torch.as_tensor(codes_train).shape[1]
     if estimator == "batched":
         jobs = 1  # one call for every factor: its tree grower uses the CPU library's threads
         fits = fit_batched(codes_train, factors_train, codes_test, factors_test, random_state)
-        num_dims = torch.as_tensor(codes_train).shape[1]
     else:
         x_train, x_test = (_common.to_numpy(torch.as_tensor(c)) for c in (codes_train, codes_test))
         y_train, y_test = (_common.to_numpy(torch.as_tensor(f)) for f in (factors_train, factors_test))
@@ -201,7 +201,6 @@ def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, esti
             delayed(fit_factor)(estimator, x_train, y_train[:, k], x_test, y_test[:, k], random_state)
             for k in range(num_factors)
         )
-        num_dims = x_train.shape[1]
     importance = np.stack([fit[0] for fit in fits], axis=1)   # (D, K)
     score_d, per_code = _weighted_score(importance)
     score_c, per_factor = _weighted_score(importance.T)
