@@ -92,14 +92,14 @@ def reference_loss_head(mu, logvar, mu2, logvar2, d_logits_fn):
 
 def stock_layers(module: torch.nn.Module) -> torch.nn.Module:
     """``module`` with torch's own layers, as 1Konny's code builds the networks: fastfvae's
-    decoder output layer (``fastfvae.models.OutputConvTranspose2d``, an nn.ConvTranspose2d with
-    a faster CPU forward) becomes a plain nn.ConvTranspose2d with the same parameters."""
-    from fastfvae.models import OutputConvTranspose2d
+    transposed convolutions (``fastfvae.layers.ConvTranspose2d``, torch's layer with faster CPU
+    paths) become plain nn.ConvTranspose2d with the same parameters."""
+    from fastfvae import layers
 
     for name, child in module.named_children():
-        if isinstance(child, OutputConvTranspose2d):
+        if isinstance(child, layers.ConvTranspose2d):
             plain = torch.nn.ConvTranspose2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                             child.padding, bias=child.bias is not None)
+                                       child.padding, bias=child.bias is not None)
             plain.load_state_dict(child.state_dict())
             setattr(module, name, plain.to(child.weight.device))
         else:

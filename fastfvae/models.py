@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastfvae import functional
+from fastfvae import functional, layers
 from fastfvae._checks import check_positive_int
 
 
@@ -38,63 +38,16 @@ class Encoder(nn.Module):
         super().__init__()
         self.z_dim = z_dim
         self.convs = nn.Sequential(
-            nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(),   # 32x32
-            nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(),         # 16x16
-            nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),         # 8x8
-            nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(),         # 4x4
+            nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(inplace=True),   # 32x32
+            nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(inplace=True),         # 16x16
+            nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(inplace=True),         # 8x8
+            nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(inplace=True),         # 4x4
         )
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 2 * z_dim))
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(inplace=True), nn.Linear(128, 2 * z_dim))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         stats = self.fc(self.convs(x))
         return stats[:, : self.z_dim], stats[:, self.z_dim:]
-
-
-class _ConvTransposeAsGemm(torch.autograd.Function):
-    """conv_transpose2d(x, weight, bias, stride, padding) (groups 1, dilation 1, no output
-    padding) with the forward as one GEMM and a
-    col2im (``F.fold``), the backward torch's own (``aten.convolution_backward``, what autograd
-    runs for nn.ConvTranspose2d)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding):
-        batch, c_in, h, w = x.shape
-        c_out, kh, kw = weight.shape[1:]
-        out_h = (h - 1) * stride[0] - 2 * padding[0] + kh
-        out_w = (w - 1) * stride[1] - 2 * padding[1] + kw
-        rows = x.permute(0, 2, 3, 1).reshape(batch * h * w, c_in)  # a view in channels_last
-        cols = torch.mm(rows, weight.reshape(c_in, c_out * kh * kw)).view(batch, h * w, c_out * kh * kw)
-        y = F.fold(cols.transpose(1, 2), (out_h, out_w), (kh, kw), padding=padding, stride=stride)
-        if bias is not None:
-            y = y.add_(bias.view(1, c_out, 1, 1))
-        ctx.save_for_backward(x, weight)
-        ctx.conv = (stride, padding, None if bias is None else [c_out])
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight = ctx.saved_tensors
-        stride, padding, bias_sizes = ctx.conv
-        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_y, x, weight, bias_sizes, list(stride), list(padding), [1, 1], True, [0, 0], 1,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_sizes is not None and ctx.needs_input_grad[2]])
-        return grad_x, grad_w, grad_b, None, None
-
-
-class OutputConvTranspose2d(nn.ConvTranspose2d):
-    """The decoder's last layer: an nn.ConvTranspose2d (same parameters, state_dict, gradients),
-    whose CPU forward runs as one GEMM and a col2im. oneDNN's transposed convolution to 1 or 3
-    output channel vectorises over the output channels and ran at ~10 GFLOP/s on a 2-core AVX2
-    CPU (6.5 ms of the paper's B = 64 decoder, against ~2.5 ms this way; with 3 output channels
-    both took the same time, so torch's forward is kept there). Outputs equal torch's to float
-    rounding; elsewhere (CUDA, torch.compile, other dtypes) torch's own forward runs."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if (x.device.type != "cpu" or x.dim() != 4 or x.dtype != torch.float32 or self.out_channels != 1 or self.groups != 1
-                or self.padding_mode != "zeros" or any(self.output_padding) or self.dilation != (1, 1)
-                or torch.compiler.is_compiling()):
-            return super().forward(x)
-        return _ConvTransposeAsGemm.apply(x, self.weight, self.bias, self.stride, self.padding)
 
 
 class Decoder(nn.Module):
@@ -103,19 +56,24 @@ class Decoder(nn.Module):
     def __init__(self, z_dim: int = 10, channels: int = 1):
         super().__init__()
         self.fc = nn.Sequential(
-            nn.Linear(z_dim, 128), nn.ReLU(),
-            nn.Linear(128, 64 * 4 * 4), nn.ReLU(),
+            nn.Linear(z_dim, 128), nn.ReLU(inplace=True),
+            nn.Linear(128, 64 * 4 * 4), nn.ReLU(inplace=True),
             nn.Unflatten(1, (64, 4, 4)),
         )
         self.deconvs = nn.Sequential(
-            nn.ConvTranspose2d(64, 64, 4, 2, 1), nn.ReLU(),   # 8x8
-            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),   # 16x16
-            nn.ConvTranspose2d(32, 32, 4, 2, 1), nn.ReLU(),   # 32x32
-            OutputConvTranspose2d(32, channels, 4, 2, 1),     # 64x64 (an nn.ConvTranspose2d)
+            layers.ConvTranspose2d(64, 64, 4, 2, 1), nn.ReLU(inplace=True),   # 8x8
+            layers.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(inplace=True),   # 16x16
+            layers.ConvTranspose2d(32, 32, 4, 2, 1), nn.ReLU(inplace=True),   # 32x32
+            layers.ConvTranspose2d(32, channels, 4, 2, 1),        # 64x64
         )
 
     def forward(self, z: Tensor) -> Tensor:
         return self.deconvs(self.fc(z))
+
+
+def _at_least_float32(t: Tensor) -> Tensor:
+    """16-bit tensors as float32 (autocast's outputs), float32/float64 as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 class VAEOutput(NamedTuple):
@@ -141,14 +99,15 @@ class VAE(nn.Module):
     def forward(self, x: Tensor) -> VAEOutput:
         """x: (B, C, 64, 64) float in [0, 1]."""
         mu, logvar = self.encoder(x)
-        # The fused op runs in float32 even under bf16 autocast (it is not an autocast op).
-        z, kl = functional.reparameterize_kl(mu.float(), logvar.float(), backend=self.backend)
+        # The fused op runs in float32 even under bf16 autocast (it is not an autocast op);
+        # a float64 model stays float64.
+        z, kl = functional.reparameterize_kl(_at_least_float32(mu), _at_least_float32(logvar), backend=self.backend)
         return VAEOutput(self.decoder(z), mu, logvar, z, kl)
 
     def sample_z(self, x: Tensor) -> Tensor:
         """A reparameterised sample of q(z|x) (used for the discriminator's second batch)."""
         mu, logvar = self.encoder(x)
-        z, _ = functional.reparameterize_kl(mu.float(), logvar.float(), backend=self.backend)
+        z, _ = functional.reparameterize_kl(_at_least_float32(mu), _at_least_float32(logvar), backend=self.backend)
         return z
 
 

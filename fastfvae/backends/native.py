@@ -531,3 +531,45 @@ def boosting_trees_grow(x_t, order, residual_t, fixed_t, fixed_bits: int, max_de
         m, x_test_t.data_ptr() if m else None, test_leaf.data_ptr() if m else None,
     )
     return leaf, importance, test_leaf
+
+
+# ---------------------------------------------------------------------------------------------
+# conv_windows (a host helper of fastfvae/layers.py, CPU library only; not an op)
+# ---------------------------------------------------------------------------------------------
+ARGTYPES["ffv_conv_windows_gather"] = (
+    _dtype, _i64, _i64, _i64, _i64,  # dtype B C H W
+    _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr,  # x(s0..s3) windows stream
+)
+ARGTYPES["ffv_conv_windows_scatter"] = (
+    _dtype, _i64, _i64, _i64, _i64,  # dtype B C H W
+    _ptr, _i64, _i64, _ptr, _ptr,  # windows(s0, s1) x stream
+)
+
+
+def conv_windows_available() -> str | None:
+    """None when the CPU library exports the conv_windows helpers, else why not."""
+    library, reason = load("cpu")
+    if library is None:
+        return reason
+    if "ffv_conv_windows_gather" not in library.functions:
+        return f"{library.path.name} does not export ffv_conv_windows_gather; rebuild it with `pip install -e .`"
+    return None
+
+
+def conv_windows_gather(x: torch.Tensor) -> torch.Tensor:
+    """x: float32/float64 CPU (B, C, H, W), H and W even (any strides) -> the windows of a 4x4,
+    stride-2, padding-1 convolution, (C*16, B*(H/2)*(W/2)) (kernels/cpu/conv_windows.cpp)."""
+    batch, channels, height, width = x.shape
+    windows = torch.empty((channels * 16, batch * (height // 2) * (width // 2)), dtype=x.dtype)
+    _call("ffv_conv_windows_gather", x, DTYPE_CODES[x.dtype], batch, channels, height, width,
+          x.data_ptr(), *x.stride(), windows.data_ptr())
+    return windows
+
+
+def conv_windows_scatter(windows: torch.Tensor, batch: int, channels: int, height: int, width: int) -> torch.Tensor:
+    """The adjoint of conv_windows_gather: windows (C*16, B*(H/2)*(W/2)) float32/float64 CPU (any
+    strides) -> (B, C, H, W) contiguous, each entry added where gather read it."""
+    x = torch.empty((batch, channels, height, width), dtype=windows.dtype)
+    _call("ffv_conv_windows_scatter", windows, DTYPE_CODES[windows.dtype], batch, channels, height, width,
+          windows.data_ptr(), *windows.stride(), x.data_ptr())
+    return x

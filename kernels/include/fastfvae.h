@@ -252,6 +252,23 @@ FFV_API ffv_status ffv_boosting_trees_grow(
     int64_t* leaf, uint8_t* split, int64_t* feature, double* threshold, double* importance,
     int64_t M, const float* x_test, int64_t* test_leaf, void* stream);
 
+/* ---- conv_windows (host helper, CPU library only; fastfvae/layers.py) ----------------------
+ * Not an op: the window matrix of a convolution with a 4x4 kernel, stride 2 and padding 1, for
+ * one GEMM, and its adjoint. B, C >= 1; H, W even; h = H/2, w = W/2; float32 or float64 only.
+ * gather:  windows [C*16, B*h*w] contiguous, windows[c*16 + kh*4 + kw, (b*h + i)*w + j] =
+ *          x[b, c, 2i + kh - 1, 2j + kw - 1], 0 where that is outside the image;
+ *          x: [B, C, H, W] with strides x_s0..x_s3.
+ * scatter: x [B, C, H, W] contiguous, x[b, c, r, s] = sum of the windows entries that gather
+ *          would read from (r, s) (col2im); windows: [C*16, B*h*w] with strides s0, s1. */
+FFV_API ffv_status ffv_conv_windows_gather(
+    ffv_dtype dtype, int64_t B, int64_t C, int64_t H, int64_t W,
+    const void* x, int64_t x_s0, int64_t x_s1, int64_t x_s2, int64_t x_s3,
+    void* windows, void* stream);
+FFV_API ffv_status ffv_conv_windows_scatter(
+    ffv_dtype dtype, int64_t B, int64_t C, int64_t H, int64_t W,
+    const void* windows, int64_t windows_s0, int64_t windows_s1,
+    void* x, void* stream);
+
 #ifdef __cplusplus
 }
 #endif
