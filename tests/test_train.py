@@ -77,6 +77,47 @@ def test_encoder_gradient_is_the_vae_loss_gradient_alone():
         torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("gamma", [35.0, 0.0])
+def test_factorvae_step_gradients_are_float64_autograd_of_the_textbook_losses(monkeypatch, gamma):
+    """Both networks' gradients of one FactorVAE step, in float64, against autograd of the
+    textbook losses (reference.py) on copies of the networks: the default path shares D's
+    backward (steps.SharedDiscriminatorBackward: the real half's layer gradients scaled from the
+    VAE backward's, one GEMM per layer), gamma = 0 takes autograd's path (nothing to scale)."""
+    from fastfvae import reference
+    from fastfvae.models import VAE
+    from fastfvae.train.steps import FactorVAEStep, SharedDiscriminatorBackward
+
+    shared_calls = []
+    original = SharedDiscriminatorBackward.set_grads
+    monkeypatch.setattr(SharedDiscriminatorBackward, "set_grads",
+                        lambda self, *a: shared_calls.append(1) or original(self, *a))
+    torch.manual_seed(3)
+    cfg = tiny(batch_size=6, disc_depth=3, disc_width=16, gamma=gamma)
+    step = FactorVAEStep(cfg, VAE(cfg.z_dim).double(), 100)
+    step.disc_module.double()
+    vae0, disc0 = copy.deepcopy(step.vae_module), copy.deepcopy(step.disc_module)
+    x1, x2 = (torch.rand(2, 6, 1, 64, 64) < 0.3).double()
+    torch.manual_seed(11)
+    step(x1, x2)
+    assert len(shared_calls) == (1 if gamma else 0)
+
+    torch.manual_seed(11)  # the same reparameterisation noise
+    out = vae0(x1)
+    logits = disc0(out.z)
+    recon = torch.nn.functional.binary_cross_entropy_with_logits(out.x_recon, x1, reduction="sum") / 6
+    vae_loss = recon + reference.gaussian_kl(out.mu, out.logvar) + gamma * reference.tc_loss(logits)
+    want_vae = torch.autograd.grad(vae_loss, list(vae0.parameters()))
+    z, z_perm = step.last["z"], step.last["z_perm"]  # z' is drawn after the VAE update: take the step's
+    torch.testing.assert_close(z, out.z.detach(), rtol=1e-12, atol=1e-12)
+    d_loss = reference.discriminator_loss(disc0(z), disc0(z_perm))
+    want_disc = torch.autograd.grad(d_loss, list(disc0.parameters()))
+    for name, params, wants in (("vae", step.vae_module.parameters(), want_vae),
+                                ("disc", step.disc_module.parameters(), want_disc)):
+        for p, want in zip(params, wants):
+            scale = float(want.abs().max())
+            assert float((p.grad - want).abs().max()) <= 1e-10 * max(scale, 1e-12), name
+
+
 def test_optimisers_own_disjoint_parameters_with_the_paper_settings():
     trainer = Trainer(tiny())
     vae_ids = {id(p) for g in trainer.opt_vae.param_groups for p in g["params"]}

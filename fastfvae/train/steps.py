@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,11 @@ from torch import Tensor, nn
 from fastfvae import functional, losses
 from fastfvae.models import VAE, Discriminator
 from fastfvae.train.errors import TrainingError
+
+
+def _f32(t: Tensor) -> Tensor:
+    """A network output for the losses: bf16 (autocast) as float32, float32/float64 as it is."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def adam(params: list, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -120,6 +125,74 @@ class Step:
             group["lr"] = config.lr_vae
 
 
+class DiscriminatorPass(NamedTuple):
+    """One forward of the discriminator's MLP with what its backward needs: the logits (B, 2),
+    each Linear layer's input (B, in) and output (B, out, still in the autograd graph)."""
+
+    logits: Tensor
+    inputs: list
+    outputs: list
+
+
+class SharedDiscriminatorBackward:
+    """D's update without a second backward through D for the real half, and with one GEMM per
+    layer over both halves (DESIGN.md §13).
+
+    D's logits on z enter the VAE loss only through tc = mean_i (l_i0 - l_i1): the VAE's
+    backward sends t_i * (1, -1) into row i's logits (t_i = gamma / B) and leaves
+    t_i * dDelta_i/d(output of layer l) at each Linear layer's output, Delta = l0 - l1. The
+    discriminator loss on the same logits (its real half: D's weights have not changed since) is
+    a function of Delta too: its logit gradient is s_i * (1, -1) (softmax minus one-hot,
+    p0 - 1 = -p1, up to rounding), so its gradient at layer l's output is (s_i / t_i) times the
+    VAE backward's, with s_i = (g_i0 - g_i1) / 2 and t_i likewise. The permuted half's layer
+    gradients come from one input-gradient pass (``autograd.grad``, no weight gradients). Each
+    layer's weight gradient is then one GEMM over the 2B rows of both halves,
+    grad_W = delta^T [x_real; x_perm], grad_b = sum of delta: GEMMs of 2B rows run ~1.6x faster
+    per FLOP than two of B rows on the CPU (B = 64; bench/RESULTS.md).
+
+    ``run(z)`` is D's forward, ``vae_backward_inputs(real)`` the tensors the VAE's backward must
+    also fill (``backward(inputs=...)``), ``set_grads(real, perm, d_loss, d_real)`` computes
+    D's gradients into its parameters' ``.grad``. Needs gamma != 0 (t = 0 otherwise).
+    """
+
+    def __init__(self, disc: Discriminator):
+        self.net = disc.net
+        self.linears = [m for m in disc.net if isinstance(m, nn.Linear)]
+
+    def run(self, z: Tensor) -> DiscriminatorPass:
+        inputs, outputs = [], []
+        h = z
+        for module in self.net:
+            if isinstance(module, nn.Linear):
+                inputs.append(h.detach())
+                h = module(h)
+                outputs.append(h)
+            else:
+                h = module(h)
+        return DiscriminatorPass(h, inputs, outputs)
+
+    @staticmethod
+    def vae_backward_inputs(real: DiscriminatorPass) -> list:
+        return real.outputs
+
+    @torch.no_grad()
+    def set_grads(self, real: DiscriminatorPass, perm: DiscriminatorPass, d_loss: Tensor, d_real: Tensor) -> None:
+        """real: D's pass on z (its outputs' .grad filled by the VAE's backward); perm: on the
+        permuted batch; d_loss: the discriminator loss of (d_real, perm.logits), d_real the
+        detached real logits (requires_grad)."""
+        with torch.enable_grad():
+            g_real, *perm_deltas = torch.autograd.grad(d_loss, [d_real] + perm.outputs)
+        g_tc = real.outputs[-1].grad  # t_i * (1, -1)
+        scale = ((g_real[:, 0] - g_real[:, 1]) / (g_tc[:, 0] - g_tc[:, 1])).unsqueeze(1)  # s_i / t_i
+        last = len(self.linears) - 1
+        for index, layer in enumerate(self.linears):
+            real_delta = g_real if index == last else real.outputs[index].grad * scale
+            delta = torch.cat([real_delta, perm_deltas[index]])
+            layer.weight.grad = delta.t() @ torch.cat([real.inputs[index], perm.inputs[index]])
+            if layer.bias is not None:
+                layer.bias.grad = delta.sum(0)
+
+
 class FactorVAEStep(Step):
     """FactorVAE: recon + kl + gamma * TC, TC from a discriminator trained alongside (module docstring)."""
 
@@ -140,6 +213,7 @@ class FactorVAEStep(Step):
         # are the plain module (not DDP- or compile-wrapped: ``wrap``; the whole-step compile of
         # --compile traces it as it is).
         self._reuse_d_z = True
+        self.shared = SharedDiscriminatorBackward(self.disc_module) if config.gamma != 0 and config.amp is None else None
         shared = {id(p) for p in self.vae_params} & {id(p) for p in self.disc_module.parameters()}
         if shared:  # never true by construction; a guard against future edits
             raise TrainingError("the VAE and discriminator optimisers share parameters")
@@ -157,32 +231,31 @@ class FactorVAEStep(Step):
         """x1, x2: float (B, C, 64, 64) images of two independent batches."""
         if x2 is None:
             raise ValueError("x2: FactorVAE needs a second batch for the discriminator, got None")
+        if self._reuse_d_z and self.shared is not None and not torch.compiler.is_compiling():
+            return self._shared_step(x1, x2)
         b = x1.shape[0]
+        reuse = self._reuse_d_z
         # 1. VAE: recon + kl + gamma * tc; D's weights are not among the backward's inputs.
         with self.autocast():
             out = self.vae(x1)
             d_z = self.disc_for_tc(out.z)
-        terms = self.loss_fn(out.x_recon.float(), x1, out.kl, d_z.float())
-        reuse = self._reuse_d_z
+        terms = self.loss_fn(_f32(out.x_recon), x1, out.kl, _f32(d_z))
         self.opt_vae.zero_grad(set_to_none=True)
         # reuse: keep D's part of this graph, its forward on z is the real half of step 2.
         terms.total.backward(inputs=self.vae_params, retain_graph=reuse)
         self.opt_vae.step()
         # 2. Discriminator on z of batch 1 and permute_dims(z') of batch 2, both detached.
-        with torch.no_grad(), self.autocast():
-            z_prime = self.vae_module.sample_z(x2)
-        z_perm = functional.permute_dims(z_prime.float(), backend=self.config.backend)
-        z_real = out.z.detach()
+        z_perm = self._permuted_codes(x2)
         if reuse:
             # D(z.detach()) is d_z: D's weights have not changed since (step 1 updated the VAE
             # only). Its backward below stops at D's parameters (``inputs``), so nothing reaches
             # z or the encoder, and D runs on the permuted batch alone.
-            d_real = d_z.float()
+            d_real = _f32(d_z)
             with self.autocast():
-                d_perm = self.disc(z_perm).float()
+                d_perm = _f32(self.disc(z_perm))
         else:
             with self.autocast():
-                logits = self.disc(torch.cat([z_real, z_perm])).float()
+                logits = _f32(self.disc(torch.cat([out.z.detach(), z_perm])))
             d_real, d_perm = logits[:b], logits[b:]
         d_loss = self.disc_loss(d_real, d_perm)
         self.opt_d.zero_grad(set_to_none=True)
@@ -191,8 +264,37 @@ class FactorVAEStep(Step):
         else:
             d_loss.backward()
         self.opt_d.step()
+        return self._finish(out, terms, z_perm, d_real, d_perm, d_loss)
+
+    def _shared_step(self, x1: Tensor, x2: Tensor) -> Tensor:
+        """The same update with D's backward shared (SharedDiscriminatorBackward): one backward
+        pass through D per half, the real half's inside the VAE's backward."""
+        out = self.vae(x1)
+        real = self.shared.run(out.z)
+        terms = self.loss_fn(out.x_recon, x1, out.kl, real.logits)
+        self.opt_vae.zero_grad(set_to_none=True)
+        # Also fills .grad of D's layer outputs on z (computed anyway on the way to z).
+        terms.total.backward(inputs=self.vae_params + self.shared.vae_backward_inputs(real))
+        self.opt_vae.step()
+        z_perm = self._permuted_codes(x2)
+        perm = self.shared.run(z_perm)
+        d_real = real.logits.detach().requires_grad_()
+        d_loss = self.disc_loss(d_real, perm.logits)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.shared.set_grads(real, perm, d_loss, d_real)
+        self.opt_d.step()
+        return self._finish(out, terms, z_perm, d_real, perm.logits, d_loss)
+
+    def _permuted_codes(self, x2: Tensor) -> Tensor:
+        """permute_dims(z'), z' ~ q(z|x2) under no_grad (the encoder as the VAE update left it)."""
+        with torch.no_grad(), self.autocast():
+            z_prime = self.vae_module.sample_z(x2)
+        return functional.permute_dims(_f32(z_prime), backend=self.config.backend)
+
+    def _finish(self, out, terms, z_perm: Tensor, d_real: Tensor, d_perm: Tensor, d_loss: Tensor) -> Tensor:
+        """Keep ``last`` for diagnostics; the terms as one float32 tensor (len(terms),)."""
         d_acc = functional.discriminator_accuracy(d_real.detach(), d_perm.detach())
-        self.last = {"z": z_real, "z_perm": z_perm, "mu": out.mu.detach().float(),
+        self.last = {"z": out.z.detach(), "z_perm": z_perm, "mu": out.mu.detach().float(),
                      "logvar": out.logvar.detach().float(), "tc": terms.tc.detach()}
         return torch.stack([terms.total.detach(), terms.recon.detach(), terms.kl.detach(),
                             terms.tc.detach(), d_loss.detach(), d_acc.to(d_loss.dtype)]).float()
@@ -223,7 +325,7 @@ class _SingleLossStep(Step):
         """x1: float (B, C, 64, 64) images; x2 is not used."""
         with self.autocast():
             out = self.vae(x1)
-        values = self.loss_terms(out, out.x_recon.float(), x1)
+        values = self.loss_terms(out, _f32(out.x_recon), x1)
         self.opt_vae.zero_grad(set_to_none=True)
         values[0].backward()
         self.opt_vae.step()
@@ -245,7 +347,7 @@ class BetaTCVAEStep(_SingleLossStep):
                                             method="mws", reconstruction="bernoulli", backend=config.backend)
 
     def loss_terms(self, out, x_recon, x1):
-        t = self.loss_fn(x_recon, x1, out.z, out.mu.float(), out.logvar.float())
+        t = self.loss_fn(x_recon, x1, out.z, _f32(out.mu), _f32(out.logvar))
         return [t.total, t.recon, t.mi, t.tc, t.dwkl]
 
 
@@ -277,7 +379,7 @@ class _DIPVAEStep(_SingleLossStep):
                                          reconstruction="bernoulli")
 
     def loss_terms(self, out, x_recon, x1):
-        t = self.loss_fn(x_recon, x1, out.kl, out.mu.float(), out.logvar.float())
+        t = self.loss_fn(x_recon, x1, out.kl, _f32(out.mu), _f32(out.logvar))
         return [t.total, t.recon, t.kl, t.dip]
 
 
