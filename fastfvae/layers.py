@@ -3,7 +3,7 @@
 ``ConvTranspose2d`` is an ``nn.ConvTranspose2d`` (same parameters, state_dict, outputs and
 gradients to float rounding, double backward included) that avoids oneDNN's slow cases on the
 CPU for the paper's shape (4x4 kernel, stride 2, padding 1) in float32/float64. Measured on a
-2-core AVX2 CPU at the paper's B = 64 (bench/RESULTS.md):
+2-core Xeon VM (AVX-512) at the paper's B = 64 (bench/RESULTS.md):
 
 - Few output channels (the decoder's last layer, 1 or 3 channels): oneDNN's forward ran at ~8
   GFLOP/s (8 ms). Here it is one GEMM, x as rows (B*h*w, C) times the kernel (C, O*16), whose
