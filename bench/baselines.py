@@ -99,7 +99,7 @@ def stock_layers(module: torch.nn.Module) -> torch.nn.Module:
     for name, child in module.named_children():
         if isinstance(child, layers.ConvTranspose2d):
             plain = torch.nn.ConvTranspose2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                       child.padding, bias=child.bias is not None)
+                                             child.padding, bias=child.bias is not None)
             plain.load_state_dict(child.state_dict())
             setattr(module, name, plain.to(child.weight.device))
         else:

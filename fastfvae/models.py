@@ -18,13 +18,16 @@ Sources of each choice (where public implementations differ):
 - Initialisation: PyTorch's defaults (the paper does not specify one).
 
 3-channel data (e.g. 3D Shapes, colour dSprites) use the same networks with ``channels=3``.
+
+Implementation (same values as torch's stock layers): the decoder's transposed convolutions are
+``fastfvae.layers.ConvTranspose2d`` (an nn.ConvTranspose2d with faster CPU paths), and the
+ReLUs work in place (no convolution or linear layer reads its output in its backward).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastfvae import functional, layers

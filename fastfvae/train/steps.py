@@ -17,10 +17,13 @@ FactorVAE (Kim & Mnih 2018, Algorithm 2), one step on batches x1, x2 of B images
    DiscriminatorLoss on D(z.detach()) (batch 1) and D(z'_perm) (batch 2); Adam(lr_d, betas
    (0.5, 0.9)) steps D only. D(z.detach()) is D(z) of step 1, value for value: step 1 changed
    only the VAE's weights. So with the plain module (one process) D runs on z'_perm alone and
-   the real half's logits and activations are step 1's (its backward keeps D's part of the graph,
-   ``retain_graph``, and the discriminator's backward takes ``inputs=`` D's parameters, so it
-   never enters z or the encoder); under DDP or per-module torch.compile D runs once on the
-   concatenated 2B rows instead. Same maths, one B-row forward of D less per step.
+   the real half's logits and activations are step 1's. By default (gamma != 0, no autocast,
+   eager) the real half's backward is step 1's too (``SharedDiscriminatorBackward``: its layer
+   gradients are the VAE backward's, scaled), and each D layer's weight gradient is one GEMM
+   over both halves. Otherwise (gamma 0, autocast, --compile) the VAE backward keeps D's part of
+   the graph (``retain_graph``) and the discriminator's backward takes ``inputs=`` D's
+   parameters, so it never enters z or the encoder; under DDP or per-module torch.compile D runs
+   once on the concatenated 2B rows instead. Same maths on every path.
 
 This avoids the three bugs of several public loops: no tensor that autograd saved is modified in
 place before a backward that reads it (the only graph part used twice is D's, and only
@@ -150,14 +153,25 @@ class SharedDiscriminatorBackward:
     grad_W = delta^T [x_real; x_perm], grad_b = sum of delta: GEMMs of 2B rows run ~1.6x faster
     per FLOP than two of B rows on the CPU (B = 64; bench/RESULTS.md).
 
-    ``run(z)`` is D's forward, ``vae_backward_inputs(real)`` the tensors the VAE's backward must
-    also fill (``backward(inputs=...)``), ``set_grads(real, perm, d_loss, d_real)`` computes
-    D's gradients into its parameters' ``.grad``. Needs gamma != 0 (t = 0 otherwise).
+    ``run(z)`` is D's forward (its ``outputs`` are what the VAE's backward must also fill,
+    ``backward(inputs=...)``), ``set_grads(real, perm, d_loss, d_real)`` computes D's gradients
+    into its parameters' ``.grad``. Needs gamma != 0 (t = 0 otherwise) and a D that is a plain
+    stack of Linear layers and out-of-place activations (``supports``).
     """
 
     def __init__(self, disc: Discriminator):
+        if not self.supports(disc):
+            raise ValueError("disc: expected a Discriminator whose net is Linear and LeakyReLU(inplace=False) layers")
         self.net = disc.net
         self.linears = [m for m in disc.net if isinstance(m, nn.Linear)]
+
+    @staticmethod
+    def supports(disc: nn.Module) -> bool:
+        """D's forward is its net's layers in turn, Linear or out-of-place LeakyReLU (an in-place
+        activation would overwrite the Linear outputs whose gradients are read)."""
+        net = getattr(disc, "net", None)
+        return (type(disc) is Discriminator and isinstance(net, nn.Sequential)
+                and all(isinstance(m, nn.Linear) or (isinstance(m, nn.LeakyReLU) and not m.inplace) for m in net))
 
     def run(self, z: Tensor) -> DiscriminatorPass:
         inputs, outputs = [], []
@@ -170,10 +184,6 @@ class SharedDiscriminatorBackward:
             else:
                 h = module(h)
         return DiscriminatorPass(h, inputs, outputs)
-
-    @staticmethod
-    def vae_backward_inputs(real: DiscriminatorPass) -> list:
-        return real.outputs
 
     @torch.no_grad()
     def set_grads(self, real: DiscriminatorPass, perm: DiscriminatorPass, d_loss: Tensor, d_real: Tensor) -> None:
@@ -213,7 +223,8 @@ class FactorVAEStep(Step):
         # are the plain module (not DDP- or compile-wrapped: ``wrap``; the whole-step compile of
         # --compile traces it as it is).
         self._reuse_d_z = True
-        self.shared = SharedDiscriminatorBackward(self.disc_module) if config.gamma != 0 and config.amp is None else None
+        self.shared = SharedDiscriminatorBackward(self.disc_module) if (
+            config.gamma != 0 and config.amp is None and SharedDiscriminatorBackward.supports(self.disc_module)) else None
         shared = {id(p) for p in self.vae_params} & {id(p) for p in self.disc_module.parameters()}
         if shared:  # never true by construction; a guard against future edits
             raise TrainingError("the VAE and discriminator optimisers share parameters")
@@ -274,7 +285,7 @@ class FactorVAEStep(Step):
         terms = self.loss_fn(out.x_recon, x1, out.kl, real.logits)
         self.opt_vae.zero_grad(set_to_none=True)
         # Also fills .grad of D's layer outputs on z (computed anyway on the way to z).
-        terms.total.backward(inputs=self.vae_params + self.shared.vae_backward_inputs(real))
+        terms.total.backward(inputs=self.vae_params + real.outputs)
         self.opt_vae.step()
         z_perm = self._permuted_codes(x2)
         perm = self.shared.run(z_perm)
