@@ -118,6 +118,19 @@ def test_factorvae_step_gradients_are_float64_autograd_of_the_textbook_losses(mo
             assert float((p.grad - want).abs().max()) <= 1e-10 * max(scale, 1e-12), name
 
 
+def test_shared_discriminator_backward_takes_only_plain_discriminators():
+    """An in-place activation would overwrite the Linear outputs whose gradients it reads."""
+    from fastfvae.models import Discriminator
+    from fastfvae.train.steps import SharedDiscriminatorBackward
+
+    disc = Discriminator(4, depth=2, width=8)
+    assert SharedDiscriminatorBackward.supports(disc)
+    disc.net[1].inplace = True
+    assert not SharedDiscriminatorBackward.supports(disc)
+    with pytest.raises(ValueError, match="disc: expected a Discriminator"):
+        SharedDiscriminatorBackward(disc)
+
+
 def test_optimisers_own_disjoint_parameters_with_the_paper_settings():
     trainer = Trainer(tiny())
     vae_ids = {id(p) for g in trainer.opt_vae.param_groups for p in g["params"]}
