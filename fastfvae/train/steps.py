@@ -17,13 +17,14 @@ FactorVAE (Kim & Mnih 2018, Algorithm 2), one step on batches x1, x2 of B images
    DiscriminatorLoss on D(z.detach()) (batch 1) and D(z'_perm) (batch 2); Adam(lr_d, betas
    (0.5, 0.9)) steps D only. D(z.detach()) is D(z) of step 1, value for value: step 1 changed
    only the VAE's weights. So with the plain module (one process) D runs on z'_perm alone and
-   the real half's logits and activations are step 1's. By default (gamma != 0, no autocast,
-   eager) the real half's backward is step 1's too (``SharedDiscriminatorBackward``: its layer
-   gradients are the VAE backward's, scaled), and each D layer's weight gradient is one GEMM
-   over both halves. Otherwise (gamma 0, autocast, --compile) the VAE backward keeps D's part of
-   the graph (``retain_graph``) and the discriminator's backward takes ``inputs=`` D's
-   parameters, so it never enters z or the encoder; under DDP or per-module torch.compile D runs
-   once on the concatenated 2B rows instead. Same maths on every path.
+   the real half's logits and activations are step 1's. By default (gamma != 0, no autocast;
+   eager or the whole-step --compile) the real half's backward is step 1's too
+   (``SharedDiscriminatorBackward``: its layer gradients are the VAE backward's, scaled), and
+   each D layer's weight gradient is one GEMM over both halves. Otherwise (gamma 0, autocast)
+   the VAE backward keeps D's part of the graph (``retain_graph``) and the discriminator's
+   backward takes ``inputs=`` D's parameters, so it never enters z or the encoder; under DDP or
+   per-module torch.compile D runs once on the concatenated 2B rows instead. Same maths on
+   every path.
 
 This avoids the three bugs of several public loops: no tensor that autograd saved is modified in
 place before a backward that reads it (the only graph part used twice is D's, and only
@@ -153,8 +154,8 @@ class SharedDiscriminatorBackward:
     grad_W = delta^T [x_real; x_perm], grad_b = sum of delta: GEMMs of 2B rows run ~1.6x faster
     per FLOP than two of B rows on the CPU (B = 64; bench/RESULTS.md).
 
-    ``run(z)`` is D's forward (its ``outputs`` are what the VAE's backward must also fill,
-    ``backward(inputs=...)``), ``set_grads(real, perm, d_loss, d_real)`` computes D's gradients
+    ``run(z)`` is D's forward (the VAE's backward also returns the gradients at its
+    ``outputs``), ``set_grads(real, real_deltas, perm, d_loss, d_real)`` computes D's gradients
     into its parameters' ``.grad``. Needs gamma != 0 (t = 0 otherwise) and a D that is a plain
     stack of Linear layers and out-of-place activations (``supports``).
     """
@@ -186,17 +187,18 @@ class SharedDiscriminatorBackward:
         return DiscriminatorPass(h, inputs, outputs)
 
     @torch.no_grad()
-    def set_grads(self, real: DiscriminatorPass, perm: DiscriminatorPass, d_loss: Tensor, d_real: Tensor) -> None:
-        """real: D's pass on z (its outputs' .grad filled by the VAE's backward); perm: on the
-        permuted batch; d_loss: the discriminator loss of (d_real, perm.logits), d_real the
-        detached real logits (requires_grad)."""
+    def set_grads(self, real: DiscriminatorPass, real_deltas: list, perm: DiscriminatorPass, d_loss: Tensor,
+                  d_real: Tensor) -> None:
+        """real: D's pass on z and real_deltas the VAE backward's gradients at its outputs; perm:
+        D's pass on the permuted batch; d_loss: the discriminator loss of (d_real, perm.logits),
+        d_real the detached real logits (requires_grad)."""
         with torch.enable_grad():
             g_real, *perm_deltas = torch.autograd.grad(d_loss, [d_real] + perm.outputs)
-        g_tc = real.outputs[-1].grad  # t_i * (1, -1)
+        g_tc = real_deltas[-1]  # t_i * (1, -1)
         scale = ((g_real[:, 0] - g_real[:, 1]) / (g_tc[:, 0] - g_tc[:, 1])).unsqueeze(1)  # s_i / t_i
         last = len(self.linears) - 1
         for index, layer in enumerate(self.linears):
-            real_delta = g_real if index == last else real.outputs[index].grad * scale
+            real_delta = g_real if index == last else real_deltas[index] * scale
             delta = torch.cat([real_delta, perm_deltas[index]])
             layer.weight.grad = delta.t() @ torch.cat([real.inputs[index], perm.inputs[index]])
             if layer.bias is not None:
@@ -242,7 +244,7 @@ class FactorVAEStep(Step):
         """x1, x2: float (B, C, 64, 64) images of two independent batches."""
         if x2 is None:
             raise ValueError("x2: FactorVAE needs a second batch for the discriminator, got None")
-        if self._reuse_d_z and self.shared is not None and not torch.compiler.is_compiling():
+        if self._reuse_d_z and self.shared is not None:
             return self._shared_step(x1, x2)
         b = x1.shape[0]
         reuse = self._reuse_d_z
@@ -284,15 +286,19 @@ class FactorVAEStep(Step):
         real = self.shared.run(out.z)
         terms = self.loss_fn(out.x_recon, x1, out.kl, real.logits)
         self.opt_vae.zero_grad(set_to_none=True)
-        # Also fills .grad of D's layer outputs on z (computed anyway on the way to z).
-        terms.total.backward(inputs=self.vae_params + real.outputs)
+        # The VAE's gradients and those at D's layer outputs on z (computed anyway on the way to
+        # z); autograd.grad rather than backward(inputs=): dynamo traces it (--compile).
+        grads = torch.autograd.grad(terms.total, self.vae_params + real.outputs)
+        for param, grad in zip(self.vae_params, grads):
+            param.grad = grad
+        real_deltas = grads[len(self.vae_params):]
         self.opt_vae.step()
         z_perm = self._permuted_codes(x2)
         perm = self.shared.run(z_perm)
         d_real = real.logits.detach().requires_grad_()
         d_loss = self.disc_loss(d_real, perm.logits)
         self.opt_d.zero_grad(set_to_none=True)
-        self.shared.set_grads(real, perm, d_loss, d_real)
+        self.shared.set_grads(real, real_deltas, perm, d_loss, d_real)
         self.opt_d.step()
         return self._finish(out, terms, z_perm, d_real, perm.logits, d_loss)
 
