@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastfvae.backends import native
+
 FEW_CHANNELS = 4  # at most this many output channels: the GEMM path
 
 
@@ -49,8 +51,6 @@ def _native_windows() -> bool:
     """The CPU library's conv_windows helpers are there (kernels/cpu/conv_windows.cpp)."""
     global _NATIVE
     if _NATIVE is None:
-        from fastfvae.backends import native
-
         _NATIVE = native.conv_windows_available() is None
     return _NATIVE
 
@@ -62,8 +62,6 @@ def _gather_windows(x: Tensor, h: int, w: int) -> Tensor:
     """_gather_windows_torch, by the CPU library when it is there (~3x faster) and no graph is
     being recorded (a backward with create_graph=True differentiates the torch form)."""
     if _native_windows() and not torch.is_grad_enabled():
-        from fastfvae.backends import native
-
         return native.conv_windows_gather(x)
     return _gather_windows_torch(x, h, w)
 
@@ -72,8 +70,6 @@ def _scatter_windows(windows: Tensor, batch: int, channels: int, h: int, w: int)
     """_scatter_windows_torch, by the CPU library when it is there (~10x faster) and no graph is
     being recorded."""
     if _native_windows() and not torch.is_grad_enabled():
-        from fastfvae.backends import native
-
         return native.conv_windows_scatter(windows, batch, channels, 2 * h, 2 * w)
     return _scatter_windows_torch(windows, batch, channels, h, w)
 

@@ -494,14 +494,21 @@ ARGTYPES["ffv_boosting_trees_grow"] = (
 )
 
 
-def boosting_trees_available() -> str | None:
-    """None when the CPU library exports the tree grower, else why not."""
+def host_helper_available(*entries: str) -> str | None:
+    """None when the CPU library exports every one of ``entries`` (host helpers that are not
+    ops, so ``why_not`` does not cover them), else why not."""
     library, reason = load("cpu")
     if library is None:
         return reason
-    if "ffv_boosting_trees_grow" not in library.functions:
-        return f"{library.path.name} does not export ffv_boosting_trees_grow; rebuild it with `pip install -e .`"
+    missing = [name for name in entries if name not in library.functions]
+    if missing:
+        return f"{library.path.name} does not export {', '.join(missing)}; rebuild it with `pip install -e .`"
     return None
+
+
+def boosting_trees_available() -> str | None:
+    """None when the CPU library exports the tree grower, else why not."""
+    return host_helper_available("ffv_boosting_trees_grow")
 
 
 def boosting_trees_grow(x_t, order, residual_t, fixed_t, fixed_bits: int, max_depth: int, x_test_t, seed: int,
@@ -548,12 +555,7 @@ ARGTYPES["ffv_conv_windows_scatter"] = (
 
 def conv_windows_available() -> str | None:
     """None when the CPU library exports the conv_windows helpers, else why not."""
-    library, reason = load("cpu")
-    if library is None:
-        return reason
-    if "ffv_conv_windows_gather" not in library.functions:
-        return f"{library.path.name} does not export ffv_conv_windows_gather; rebuild it with `pip install -e .`"
-    return None
+    return host_helper_available("ffv_conv_windows_gather", "ffv_conv_windows_scatter")
 
 
 def conv_windows_gather(x: torch.Tensor) -> torch.Tensor:
