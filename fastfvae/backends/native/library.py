@@ -1,20 +1,16 @@
-"""The native backend: the compiled kernels of kernels/ (OpenMP C++ on the CPU, CUDA C++ on
-GPUs) through their flat C ABI (kernels/include/fastfvae.h), loaded with ctypes.
+"""The native libraries and their C ABI: where the compiled kernels of kernels/ (OpenMP C++
+on the CPU, CUDA C++ on GPUs) are found, the argument types of every entry point of
+kernels/include/fastfvae.h for ctypes, and ``_call``, which runs one entry point and turns a
+failing status into a Python exception carrying the library's message (``ffv_last_error``).
 
 The libraries are looked up in ``FASTFVAE_NATIVE_LIB_DIR`` when that environment variable is
-set, else in the package's ``_lib`` folder where ``pip install -e .`` puts them (library_dirs). A library that is missing or cannot be loaded makes the
-backend unavailable with the reason (``backend="auto"`` then falls back to the reference); the
-package itself always imports.
+set, else in the package's ``_lib`` folder where ``pip install -e .`` puts them (library_dirs).
+A library that is missing or cannot be loaded makes the backend unavailable with the reason
+(``backend="auto"`` then falls back to the reference); the package itself always imports.
 
-Launchers follow the protocol of fastfvae/backends/__init__.py. They pass every input with its
-strides (no ``.contiguous()`` copies) and allocate their contiguous outputs and, on CUDA, the
-forwards' workspaces (``_workspace``: ``ffv_<op>_workspace_bytes`` bytes of ``torch.uint8``
-from torch's caching allocator; the libraries never allocate device memory). CUDA tensors
-run on ``torch.cuda.current_stream`` of their device under a device guard. A failing status
-becomes a Python exception carrying the library's message (``ffv_last_error``).
-
-Adding an op: its entries in ``ARGTYPES`` (``ffv_<op>_forward`` / ``ffv_<op>_backward``) and
-one launcher section below; ``why_not`` then reports a library that lacks them.
+CUDA tensors run on ``torch.cuda.current_stream`` of their device under a device guard; the
+forwards' workspaces (``_workspace``: ``ffv_<op>_workspace_bytes`` bytes of ``torch.uint8``)
+come from torch's caching allocator, so the libraries never allocate device memory.
 """
 from __future__ import annotations
 
@@ -24,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-NAME = "native"
 ABI_VERSION = 3  # FFV_ABI_VERSION of kernels/include/fastfvae.h (tests/test_build.py checks)
 LIB_DIR_ENV = "FASTFVAE_NATIVE_LIB_DIR"
 LIBRARY_FILES = {"cpu": "libfastfvae_cpu.so", "cuda": "libfastfvae_cuda.so"}
@@ -84,6 +79,25 @@ ARGTYPES: dict[str, tuple] = {
         ctypes.c_double, ctypes.c_double, ctypes.c_double,  # log-weights: other own partner
         _ptr, _ptr, _ptr, _ptr,  # grad_z grad_mu grad_logvar stream
     ),
+    "ffv_gather_images_forward": (  # forward only: the packed table and the index have no gradient
+        _dtype, _i64, _i64, _ptr, _i64,  # dtype N B packed(s0)
+        _ptr, _i64, _i32, _ptr, _ptr,  # index(s0) index_is_int32 out stream
+    ),
+    # Host helpers (CPU library only; not ops): fastfvae/backends/native/host_helpers.py.
+    "ffv_boosting_trees_grow": (
+        _i64, _i64, _i64, _i32, _i64, _i64,  # N F T max_depth seed counter_base
+        _ptr, _ptr, _ptr, _ptr, _i32,  # x order residual fixed fixed_bits
+        _ptr, _ptr, _ptr, _ptr, _ptr,  # leaf split feature threshold importance
+        _i64, _ptr, _ptr, _ptr,  # M x_test test_leaf stream
+    ),
+    "ffv_conv_windows_gather": (
+        _dtype, _i64, _i64, _i64, _i64,  # dtype B C H W
+        _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr,  # x(s0..s3) windows stream
+    ),
+    "ffv_conv_windows_scatter": (
+        _dtype, _i64, _i64, _i64, _i64,  # dtype B C H W
+        _ptr, _i64, _i64, _ptr, _ptr,  # windows(s0, s1) x stream
+    ),
 }
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -93,6 +107,8 @@ _STATUS_NAMES = {1: "invalid argument", 2: "unsupported dtype", 3: "out of memor
 
 # Ops whose forward takes a workspace (and whose library exports ffv_<op>_workspace_bytes).
 WORKSPACE_OPS = frozenset({"reparameterize_kl", "permute_dims", "tc_loss", "discriminator_loss"})
+# Ops with a forward entry point only (no gradient flows through them).
+FORWARD_ONLY_OPS = frozenset({"gather_images"})
 
 
 def entry_points(op: str) -> tuple[str, ...]:
@@ -268,310 +284,3 @@ def _raise(library: Library, entry: str, status: int):
     if status == 2:
         raise TypeError(text)
     raise RuntimeError(text)
-
-
-# ---------------------------------------------------------------------------------------------
-# reparameterize_kl
-# ---------------------------------------------------------------------------------------------
-def _optional_strided2(t):
-    """(pointer, stride 0, stride 1) of a (rows, cols) tensor, or (NULL, 0, 0) for None."""
-    if t is None:
-        return None, 0, 0
-    return t.data_ptr(), t.stride(0), t.stride(1)
-
-
-def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
-    batch, dim = mu.shape
-    z = mu.new_empty((batch, dim))
-    kl = mu.new_empty((batch,) if reduction == "none" else ())
-    mu_s, logvar_s = mu.stride(), logvar.stride()
-    workspace = _workspace("reparameterize_kl", mu, DTYPE_CODES[mu.dtype], batch, dim, REDUCTION_CODES[reduction])
-    _call(
-        "ffv_reparameterize_kl_forward", mu,
-        DTYPE_CODES[mu.dtype], batch, dim,
-        mu.data_ptr(), mu_s[0], mu_s[1],
-        logvar.data_ptr(), logvar_s[0], logvar_s[1],
-        *_optional_strided2(eps),
-        None if seed is None else seed.data_ptr(), REDUCTION_CODES[reduction], z.data_ptr(), kl.data_ptr(),
-        *_workspace_args(workspace),
-    )
-    return z, kl
-
-
-def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps):
-    """eps: the forward's given noise, or None: the kernel regenerates the forward's draw from seed."""
-    batch, dim = mu.shape
-    grad_mu, grad_logvar = mu.new_empty((batch, dim)), mu.new_empty((batch, dim))
-    grad_eps = mu.new_empty((batch, dim)) if need_grad_eps else None
-    gz_s, mu_s, logvar_s = grad_z.stride(), mu.stride(), logvar.stride()
-    _call(
-        "ffv_reparameterize_kl_backward", mu,
-        DTYPE_CODES[mu.dtype], batch, dim,
-        grad_z.data_ptr(), gz_s[0], gz_s[1],
-        grad_kl.data_ptr(), grad_kl.stride(0) if reduction == "none" else 0, REDUCTION_CODES[reduction],
-        mu.data_ptr(), mu_s[0], mu_s[1],
-        logvar.data_ptr(), logvar_s[0], logvar_s[1],
-        *_optional_strided2(eps), None if seed is None else seed.data_ptr(),
-        grad_mu.data_ptr(), grad_logvar.data_ptr(), grad_eps.data_ptr() if need_grad_eps else None,
-    )
-    return grad_mu, grad_logvar, grad_eps
-
-
-# ---------------------------------------------------------------------------------------------
-# permute_dims (index: int32 (G, B, D) source rows, contiguous)
-# ---------------------------------------------------------------------------------------------
-def permute_dims_forward(z, seed, need_index):
-    groups, batch, dim = z.shape
-    out = z.new_empty((groups, batch, dim))
-    index = torch.empty((groups, batch, dim), dtype=torch.int32, device=z.device) if need_index else None
-    z_s = z.stride()
-    workspace = _workspace("permute_dims", z, DTYPE_CODES[z.dtype], groups, batch, dim)
-    _call(
-        "ffv_permute_dims_forward", z,
-        DTYPE_CODES[z.dtype], groups, batch, dim,
-        z.data_ptr(), z_s[0], z_s[1], z_s[2],
-        seed.data_ptr(), out.data_ptr(), index.data_ptr() if need_index else None,
-        *_workspace_args(workspace),
-    )
-    return out, index
-
-
-def permute_dims_backward(grad_out, index):
-    groups, batch, dim = grad_out.shape
-    if index.dtype != torch.int32 or index.shape != grad_out.shape:
-        raise ValueError(
-            f"index: expected int32 {tuple(grad_out.shape)} from permute_dims_forward, "
-            f"got {index.dtype} {tuple(index.shape)}"
-        )
-    index = index.contiguous()
-    grad_z = grad_out.new_empty((groups, batch, dim))
-    g_s = grad_out.stride()
-    _call(
-        "ffv_permute_dims_backward", grad_out,
-        DTYPE_CODES[grad_out.dtype], groups, batch, dim,
-        grad_out.data_ptr(), g_s[0], g_s[1], g_s[2],
-        index.data_ptr(), grad_z.data_ptr(),
-    )
-    return grad_z
-
-
-# ---------------------------------------------------------------------------------------------
-# tc_loss
-# ---------------------------------------------------------------------------------------------
-def tc_loss_forward(logits):
-    batch, k = logits.shape
-    tc = logits.new_empty(())
-    s = logits.stride()
-    workspace = _workspace("tc_loss", logits, DTYPE_CODES[logits.dtype], batch, k)
-    _call("ffv_tc_loss_forward", logits, DTYPE_CODES[logits.dtype], batch, k,
-          logits.data_ptr(), s[0], s[1], tc.data_ptr(), *_workspace_args(workspace))
-    return tc
-
-
-def tc_loss_backward(grad_tc, logits):
-    batch, k = logits.shape
-    grad = logits.new_empty((batch, k))
-    _call("ffv_tc_loss_backward", logits, DTYPE_CODES[logits.dtype], batch, k,
-          grad_tc.data_ptr(), grad.data_ptr())
-    return grad
-
-
-# ---------------------------------------------------------------------------------------------
-# discriminator_loss
-# ---------------------------------------------------------------------------------------------
-def discriminator_loss_forward(d_real, d_perm):
-    batch, k = d_real.shape
-    loss = d_real.new_empty(())
-    r, p = d_real.stride(), d_perm.stride()
-    workspace = _workspace("discriminator_loss", d_real, DTYPE_CODES[d_real.dtype], batch, k)
-    _call("ffv_discriminator_loss_forward", d_real, DTYPE_CODES[d_real.dtype], batch, k,
-          d_real.data_ptr(), r[0], r[1], d_perm.data_ptr(), p[0], p[1], loss.data_ptr(),
-          *_workspace_args(workspace))
-    return loss
-
-
-def discriminator_loss_backward(grad_loss, d_real, d_perm):
-    batch, k = d_real.shape
-    grad_real, grad_perm = d_real.new_empty((batch, k)), d_perm.new_empty((batch, k))
-    r, p = d_real.stride(), d_perm.stride()
-    _call("ffv_discriminator_loss_backward", d_real, DTYPE_CODES[d_real.dtype], batch, k,
-          grad_loss.data_ptr(), d_real.data_ptr(), r[0], r[1], d_perm.data_ptr(), p[0], p[1],
-          grad_real.data_ptr(), grad_perm.data_ptr())
-    return grad_real, grad_perm
-
-
-# ---------------------------------------------------------------------------------------------
-# log_qz (outputs and incoming gradients in the compute dtype: float32, float64 for float64)
-# ---------------------------------------------------------------------------------------------
-def log_qz_forward(z, mu, logvar, dataset_size, method):
-    from fastfvae.reference import compute_dtype, log_qz_weight_constants
-
-    queries, dim = z.shape
-    components = mu.shape[0]
-    acc = compute_dtype(z.dtype)
-    log_qz = torch.empty((queries,), dtype=acc, device=z.device)
-    log_qzj = torch.empty((queries, dim), dtype=acc, device=z.device)
-    z_s, mu_s, lv_s = z.stride(), mu.stride(), logvar.stride()
-    _call(
-        "ffv_log_qz_forward", z,
-        DTYPE_CODES[z.dtype], queries, components, dim,
-        z.data_ptr(), z_s[0], z_s[1], mu.data_ptr(), mu_s[0], mu_s[1], logvar.data_ptr(), lv_s[0], lv_s[1],
-        *log_qz_weight_constants(components, dataset_size, method),
-        log_qz.data_ptr(), log_qzj.data_ptr(),
-    )
-    return log_qz, log_qzj
-
-
-def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, dataset_size, method):
-    from fastfvae.reference import compute_dtype, log_qz_weight_constants
-
-    queries, dim = z.shape
-    components = mu.shape[0]
-    acc = compute_dtype(z.dtype)
-    grad_log_qz, grad_log_qzj = grad_log_qz.to(acc), grad_log_qzj.to(acc)
-    grad_z, grad_mu, grad_logvar = z.new_empty(z.shape), mu.new_empty(mu.shape), mu.new_empty(mu.shape)
-    z_s, mu_s, lv_s, h_s, lqj_s = z.stride(), mu.stride(), logvar.stride(), grad_log_qzj.stride(), log_qzj.stride()
-    _call(
-        "ffv_log_qz_backward", z,
-        DTYPE_CODES[z.dtype], queries, components, dim,
-        grad_log_qz.data_ptr(), grad_log_qz.stride(0), grad_log_qzj.data_ptr(), h_s[0], h_s[1],
-        z.data_ptr(), z_s[0], z_s[1], mu.data_ptr(), mu_s[0], mu_s[1], logvar.data_ptr(), lv_s[0], lv_s[1],
-        log_qz.data_ptr(), log_qz.stride(0), log_qzj.data_ptr(), lqj_s[0], lqj_s[1],
-        *log_qz_weight_constants(components, dataset_size, method),
-        grad_z.data_ptr(), grad_mu.data_ptr(), grad_logvar.data_ptr(),
-    )
-    return grad_z, grad_mu, grad_logvar
-
-
-# ---------------------------------------------------------------------------------------------
-# Shape limits (the dispatcher's per-call reasons; kernels/include/arg_checks.h runs the same)
-# ---------------------------------------------------------------------------------------------
-INT32_MAX = 2**31 - 1
-LIMITED_OPS = ("permute_dims",)  # the ops ``limits`` can refuse (the dispatcher skips the others)
-
-
-def limits(op: str, dims: dict) -> list[str]:
-    """Every size of this call the native kernels cannot take (``dims``: the op's B, D, G, ...)."""
-    found = []
-    if op == "permute_dims" and dims.get("B", 0) > INT32_MAX:
-        found.append(f"permute_dims writes int32 row indices: B must be <= {INT32_MAX}, got {dims['B']}")
-    return found
-
-
-# ---------------------------------------------------------------------------------------------
-# gather_images (forward only: the packed table and the index have no gradient)
-# ---------------------------------------------------------------------------------------------
-FORWARD_ONLY_OPS = frozenset({"gather_images"})
-ARGTYPES["ffv_gather_images_forward"] = (
-    _dtype, _i64, _i64, _ptr, _i64,  # dtype N B packed(s0)
-    _ptr, _i64, _i32, _ptr, _ptr,  # index(s0) index_is_int32 out stream
-)
-
-
-def gather_images_forward(packed, index, dtype):
-    """packed uint8 (N, 512), index int32/int64 (B,) -> (B, 1, 64, 64) of dtype (NaN images for
-    indices outside [0, N))."""
-    if packed.stride(1) != 1:
-        packed = packed.contiguous()  # the kernels read the bytes of a row contiguously
-    rows, batch = packed.shape[0], index.shape[0]
-    out = torch.empty((batch, 1, 64, 64), dtype=dtype, device=packed.device)
-    _call(
-        "ffv_gather_images_forward", packed,
-        DTYPE_CODES[dtype], rows, batch, packed.data_ptr(), packed.stride(0),
-        index.data_ptr(), index.stride(0), int(index.dtype == torch.int32), out.data_ptr(),
-    )
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# boosting_trees_grow (a host helper of DCI's estimator="batched", CPU library only; not an op)
-# ---------------------------------------------------------------------------------------------
-ARGTYPES["ffv_boosting_trees_grow"] = (
-    _i64, _i64, _i64, _i32, _i64, _i64,  # N F T max_depth seed counter_base
-    _ptr, _ptr, _ptr, _ptr, _i32,  # x order residual fixed fixed_bits
-    _ptr, _ptr, _ptr, _ptr, _ptr,  # leaf split feature threshold importance
-    _i64, _ptr, _ptr, _ptr,  # M x_test test_leaf stream
-)
-
-
-def host_helper_available(*entries: str) -> str | None:
-    """None when the CPU library exports every one of ``entries`` (host helpers that are not
-    ops, so ``why_not`` does not cover them), else why not."""
-    library, reason = load("cpu")
-    if library is None:
-        return reason
-    missing = [name for name in entries if name not in library.functions]
-    if missing:
-        return f"{library.path.name} does not export {', '.join(missing)}; rebuild it with `pip install -e .`"
-    return None
-
-
-def boosting_trees_available() -> str | None:
-    """None when the CPU library exports the tree grower, else why not."""
-    return host_helper_available("ffv_boosting_trees_grow")
-
-
-def boosting_trees_grow(x_t, order, residual_t, fixed_t, fixed_bits: int, max_depth: int, x_test_t, seed: int,
-                        counter_base: int):
-    """One boosting stage's T trees (kernels/cpu/boosting_trees.cpp), CPU tensors:
-    x_t float32 (F, N), order int64 (F, N), residual_t float64 (T, N), fixed_t int64 (T, N) its
-    fixed-point copy (round(residual * 2^fixed_bits)), x_test_t float32 (F, M);
-    seed, counter_base: the Philox draws that break ties between features (boosting_trees.cpp).
-
-    Returns leaf int64 (T, N), importance float64 (T, F), test_leaf int64 (T, M). (The trees'
-    split, feature and threshold arrays are the kernel's scratch: it routes the test samples itself.)"""
-    x_t, order, residual_t, fixed_t, x_test_t = (t.contiguous() for t in (x_t, order, residual_t, fixed_t, x_test_t))
-    num_features, n = x_t.shape
-    trees, m = residual_t.shape[0], x_test_t.shape[1]
-    heap = 2 ** max_depth - 1
-    leaf = torch.empty(trees, n, dtype=torch.int64)
-    split = torch.empty(trees, heap, dtype=torch.uint8)
-    feature = torch.empty(trees, heap, dtype=torch.int64)
-    threshold = torch.empty(trees, heap, dtype=torch.float64)
-    importance = torch.empty(trees, num_features, dtype=torch.float64)
-    test_leaf = torch.empty(trees, m, dtype=torch.int64)
-    _call(
-        "ffv_boosting_trees_grow", x_t,
-        n, num_features, trees, max_depth, seed, counter_base,
-        x_t.data_ptr(), order.data_ptr(), residual_t.data_ptr(), fixed_t.data_ptr(), fixed_bits,
-        leaf.data_ptr(), split.data_ptr(), feature.data_ptr(), threshold.data_ptr(), importance.data_ptr(),
-        m, x_test_t.data_ptr() if m else None, test_leaf.data_ptr() if m else None,
-    )
-    return leaf, importance, test_leaf
-
-
-# ---------------------------------------------------------------------------------------------
-# conv_windows (a host helper of fastfvae/layers.py, CPU library only; not an op)
-# ---------------------------------------------------------------------------------------------
-ARGTYPES["ffv_conv_windows_gather"] = (
-    _dtype, _i64, _i64, _i64, _i64,  # dtype B C H W
-    _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr,  # x(s0..s3) windows stream
-)
-ARGTYPES["ffv_conv_windows_scatter"] = (
-    _dtype, _i64, _i64, _i64, _i64,  # dtype B C H W
-    _ptr, _i64, _i64, _ptr, _ptr,  # windows(s0, s1) x stream
-)
-
-
-def conv_windows_available() -> str | None:
-    """None when the CPU library exports the conv_windows helpers, else why not."""
-    return host_helper_available("ffv_conv_windows_gather", "ffv_conv_windows_scatter")
-
-
-def conv_windows_gather(x: torch.Tensor) -> torch.Tensor:
-    """x: float32/float64 CPU (B, C, H, W), H and W even (any strides) -> the windows of a 4x4,
-    stride-2, padding-1 convolution, (C*16, B*(H/2)*(W/2)) (kernels/cpu/conv_windows.cpp)."""
-    batch, channels, height, width = x.shape
-    windows = torch.empty((channels * 16, batch * (height // 2) * (width // 2)), dtype=x.dtype)
-    _call("ffv_conv_windows_gather", x, DTYPE_CODES[x.dtype], batch, channels, height, width,
-          x.data_ptr(), *x.stride(), windows.data_ptr())
-    return windows
-
-
-def conv_windows_scatter(windows: torch.Tensor, batch: int, channels: int, height: int, width: int) -> torch.Tensor:
-    """The adjoint of conv_windows_gather: windows (C*16, B*(H/2)*(W/2)) float32/float64 CPU (any
-    strides) -> (B, C, H, W) contiguous, each entry added where gather read it."""
-    x = torch.empty((batch, channels, height, width), dtype=windows.dtype)
-    _call("ffv_conv_windows_scatter", windows, DTYPE_CODES[windows.dtype], batch, channels, height, width,
-          windows.data_ptr(), *windows.stride(), x.data_ptr())
-    return x
