@@ -8,16 +8,9 @@ from fastfvae.losses import (
     DiscriminatorLoss,
     FactorVAELoss,
 )
-from fastfvae.ops import (
-    discriminator_accuracy,
-    discriminator_loss,
-    gather_images,
-    log_qz,
-    log_qz_marginals,
-    permute_dims,
-    reparameterize_kl,
-    tc_loss,
-)
+from fastfvae.ops import *  # noqa: F401,F403 - every op of the registry (fastfvae/registry.py)
+from fastfvae import functional  # noqa: F401 - the old import path, kept as an attribute
+from fastfvae import ops as _ops
 
 __version__ = "0.1.0"
 
@@ -30,12 +23,6 @@ __all__ = [
     "DIPVAELoss",
     "DiscriminatorLoss",
     "FactorVAELoss",
-    "discriminator_accuracy",
-    "discriminator_loss",
-    "gather_images",
-    "log_qz",
-    "log_qz_marginals",
-    "permute_dims",
-    "reparameterize_kl",
-    "tc_loss",
+    # the ops (fastfvae/ops/, one module per op of fastfvae/registry.py)
+    *_ops.__all__,
 ]

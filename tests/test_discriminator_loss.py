@@ -117,3 +117,17 @@ def test_accuracy():
     d_perm = torch.tensor([[0.0, 1.0], [0.0, 2.0]])  # right, right
     assert fastfvae.discriminator_accuracy(d_real, d_perm).item() == 0.75
     assert fastfvae.discriminator_accuracy(torch.tensor([1.0, -1.0]), torch.tensor([-1.0, -2.0])).item() == 0.75
+
+
+# ---------------------------------------------------------------------------------------------
+# opcheck cases (tests/test_compile.py runs them for every op of fastfvae/registry.py)
+# ---------------------------------------------------------------------------------------------
+def opcheck_cases(backend):
+    """(custom op, arguments) pairs for torch.library.opcheck."""
+    g = torch.Generator().manual_seed(0)
+    real, perm = (torch.randn(8, 2, generator=g, requires_grad=True) for _ in range(2))
+    ops = torch.ops.fastfvae
+    return [
+        (ops.discriminator_loss.default, (real, perm, backend)),
+        (ops.discriminator_loss_backward.default, (torch.randn(()), torch.randn(8, 1), torch.randn(8, 1), backend)),
+    ]

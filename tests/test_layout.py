@@ -51,14 +51,20 @@ def test_the_generic_packed_cache_knows_no_data_set():
 
 
 def test_host_helpers_and_their_users_do_not_import_the_op_launchers():
+    """layers.py and the DCI grower need the CPU library's host helpers, not the op backend."""
+    from fastfvae.registry import OPS
+
+    launchers = {f"fastfvae.backends.native.{op}" for op in OPS}
     for path in (PACKAGE / "backends" / "native" / "host_helpers.py", PACKAGE / "layers.py",
                  PACKAGE / "metrics" / "_boosting.py"):
         imported = _imported_modules(path)
-        assert "fastfvae.backends.native.launchers" not in imported, path
-        assert "fastfvae.backends.native.library" in imported or "fastfvae.backends.native.host_helpers" in imported, path
+        assert not imported & launchers, (path, imported & launchers)
+        assert imported & {"fastfvae.backends.native.library", "fastfvae.backends.native.host_helpers"}, path
 
 
 def test_internal_modules_call_the_ops_not_the_functional_alias():
     """fastfvae.functional is kept for users' imports; the package itself imports fastfvae.ops."""
-    offenders = [str(p.relative_to(ROOT)) for p in _modules() if "fastfvae.functional" in _imported_modules(p)]
+    kept = {PACKAGE / "__init__.py"}  # ``fastfvae.functional`` stays an attribute of the package
+    offenders = [str(p.relative_to(ROOT)) for p in _modules() if p not in kept
+                 and "fastfvae.functional" in _imported_modules(p)]
     assert not offenders, offenders

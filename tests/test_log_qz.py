@@ -219,21 +219,19 @@ def test_mss_is_unbiased_over_all_minibatches():
 # ---------------------------------------------------------------------------------------------
 # Custom ops, compile, bad input, memory
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["mws", "mss"])
-def test_opcheck(backend, method):
-    if backend == "triton":
-        pytest.skip("Triton under TRITON_INTERPRET=1 cannot be traced with fake tensors (DESIGN.md §6)")
-    require(backend, "log_qz", "cpu", torch.float32)
+def opcheck_cases(backend):
+    """(custom op, arguments) pairs for torch.library.opcheck (tests/test_compile.py runs them for
+    every op of fastfvae/registry.py): both methods, forward and backward."""
     g = torch.Generator().manual_seed(0)
     z, mu, logvar = (torch.randn(5, 3, generator=g, requires_grad=True) for _ in range(3))
-    ops = torch.ops.fastfvae
-    torch.library.opcheck(ops.log_qz.default, (z, mu, logvar, 40, method, backend))
-    joint, dims = ops.log_qz.default(z.detach(), mu.detach(), logvar.detach(), 40, method, backend)
-    torch.library.opcheck(
-        ops.log_qz_backward.default,
-        (torch.randn(5), torch.randn(5, 3), z.detach(), mu.detach(), logvar.detach(), joint, dims, 40, method,
-         backend),
-    )
+    ops, cases = torch.ops.fastfvae, []
+    for method in ("mws", "mss"):
+        cases.append((ops.log_qz.default, (z, mu, logvar, 40, method, backend)))
+        joint, dims = reference.log_qz_marginals(z.detach(), mu.detach(), logvar.detach(), 40, method)
+        cases.append((ops.log_qz_backward.default,
+                      (torch.randn(5), torch.randn(5, 3), z.detach(), mu.detach(), logvar.detach(), joint, dims, 40,
+                       method, backend)))
+    return cases
 
 
 def test_compile_fullgraph(backend):

@@ -157,3 +157,17 @@ def test_gradcheck_float64(backend):
         return fastfvae.permute_dims(t, backend=backend)
 
     torch.autograd.gradcheck(permute_with_fixed_seed, (z,))
+
+
+# ---------------------------------------------------------------------------------------------
+# opcheck cases (tests/test_compile.py runs them for every op of fastfvae/registry.py)
+# ---------------------------------------------------------------------------------------------
+def opcheck_cases(backend):
+    """(custom op, arguments) pairs for torch.library.opcheck."""
+    z = torch.randn(2, 7, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    index = torch.tensor([[[1, 0], [0, 3], [3, 2], [2, 1]]], dtype=torch.int32)
+    ops = torch.ops.fastfvae
+    return [
+        (ops.permute_dims.default, (z, torch.tensor([12345]), backend)),
+        (ops.permute_dims_backward.default, (torch.randn(1, 4, 2), index, backend)),
+    ]

@@ -287,3 +287,26 @@ def test_infinite_mu_leaves_the_logvar_gradient_finite(backend, device, drawn):
     assert torch.isfinite(logvar.grad).all(), logvar.grad
     assert_close(logvar.grad, glv_ref, torch.float32, "grad logvar")
     assert_close(mu.grad, gmu_ref, torch.float32, "grad mu")
+
+
+# ---------------------------------------------------------------------------------------------
+# opcheck cases (tests/test_compile.py runs them for every op of fastfvae/registry.py)
+# ---------------------------------------------------------------------------------------------
+def opcheck_cases(backend):
+    """(custom op, arguments) pairs for torch.library.opcheck: both reductions' forwards and the
+    backward with a drawn and with a given eps."""
+    g = torch.Generator().manual_seed(0)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=g, requires_grad=True)
+
+    seed, ops = torch.tensor([12345]), torch.ops.fastfvae
+    return [
+        (ops.reparameterize_kl.default, (t(6, 5), t(6, 5), None, seed, "mean", backend)),
+        (ops.reparameterize_kl.default, (t(6, 5), t(6, 5), t(6, 5), seed, "none", backend)),
+        (ops.reparameterize_kl_backward.default,
+         (torch.randn(6, 5), torch.randn(()), torch.randn(6, 5), torch.randn(6, 5), seed, "sum", "drawn", backend)),
+        (ops.reparameterize_kl_backward.default,
+         (torch.randn(6, 5), torch.randn(6), torch.randn(6, 5), torch.randn(6, 5), torch.randn(6, 5), "none",
+          "given_needs_grad", backend)),
+    ]

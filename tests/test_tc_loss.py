@@ -60,3 +60,16 @@ def test_gradcheck_float64(backend):
     for shape in [(6, 2), (5,)]:
         logits = torch.randn(shape, dtype=torch.float64, requires_grad=True)
         torch.autograd.gradcheck(lambda l: fastfvae.tc_loss(l, backend=backend), (logits,))
+
+
+# ---------------------------------------------------------------------------------------------
+# opcheck cases (tests/test_compile.py runs them for every op of fastfvae/registry.py)
+# ---------------------------------------------------------------------------------------------
+def opcheck_cases(backend):
+    """(custom op, arguments) pairs for torch.library.opcheck."""
+    logits = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    ops = torch.ops.fastfvae
+    return [
+        (ops.tc_loss.default, (logits, backend)),
+        (ops.tc_loss_backward.default, (torch.randn(()), torch.randn(8, 1), backend)),
+    ]

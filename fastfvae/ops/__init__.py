@@ -1,23 +1,17 @@
-"""The public ops, one module per op (DESIGN.md §2, §3): each holds its public function, its
-validation and its autograd wiring, declared once through ``fastfvae.ops._register``.
+"""The public ops, one module per op (DESIGN.md §2, §3): each holds its public functions (its
+``__all__``), their validation and their autograd wiring, declared once through
+``fastfvae.ops._register``.
 
-The same stem names the op everywhere: ``fastfvae/ops/<op>.py``, ``fastfvae/backends/triton/<op>.py``,
-``kernels/cpu/<op>.cpp``, ``kernels/cuda/<op>.cu``, ``tests/test_<op>.py``, ``bench/test_<op>.py``.
+This package exports every function of every op of the registry (fastfvae/registry.py), so
+adding an op adds no line here.
 """
-from fastfvae.ops.discriminator_loss import discriminator_accuracy, discriminator_loss
-from fastfvae.ops.gather_images import gather_images
-from fastfvae.ops.log_qz import log_qz, log_qz_marginals
-from fastfvae.ops.permute_dims import permute_dims
-from fastfvae.ops.reparameterize_kl import reparameterize_kl
-from fastfvae.ops.tc_loss import tc_loss
+import importlib
 
-__all__ = [
-    "discriminator_accuracy",
-    "discriminator_loss",
-    "gather_images",
-    "log_qz",
-    "log_qz_marginals",
-    "permute_dims",
-    "reparameterize_kl",
-    "tc_loss",
-]
+from fastfvae.registry import OPS
+
+__all__ = []
+for _op in OPS:
+    _module = importlib.import_module(f"fastfvae.ops.{_op}")
+    globals().update({name: getattr(_module, name) for name in _module.__all__})
+    __all__ += _module.__all__
+del _op, _module

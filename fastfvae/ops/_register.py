@@ -11,7 +11,7 @@ An op module declares, once, how its backend launchers are called (``OpDeclarati
 
 The compiled path passes the *requested* backend name ("auto" or an explicit one) into the
 custom op and resolves it there, at run time, with the real tensors: nothing about dispatch is
-traced (tracing ``importlib.import_module`` breaks ``fullgraph=True``, issue 14.12), and "auto"
+traced (tracing ``importlib.import_module`` breaks ``fullgraph=True``), and "auto"
 falls back exactly as in eager mode.
 
 Declarations speak in positional argument tuples. For an op ``f(a, b, const)``:
@@ -23,10 +23,14 @@ Declarations speak in positional argument tuples. For an op ``f(a, b, const)``:
                                              kept on ctx)
     backward(impl, *grads, *saved)        -> the gradients of the inputs at ``grad_inputs`` (in order)
     backward_fake(*grads, *saved)         -> their fakes
-    select(requested, *args)              -> the backend module for these inputs (fastfvae.backends)
-    select_backward(requested, *grads, *saved) -> the same module, found from the backward's inputs
     inference(impl, *args)                -> optional: the forward when no gradient is recorded
                                              (skips what only the backward needs, e.g. an index)
+
+``dims`` names the op's sizes by argument: ``{"z": "G B D"}`` reads G, B, D off the argument
+called ``z`` in the schema. The backend is chosen (``fastfvae.backends.select``) from the device
+and dtype of the first argument ``dims`` names in the schema, and from those sizes when a
+backend has shape limits; the forward and the backward each use the entries whose argument
+their schema has (``{"z": "G B D", "grad_out": "G B D"}`` serves a backward without ``z``).
 
 Non-differentiable outputs (an index for the backward) come last; ``num_outputs`` counts all.
 """
@@ -51,8 +55,7 @@ class OpDeclaration:
     backward: Callable
     backward_fake: Callable
     grad_inputs: tuple[int, ...]  # positions (in the forward's args) of the backward's outputs
-    select: Callable
-    select_backward: Callable
+    dims: dict  # argument name -> its size names, e.g. {"z": "G B D"} (see the module docstring)
     num_outputs: int = 1
     inference: Optional[Callable] = None
     num_non_differentiable_outputs: int = 0  # the last outputs (never given a gradient)
@@ -70,6 +73,32 @@ def _with_backend(schema: str) -> str:
     assert arguments.startswith("(") and arguments.endswith(")"), schema
     inner = arguments[1:-1].strip()
     return f"({inner + ', ' if inner else ''}str backend) -> {returns.strip()}"
+
+
+def argument_names(schema: str) -> list[str]:
+    """'(Tensor z, Tensor? eps, int n) -> T' -> ['z', 'eps', 'n']."""
+    inner = schema.split("->")[0].strip()[1:-1].strip()
+    return [argument.split()[-1] for argument in inner.split(",")] if inner else []
+
+
+def backend_selector(op: str, schema: str, dims: dict) -> Callable:
+    """``select(requested, *args)`` -> the backend module that runs ``op`` on these arguments of
+    ``schema``: device and dtype from the first argument ``dims`` names, sizes from all of them
+    (read only when a candidate backend has shape limits)."""
+    from fastfvae import backends
+
+    names = argument_names(schema)
+    sized = [(names.index(name), tuple(sizes.split())) for name, sizes in dims.items() if name in names]
+    if not sized:
+        raise ValueError(f"{op}: dims names none of the arguments {names} of {schema!r}")
+    choose, first = backends.select, sized[0][0]
+
+    def select(requested, *args):
+        like = args[first]
+        return choose(op, requested, like.device, like.dtype,
+                      lambda: {size: n for position, sizes in sized for size, n in zip(sizes, args[position].shape)})
+
+    return select
 
 
 def _as_tuple(values) -> tuple:
@@ -106,7 +135,8 @@ class RegisteredOp:
 
     def __init__(self, declaration: OpDeclaration):
         self.declaration = declaration
-        self._select = declaration.select
+        self._select = backend_selector(declaration.name, declaration.forward_schema, declaration.dims)
+        self._select_backward = backend_selector(declaration.name, declaration.backward_schema, declaration.dims)
         self._inference = declaration.inference or declaration.forward
         self.forward_op = self._define_forward()
         self.backward_op = self._define_backward()
@@ -153,11 +183,11 @@ class RegisteredOp:
     # ------------------------------------------------------------------ the compiled path
     def _define_forward(self):
         d = self.declaration
-        return _custom_op(f"fastfvae::{d.name}", d.forward_schema, d.forward, d.select, d.forward_fake)
+        return _custom_op(f"fastfvae::{d.name}", d.forward_schema, d.forward, self._select, d.forward_fake)
 
     def _define_backward(self):
         d = self.declaration
-        return _custom_op(f"fastfvae::{d.name}_backward", d.backward_schema, d.backward, d.select_backward,
+        return _custom_op(f"fastfvae::{d.name}_backward", d.backward_schema, d.backward, self._select_backward,
                           d.backward_fake)
 
     def _compiled_setup(self, ctx, inputs, output):
@@ -198,7 +228,7 @@ class _EagerFunction(torch.autograd.Function):
     of TcLossFunctionBackward"). Double backward (``create_graph=True``, e.g. a gradient
     penalty): the kernels' backward is not itself differentiable, so when a graph is requested
     the backward runs the reference backend's launcher instead, written in differentiable torch
-    ops (issue 14.9: second-order terms are never dropped silently).
+    ops: second-order terms are never dropped silently.
     """
 
     @staticmethod

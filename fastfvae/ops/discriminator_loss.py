@@ -5,13 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastfvae import backends, reference
+from fastfvae import reference
 from fastfvae._checks import WIDE_DTYPES, as_columns, check_like, check_logits, promoted, to_compute_dtype
 from fastfvae.ops._register import OpDeclaration, register
 
-
-def _select(requested, d_real, d_perm):
-    return backends.select("discriminator_loss", requested, d_real.device, d_real.dtype, lambda: {"B": d_real.shape[0]})
+__all__ = ["discriminator_loss", "discriminator_accuracy"]  # the public functions (fastfvae/registry.py)
 
 
 _op = register(OpDeclaration(
@@ -24,8 +22,7 @@ _op = register(OpDeclaration(
     backward=lambda impl, grad_loss, d_real, d_perm: impl.discriminator_loss_backward(grad_loss, d_real, d_perm),
     backward_fake=lambda grad_loss, d_real, d_perm: (d_real.new_empty(d_real.shape), d_perm.new_empty(d_perm.shape)),
     grad_inputs=(0, 1),
-    select=_select,
-    select_backward=lambda requested, grad_loss, d_real, d_perm: _select(requested, d_real, d_perm),
+    dims={"d_real": "B K"},
 ))
 
 

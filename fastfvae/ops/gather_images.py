@@ -19,6 +19,8 @@ from fastfvae import reference
 from fastfvae._checks import FLOAT_DTYPES, check_choice
 from fastfvae.backends import BACKEND_NAMES, select
 
+__all__ = ["gather_images"]  # the public functions (fastfvae/registry.py)
+
 ROW_BYTES = reference.PACKED_ROW_BYTES
 SIDE = reference.PACKED_IMAGE_SIDE
 INDEX_DTYPES = (torch.int64, torch.int32)

@@ -7,18 +7,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fastfvae import backends, reference
+from fastfvae import reference
 from fastfvae._checks import check_choice, check_float_tensor, check_like, check_positive_int, promoted
 from fastfvae.ops._register import OpDeclaration, register
 
-
-def _select(requested, z, mu, *_):
-    return backends.select("log_qz", requested, z.device, z.dtype, lambda: _dims(z, mu))
-
-
-def _dims(z: Tensor, mu: Tensor) -> dict:
-    queries, dim = z.shape
-    return {"M": queries, "K": mu.shape[0], "D": dim}
+__all__ = ["log_qz", "log_qz_marginals"]  # the public functions (fastfvae/registry.py)
 
 
 def _forward_fake(z, mu, logvar, dataset_size, method):
@@ -46,8 +39,7 @@ _op = register(OpDeclaration(
         z.new_empty(z.shape), mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
     ),
     grad_inputs=(0, 1, 2),
-    select=_select,
-    select_backward=lambda requested, grad_log_qz, grad_log_qzj, z, mu, *_: _select(requested, z, mu),
+    dims={"z": "M D", "mu": "K D"},
 ))
 
 

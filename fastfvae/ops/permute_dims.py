@@ -4,19 +4,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastfvae import backends
 from fastfvae._checks import check_float_tensor
 from fastfvae.ops._register import OpDeclaration, register
 from fastfvae.ops._seed import draw_seed
 
-
-def _dims(z: Tensor) -> dict:
-    groups, batch, dim = z.shape
-    return {"G": groups, "B": batch, "D": dim}
-
-
-def _select(requested, z, seed):
-    return backends.select("permute_dims", requested, z.device, z.dtype, lambda: _dims(z))
+__all__ = ["permute_dims"]  # the public functions (fastfvae/registry.py)
 
 
 _op = register(OpDeclaration(
@@ -33,8 +25,7 @@ _op = register(OpDeclaration(
     backward=lambda impl, grad_out, index: impl.permute_dims_backward(grad_out, index),
     backward_fake=lambda grad_out, index: grad_out.new_empty(grad_out.shape),
     grad_inputs=(0,),
-    select=_select,
-    select_backward=lambda requested, grad_out, index: _select(requested, grad_out, None),
+    dims={"z": "G B D", "grad_out": "G B D"},  # the backward reads them off the gradient
 ))
 
 

@@ -7,19 +7,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastfvae import backends, reference
+from fastfvae import reference
 from fastfvae._checks import check_choice, check_float_tensor, check_like, promoted
 from fastfvae.ops._register import OpDeclaration, register
 from fastfvae.ops._seed import draw_seed
 
-
-def _select(requested, mu, *_):
-    return backends.select("reparameterize_kl", requested, mu.device, mu.dtype, lambda: _dims(mu))
-
-
-def _dims(mu: Tensor) -> dict:
-    batch, dim = mu.shape
-    return {"B": batch, "D": dim}
+__all__ = ["reparameterize_kl"]  # the public functions (fastfvae/registry.py)
 
 
 # Where the backward finds eps: drawn (regenerate it from the seed), given, given and needing a gradient.
@@ -70,8 +63,7 @@ _op = register(OpDeclaration(
     backward=_backward,
     backward_fake=_backward_fake,
     grad_inputs=(0, 1, 2),
-    select=_select,
-    select_backward=lambda requested, grad_z, grad_kl, mu, *_: _select(requested, mu),
+    dims={"mu": "B D"},
 ))
 
 

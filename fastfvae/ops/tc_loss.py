@@ -3,13 +3,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fastfvae import backends
 from fastfvae._checks import as_columns, check_logits, to_compute_dtype
 from fastfvae.ops._register import OpDeclaration, register
 
-
-def _select(requested, logits):
-    return backends.select("tc_loss", requested, logits.device, logits.dtype, lambda: {"B": logits.shape[0]})
+__all__ = ["tc_loss"]  # the public functions (fastfvae/registry.py)
 
 
 _op = register(OpDeclaration(
@@ -22,8 +19,7 @@ _op = register(OpDeclaration(
     backward=lambda impl, grad_tc, logits: impl.tc_loss_backward(grad_tc, logits),
     backward_fake=lambda grad_tc, logits: logits.new_empty(logits.shape),
     grad_inputs=(0,),
-    select=_select,
-    select_backward=lambda requested, grad_tc, logits: _select(requested, logits),
+    dims={"logits": "B K"},
 ))
 
 

@@ -1,20 +1,26 @@
 """The native backend: the compiled kernels of kernels/ (OpenMP C++ on the CPU, CUDA C++ on
 GPUs) through their flat C ABI (kernels/include/fastfvae.h), loaded with ctypes.
 
-Three modules, one job each:
+One module per job:
 
-    library.py       finding and loading the libraries, the ABI table (``ARGTYPES``),
+    library.py       finding and loading the libraries, the ABI's shared codes and the table of
+                     argument types (``ARGTYPES``, filled by the modules below),
                      ``availability``/``why_not``, and ``_call``/``_workspace``, which run one
                      entry point on the right stream and raise the library's message on failure
-    launchers.py     one forward and one backward launcher per op (the protocol of
-                     fastfvae/backends/__init__.py) and the per-call shape ``limits``
+    <op>.py          one per op of the registry (fastfvae/registry.py): its entry points'
+                     argument types, its forward and backward launchers (the protocol of
+                     fastfvae/backends/__init__.py) and, where the kernels have them, its
+                     shape ``limits(dims)``
     host_helpers.py  C++ routines that are not ops: the DCI tree grower, the decoder's
                      convolution windows
 
-This package exports the names of all three, so ``fastfvae.backends.native`` is the backend
-module the dispatcher imports.
+This package is the backend module the dispatcher imports: it exports the launchers of every
+op of the registry, ``limits(op, dims)`` and ``LIMITED_OPS`` from the op modules that declare
+limits, and the library's and the host helpers' names.
 """
-from fastfvae.backends.native.host_helpers import (
+import importlib
+
+from fastfvae.backends.native.host_helpers import (  # noqa: F401
     boosting_trees_available,
     boosting_trees_grow,
     conv_windows_available,
@@ -22,32 +28,14 @@ from fastfvae.backends.native.host_helpers import (
     conv_windows_scatter,
     host_helper_available,
 )
-from fastfvae.backends.native.launchers import (
-    INT32_MAX,
-    LIMITED_OPS,
-    discriminator_loss_backward,
-    discriminator_loss_forward,
-    gather_images_forward,
-    limits,
-    log_qz_backward,
-    log_qz_forward,
-    permute_dims_backward,
-    permute_dims_forward,
-    reparameterize_kl_backward,
-    reparameterize_kl_forward,
-    tc_loss_backward,
-    tc_loss_forward,
-)
-from fastfvae.backends.native.library import (
+from fastfvae.backends.native.library import (  # noqa: F401
     _STATUS_NAMES,
     ABI_VERSION,
     ARGTYPES,
     DTYPE_CODES,
-    FORWARD_ONLY_OPS,
     LIB_DIR_ENV,
     LIBRARY_FILES,
     REDUCTION_CODES,
-    WORKSPACE_OPS,
     Library,
     _call,
     _workspace,
@@ -59,5 +47,23 @@ from fastfvae.backends.native.library import (
     load,
     why_not,
 )
+from fastfvae.registry import OPS
 
 NAME = "native"
+
+_LIMITS = {}  # op -> its module's limits(dims), for the ops whose kernels have shape limits
+for _op in OPS:
+    _module = importlib.import_module(f"fastfvae.backends.native.{_op}")
+    globals().update({name: getattr(_module, name) for name in (f"{_op}_forward", f"{_op}_backward")
+                      if hasattr(_module, name)})
+    if hasattr(_module, "limits"):
+        _LIMITS[_op] = _module.limits
+del _op, _module
+
+LIMITED_OPS = tuple(_LIMITS)  # the ops ``limits`` can refuse (the dispatcher skips the others)
+
+
+def limits(op: str, dims: dict) -> list[str]:
+    """Every size of this call the native kernels cannot take (``dims``: the op's B, D, G, ...)."""
+    op_limits = _LIMITS.get(op)
+    return op_limits(dims) if op_limits is not None else []

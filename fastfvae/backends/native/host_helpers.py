@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import torch
 
-from fastfvae.backends.native.library import DTYPE_CODES, _call, load
+from fastfvae.backends.native.library import DTYPE_CODES, _call, declare_entry_points, dtype_code, i32, i64, load, ptr
 
 # ---------------------------------------------------------------------------------------------
 # boosting_trees_grow (a host helper of DCI's estimator="batched", CPU library only; not an op)
 # ---------------------------------------------------------------------------------------------
+declare_entry_points(None, {
+    "ffv_boosting_trees_grow": (
+        i64, i64, i64, i32, i64, i64,  # N F T max_depth seed counter_base
+        ptr, ptr, ptr, ptr, i32,  # x order residual fixed fixed_bits
+        ptr, ptr, ptr, ptr, ptr,  # leaf split feature threshold importance
+        i64, ptr, ptr, ptr,  # M x_test test_leaf stream
+    ),
+})
 
 
 def host_helper_available(*entries: str) -> str | None:
@@ -65,6 +73,16 @@ def boosting_trees_grow(x_t, order, residual_t, fixed_t, fixed_bits: int, max_de
 # ---------------------------------------------------------------------------------------------
 # conv_windows (a host helper of fastfvae/layers.py, CPU library only; not an op)
 # ---------------------------------------------------------------------------------------------
+declare_entry_points(None, {
+    "ffv_conv_windows_gather": (
+        dtype_code, i64, i64, i64, i64,  # dtype B C H W
+        ptr, i64, i64, i64, i64, ptr, ptr,  # x(s0..s3) windows stream
+    ),
+    "ffv_conv_windows_scatter": (
+        dtype_code, i64, i64, i64, i64,  # dtype B C H W
+        ptr, i64, i64, ptr, ptr,  # windows(s0, s1) x stream
+    ),
+})
 
 
 def conv_windows_available() -> str | None:

@@ -30,93 +30,34 @@ LIBRARY_FILES = {"cpu": "libfastfvae_cpu.so", "cuda": "libfastfvae_cuda.so"}
 # int64* out). Pointers are passed as Python ints (data_ptr()) or None. A forward's
 # (workspace, workspace_bytes): a uint8 buffer of at least the query's bytes, or (None, 0).
 # ---------------------------------------------------------------------------------------------
-_ptr, _i64, _i32, _dtype = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int
-_strided2 = (_ptr, _i64, _i64)  # a (rows, cols) input: pointer, stride 0, stride 1
-_strided3 = (_ptr, _i64, _i64, _i64)
+ptr, i64, i32, dtype_code = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int
+strided2 = (ptr, i64, i64)  # a (rows, cols) input: pointer, stride 0, stride 1
+strided3 = (ptr, i64, i64, i64)
 
-ARGTYPES: dict[str, tuple] = {
-    "ffv_reparameterize_kl_forward": (
-        _dtype, _i64, _i64, *_strided2, *_strided2, *_strided2,  # dtype B D mu logvar eps
-        _ptr, _i32, _ptr, _ptr,  # seed reduction z kl
-        _ptr, _i64, _ptr,  # workspace workspace_bytes stream
-    ),
-    "ffv_reparameterize_kl_workspace_bytes": (_dtype, _i64, _i64, _i32, _ptr),  # dtype B D reduction bytes*
-    "ffv_reparameterize_kl_backward": (
-        _dtype, _i64, _i64, *_strided2, _ptr, _i64, _i32,  # dtype B D grad_z grad_kl(s0) reduction
-        *_strided2, *_strided2, *_strided2, _ptr,  # mu logvar eps seed
-        _ptr, _ptr, _ptr, _ptr,  # grad_mu grad_logvar grad_eps stream
-    ),
-    "ffv_permute_dims_forward": (
-        _dtype, _i64, _i64, _i64, *_strided3, _ptr, _ptr, _ptr,  # dtype G B D z seed out index
-        _ptr, _i64, _ptr,  # workspace workspace_bytes stream
-    ),
-    "ffv_permute_dims_workspace_bytes": (_dtype, _i64, _i64, _i64, _ptr),  # dtype G B D bytes*
-    "ffv_permute_dims_backward": (
-        _dtype, _i64, _i64, _i64, *_strided3, _ptr, _ptr, _ptr,  # dtype G B D grad_out index grad_z stream
-    ),
-    "ffv_tc_loss_forward": (
-        _dtype, _i64, _i64, *_strided2, _ptr, _ptr, _i64, _ptr,  # dtype B K logits tc workspace(bytes) stream
-    ),
-    "ffv_tc_loss_workspace_bytes": (_dtype, _i64, _i64, _ptr),  # dtype B K bytes*
-    "ffv_tc_loss_backward": (_dtype, _i64, _i64, _ptr, _ptr, _ptr),  # dtype B K grad_tc grad stream
-    "ffv_discriminator_loss_forward": (
-        _dtype, _i64, _i64, *_strided2, *_strided2, _ptr,  # dtype B K d_real d_perm loss
-        _ptr, _i64, _ptr,  # workspace workspace_bytes stream
-    ),
-    "ffv_discriminator_loss_workspace_bytes": (_dtype, _i64, _i64, _ptr),  # dtype B K bytes*
-    "ffv_discriminator_loss_backward": (
-        _dtype, _i64, _i64, _ptr, *_strided2, *_strided2,  # dtype B K grad_loss d_real d_perm
-        _ptr, _ptr, _ptr,  # grad_real grad_perm stream
-    ),
-    "ffv_log_qz_forward": (
-        _dtype, _i64, _i64, _i64, *_strided2, *_strided2, *_strided2,  # dtype M K D z mu logvar
-        ctypes.c_double, ctypes.c_double, ctypes.c_double,  # log-weights: other own partner
-        _ptr, _ptr, _ptr,  # log_qz log_qzj stream
-    ),
-    "ffv_log_qz_backward": (
-        _dtype, _i64, _i64, _i64, _ptr, _i64, *_strided2,  # dtype M K D grad_log_qz(s0) grad_log_qzj
-        *_strided2, *_strided2, *_strided2, _ptr, _i64, *_strided2,  # z mu logvar log_qz(s0) log_qzj
-        ctypes.c_double, ctypes.c_double, ctypes.c_double,  # log-weights: other own partner
-        _ptr, _ptr, _ptr, _ptr,  # grad_z grad_mu grad_logvar stream
-    ),
-    "ffv_gather_images_forward": (  # forward only: the packed table and the index have no gradient
-        _dtype, _i64, _i64, _ptr, _i64,  # dtype N B packed(s0)
-        _ptr, _i64, _i32, _ptr, _ptr,  # index(s0) index_is_int32 out stream
-    ),
-    # Host helpers (CPU library only; not ops): fastfvae/backends/native/host_helpers.py.
-    "ffv_boosting_trees_grow": (
-        _i64, _i64, _i64, _i32, _i64, _i64,  # N F T max_depth seed counter_base
-        _ptr, _ptr, _ptr, _ptr, _i32,  # x order residual fixed fixed_bits
-        _ptr, _ptr, _ptr, _ptr, _ptr,  # leaf split feature threshold importance
-        _i64, _ptr, _ptr, _ptr,  # M x_test test_leaf stream
-    ),
-    "ffv_conv_windows_gather": (
-        _dtype, _i64, _i64, _i64, _i64,  # dtype B C H W
-        _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr,  # x(s0..s3) windows stream
-    ),
-    "ffv_conv_windows_scatter": (
-        _dtype, _i64, _i64, _i64, _i64,  # dtype B C H W
-        _ptr, _i64, _i64, _ptr, _ptr,  # windows(s0, s1) x stream
-    ),
-}
+ARGTYPES: dict[str, tuple] = {}  # entry point -> argtypes; each op's module declares its rows
+_OP_ENTRY_POINTS: dict[str, tuple[str, ...]] = {}  # op -> its entry points (declare_entry_points)
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 _STATUS_NAMES = {1: "invalid argument", 2: "unsupported dtype", 3: "out of memory", 4: "CUDA error", 5: "internal"}
 
 
-# Ops whose forward takes a workspace (and whose library exports ffv_<op>_workspace_bytes).
-WORKSPACE_OPS = frozenset({"reparameterize_kl", "permute_dims", "tc_loss", "discriminator_loss"})
-# Ops with a forward entry point only (no gradient flows through them).
-FORWARD_ONLY_OPS = frozenset({"gather_images"})
+def declare_entry_points(op: str | None, rows: dict) -> None:
+    """Add ``rows`` (entry point -> argtypes) to the ABI table: an op's module declares its
+    ``ffv_<op>_*`` entries here next to its launchers (``op`` None: host helpers, not ops).
+    Libraries already loaded bind them at once."""
+    ARGTYPES.update(rows)
+    if op is not None:
+        _OP_ENTRY_POINTS[op] = _OP_ENTRY_POINTS.get(op, ()) + tuple(rows)
+    for library, _ in _loaded.values():
+        if library is not None:
+            library.bind(rows)
 
 
 def entry_points(op: str) -> tuple[str, ...]:
-    if op in FORWARD_ONLY_OPS:
-        return (f"ffv_{op}_forward",)
-    if op in WORKSPACE_OPS:
-        return f"ffv_{op}_forward", f"ffv_{op}_backward", f"ffv_{op}_workspace_bytes"
-    return f"ffv_{op}_forward", f"ffv_{op}_backward"
+    """The entry points the library must export to serve ``op`` (its forward for an op no
+    module declared, so that ``why_not`` names what is missing)."""
+    return _OP_ENTRY_POINTS.get(op, (f"ffv_{op}_forward",))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +74,11 @@ class Library:
         self.handle.ffv_abi_version.restype = ctypes.c_int32
         self.abi_version = self.handle.ffv_abi_version()
         self.functions: dict = {}
-        for name, argtypes in ARGTYPES.items():
+        self.bind(ARGTYPES)
+
+    def bind(self, rows: dict) -> None:
+        """A ctypes function, typed by its ``rows`` entry, for every entry point it exports."""
+        for name, argtypes in rows.items():
             function = getattr(self.handle, name, None)
             if function is not None:
                 function.argtypes = argtypes

@@ -6,9 +6,12 @@ float64 inputs are computed in float64, other float dtypes in float32.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
+
+from fastfvae.registry import OPS
 
 NAME = "triton"
 
@@ -23,13 +26,16 @@ except ImportError as error:  # pragma: no cover - triton is a Linux dependency
 # were decorated, i.e. when this package was imported.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
+_LIMITS = {}  # op -> its module's limits(dims), for the ops whose kernels have shape limits
 if _IMPORT_ERROR is None:
-    from fastfvae.backends.triton.discriminator_loss import discriminator_loss_backward, discriminator_loss_forward
-    from fastfvae.backends.triton.gather_images import gather_images_forward
-    from fastfvae.backends.triton.log_qz import log_qz_backward, log_qz_forward
-    from fastfvae.backends.triton.permute_dims import permute_dims_backward, permute_dims_forward
-    from fastfvae.backends.triton.reparameterize_kl import reparameterize_kl_backward, reparameterize_kl_forward
-    from fastfvae.backends.triton.tc_loss import tc_loss_backward, tc_loss_forward
+    # One module per op of the registry (fastfvae/registry.py): its kernels and launchers.
+    for _op in OPS:
+        _module = importlib.import_module(f"fastfvae.backends.triton.{_op}")
+        globals().update({name: getattr(_module, name) for name in (f"{_op}_forward", f"{_op}_backward")
+                          if hasattr(_module, name)})
+        if hasattr(_module, "limits"):
+            _LIMITS[_op] = _module.limits
+    del _op, _module
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -61,31 +67,14 @@ def why_not(op: str, device: torch.device, dtype: torch.dtype) -> str | None:
 
 # Sizes the launchers cannot take (the dispatcher's per-call reasons, so "auto" falls back).
 _INT32_MAX = 2**31 - 1
-_GRID_AXIS_MAX = 65535  # CUDA grid axes 1 and 2
 
 
 def limits(op: str, dims: dict) -> list[str]:
-    """Every size of this call the Triton launchers cannot take (``dims``: the op's B, D, G, M, K)."""
-    from fastfvae.backends.triton import log_qz, permute_dims, reparameterize_kl
-
-    log_qz_max_d = log_qz.MAX_BLOCK_D  # one tile spans all of D
-    permute_tile_d = permute_dims.TILE_D  # columns per program on grid axis 1
-    backward_tile_d = reparameterize_kl.MAX_BLOCK_D  # the reparameterize_kl backward's columns per program
+    """Every size of this call the Triton launchers cannot take (``dims``: the op's B, D, G, M,
+    K): the row count every kernel shares, then the op's own module's limits."""
     found = []
     rows = max(dims.get("B", 0), dims.get("M", 0), dims.get("K", 0))
     if rows > _INT32_MAX:
         found.append(f"row offsets are computed in int32 (program_id * BLOCK): rows must be <= {_INT32_MAX}, got {rows}")
-    dim = dims.get("D", 0)
-    if op == "log_qz" and dim > log_qz_max_d:
-        found.append(f"the log_qz kernels hold all of D in one tile: D must be <= {log_qz_max_d}, got {dim}")
-    if op == "permute_dims":
-        if dims.get("G", 1) > _GRID_AXIS_MAX:
-            found.append(f"groups run on CUDA grid axis 2: G must be <= {_GRID_AXIS_MAX}, got {dims['G']}")
-        if -(-dim // permute_tile_d) > _GRID_AXIS_MAX:
-            found.append(f"column tiles run on CUDA grid axis 1: D must be <= {_GRID_AXIS_MAX * permute_tile_d}, got {dim}")
-    if op == "reparameterize_kl" and -(-dim // backward_tile_d) > _GRID_AXIS_MAX:
-        found.append(
-            f"the backward's column tiles run on CUDA grid axis 1: D must be <= "
-            f"{_GRID_AXIS_MAX * backward_tile_d}, got {dim}"
-        )
-    return found
+    op_limits = _LIMITS.get(op)
+    return found + op_limits(dims) if op_limits is not None else found

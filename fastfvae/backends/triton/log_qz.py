@@ -284,3 +284,10 @@ def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, d
             dataset_size, **meta,
         )
     return grad_z, grad_mu, grad_logvar
+
+
+def limits(dims: dict) -> list[str]:
+    """The sizes this op's kernels cannot take (``dims``: M, K, D): one tile spans all of D."""
+    if dims.get("D", 0) > MAX_BLOCK_D:
+        return [f"the log_qz kernels hold all of D in one tile: D must be <= {MAX_BLOCK_D}, got {dims['D']}"]
+    return []

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastfvae.backends.triton._common import checked_grid, device_guard, next_pow2
+from fastfvae.backends.triton._common import GRID_LIMITS, checked_grid, device_guard, next_pow2
 
 # Largest B sorted inside one program. The bitonic sort keeps a column's keys in registers:
 # compiled for sm_90 with 8 warps (ptxas -v, no GPU needed), a 4096-key tile takes 188 registers
@@ -216,3 +216,14 @@ def permute_dims_backward(grad_out, index):
             BLOCK_B=block_b, BLOCK_D=block_d,
         )
     return grad_z
+
+
+def limits(dims: dict) -> list[str]:
+    """The sizes this op's kernels cannot take (``dims``: G, B, D): groups run on CUDA grid
+    axis 2 and column tiles of TILE_D on axis 1."""
+    found, axis_max, dim = [], GRID_LIMITS[1], dims.get("D", 0)
+    if dims.get("G", 1) > axis_max:
+        found.append(f"groups run on CUDA grid axis 2: G must be <= {axis_max}, got {dims['G']}")
+    if -(-dim // TILE_D) > axis_max:
+        found.append(f"column tiles run on CUDA grid axis 1: D must be <= {axis_max * TILE_D}, got {dim}")
+    return found

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from fastfvae.backends.triton._common import (
-    accumulator_torch_dtype, checked_grid, compute_dtype, device_guard, next_pow2, sum_into,
+    GRID_LIMITS, accumulator_torch_dtype, checked_grid, compute_dtype, device_guard, next_pow2, sum_into,
 )
 
 # Up to this many elements, a mean/sum forward runs as ONE program that also reduces the batch
@@ -229,3 +229,12 @@ def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, eps, seed, reduction
             BLOCK_B=block_b, BLOCK_D=block_d,
         )
     return grad_mu, grad_logvar, grad_eps
+
+
+def limits(dims: dict) -> list[str]:
+    """The sizes this op's kernels cannot take (``dims``: B, D): the backward's column tiles of
+    MAX_BLOCK_D run on CUDA grid axis 1."""
+    dim, axis_max = dims.get("D", 0), GRID_LIMITS[1]
+    if -(-dim // MAX_BLOCK_D) > axis_max:
+        return [f"the backward's column tiles run on CUDA grid axis 1: D must be <= {axis_max * MAX_BLOCK_D}, got {dim}"]
+    return []
