@@ -1,1 +1,1 @@
-"""fastfvae's benchmarks (pytest-benchmark; DESIGN.md §9). See bench/README.md."""
+"""fastfvae's benchmarks (pytest-benchmark; DESIGN.md §14). See bench/README.md."""

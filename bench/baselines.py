@@ -1,4 +1,4 @@
-"""The baselines fastfvae is measured against, in one place (DESIGN.md §9).
+"""The baselines fastfvae is measured against, in one place (DESIGN.md §14).
 
 Benchmarks and tests import these; nothing else defines them. "1Konny-style" follows the
 widely used public FactorVAE implementation (github.com/1Konny/FactorVAE): eager PyTorch,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/gpu_check.sh -- the one-command GPU check (DESIGN.md §11).
+# bench/gpu_check.sh -- the one-command GPU check (DESIGN.md §15).
 #
 # Made for a fresh GPU box lent for ~15 minutes in all (cold start included), no network: the
 # command itself must end inside 600 s, and the most valuable stages run first so that a cut

@@ -1,4 +1,4 @@
-"""The decoder's transposed convolutions with faster CPU paths (DESIGN.md §13).
+"""The decoder's transposed convolutions with faster CPU paths (DESIGN.md §10).
 
 ``ConvTranspose2d`` is an ``nn.ConvTranspose2d`` (same parameters, state_dict, outputs and
 gradients to float rounding, double backward included) that avoids oneDNN's slow cases on the

@@ -5,7 +5,7 @@ explicitly (``eps`` for the reparameterised sample, ``index`` for permute_dims) 
 tests can compare kernels exactly. The Philox generator below is a bit-exact PyTorch port
 of Triton's ``tl.randint4x`` / ``tl.randn`` (``triton/language/random.py``); every backend
 draws its random numbers from the same stream, so one seed gives the same permutation and,
-to float rounding, the same eps everywhere (DESIGN.md §5).
+to float rounding, the same eps everywhere (DESIGN.md §8).
 
 Shapes: B = batch, D = latent size, G = independent groups, K = discriminator logits (1 or 2).
 """
@@ -19,7 +19,7 @@ REDUCTIONS = ("mean", "sum", "none")
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype every backend computes in for inputs of ``dtype`` (the one place this rule is
-    spelled, DESIGN.md §4): float64 in float64, the others (float32 and the 16-bit types, which
+    spelled, DESIGN.md §5): float64 in float64, the others (float32 and the 16-bit types, which
     are widened on load and rounded once on store) in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 

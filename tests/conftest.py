@@ -1,4 +1,4 @@
-"""Shared test helpers: the backend x device matrix and the one dtype/tolerance table (DESIGN.md §8).
+"""Shared test helpers: the backend x device matrix and the one dtype/tolerance table (DESIGN.md §13).
 
 Op tests take the fixtures ``backend`` and ``device`` (parametrized here over every backend
 name and every present device) and call ``require(...)``, which skips with the backend's own

@@ -1,4 +1,4 @@
-"""backend= and FASTFVAE_BACKEND dispatch (DESIGN.md §4)."""
+"""backend= and FASTFVAE_BACKEND dispatch (DESIGN.md §5)."""
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,5 @@
 """gather_images on every backend against the reference, the packed-table format, and the
-on-disk cache of fastfvae/data/packed.py (DESIGN.md §8, §15).
+on-disk cache of fastfvae/data/packed.py (DESIGN.md §13, §12).
 
 The pixel values 0/1 are exact in every dtype, so backends must match the reference bit for
 bit. The cache tests use small data sets (a reduced-grid npz, a few thousand procedural

@@ -1,5 +1,5 @@
 """permute_dims (paper, Algorithm 1) on every backend: exact agreement with the shared Philox
-permutation, gradients, and the distribution of the permutations (DESIGN.md §5, §8)."""
+permutation, gradients, and the distribution of the permutations (DESIGN.md §8, §13)."""
 from __future__ import annotations
 
 import itertools

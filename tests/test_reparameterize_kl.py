@@ -1,4 +1,4 @@
-"""reparameterize_kl on every backend against the float64 reference (DESIGN.md §1, §8)."""
+"""reparameterize_kl on every backend against the float64 reference (DESIGN.md §1, §13)."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Runs every ``triton`` test case in its own process with TRITON_INTERPRET=1 (DESIGN.md §8):
+"""Runs every ``triton`` test case in its own process with TRITON_INTERPRET=1 (DESIGN.md §13):
 the variable must be set before Triton kernels are decorated, so it cannot be flipped inside
 this process. On a CUDA machine the triton cases also run in-process, on the GPU."""
 from __future__ import annotations

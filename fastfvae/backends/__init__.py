@@ -1,4 +1,4 @@
-"""Backends and dispatch (DESIGN.md §4).
+"""Backends and dispatch (DESIGN.md §5).
 
 A backend is a module with the same op names everywhere. Each one defines:
 

@@ -1,4 +1,4 @@
-"""The seed every random op reads (DESIGN.md §5).
+"""The seed every random op reads (DESIGN.md §8).
 
 Eager calls draw it with ``torch.randint`` on the input's device, so ``torch.manual_seed``
 governs the ops and nothing synchronises the host (the kernels read the seed from device

@@ -38,7 +38,7 @@ def discriminator_loss(d_real: Tensor, d_perm: Tensor, *, backend: str = "auto")
     Both (B, 2): 0.5 * (CE(d_real, class 0) + CE(d_perm, class 1)), CE averaged over the batch.
     Both (B,) or (B, 1) (the logit of "from q(z)"):
     0.5 * (BCE(sigmoid(d_real), 1) + BCE(sigmoid(d_perm), 0)). Returns a scalar in the
-    compute dtype (float32 for 16-bit logits, as torch's losses under autocast; DESIGN.md §4).
+    compute dtype (float32 for 16-bit logits, as torch's losses under autocast; DESIGN.md §5).
     Mixed float dtypes are promoted as torch's binary ops do.
     """
     _check_pair(d_real, d_perm)

@@ -1,5 +1,5 @@
 """gather_images: a batch of binary 64x64 images unpacked from a bit-packed table in one pass
-(the data path of a training step with the data set resident on the device; DESIGN.md §15).
+(the data path of a training step with the data set resident on the device; DESIGN.md §12).
 
 The table is ``fastfvae.data.DSprites.packed_images()``: uint8 (N, 512), row i the image of
 index i, bit order "little" (pixel p = 64 * row + col is bit p % 8 of byte p // 8; see

@@ -1,4 +1,4 @@
-"""permute_dims: the paper's Algorithm 1, every column permuted independently (DESIGN.md §1, §5)."""
+"""permute_dims: the paper's Algorithm 1, every column permuted independently (DESIGN.md §1, §8)."""
 from __future__ import annotations
 
 import torch

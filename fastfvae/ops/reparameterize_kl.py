@@ -1,5 +1,5 @@
 """reparameterize_kl: the reparameterised sample and its Gaussian KL to N(0, I), fused
-(DESIGN.md §1, §2, §5)."""
+(DESIGN.md §1, §2, §8)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -74,11 +74,11 @@ def reparameterize_kl(
     """Fused reparameterised sample and Gaussian KL to N(0, I).
 
     mu, logvar: (B, D) floating, same dtype and device. eps: optional (B, D) noise; when None
-    it is drawn inside the kernel from torch's generator (Philox, DESIGN.md §5); when given, no
+    it is drawn inside the kernel from torch's generator (Philox, DESIGN.md §8); when given, no
     seed is drawn (the generator is not advanced).
     Returns z = mu + exp(logvar/2) * eps, shape (B, D), in the inputs' dtype, and
     kl = reduce_i 0.5 * sum_d (mu^2 + exp(logvar) - logvar - 1): () for "mean"/"sum", (B,) for "none",
-    in the compute dtype (float32 for 16-bit inputs, as autocast returns reductions; DESIGN.md §4).
+    in the compute dtype (float32 for 16-bit inputs, as autocast returns reductions; DESIGN.md §5).
     Mixed float dtypes are promoted as torch's binary ops do.
     Differentiable in mu, logvar (and eps when given).
     """

@@ -28,7 +28,7 @@ def tc_loss(d_logits: Tensor, *, backend: str = "auto") -> Tensor:
 
     d_logits: (B, 2) -> mean_i (l_i0 - l_i1), the density-ratio trick with class 0 = "from
     q(z)"; (B,) or (B, 1) -> mean_i l_i, the logit of "from q(z)". Returns a scalar in the
-    compute dtype (float32 for 16-bit logits; DESIGN.md §4).
+    compute dtype (float32 for 16-bit logits; DESIGN.md §5).
     """
     check_logits("d_logits", d_logits)
     return _op(backend, as_columns(to_compute_dtype(d_logits)))

@@ -1,5 +1,5 @@
 """D's update in a FactorVAE step without a second backward through D for the real half
-(DESIGN.md §13): the real half's layer gradients are the VAE backward's, scaled, and each layer's
+(DESIGN.md §10): the real half's layer gradients are the VAE backward's, scaled, and each layer's
 weight gradient is one GEMM over both halves. Used by fastfvae/train/steps.py's FactorVAEStep.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ class DiscriminatorPass(NamedTuple):
 
 class SharedDiscriminatorBackward:
     """D's update without a second backward through D for the real half, and with one GEMM per
-    layer over both halves (DESIGN.md §13).
+    layer over both halves (DESIGN.md §10).
 
     D's logits on z enter the VAE loss only through tc = mean_i (l_i0 - l_i1): the VAE's
     backward sends t_i * (1, -1) into row i's logits (t_i = gamma / B) and leaves

@@ -1,4 +1,4 @@
-"""The whole training step as one function, free of host synchronisation (DESIGN.md §6, §13, §15).
+"""The whole training step as one function, free of host synchronisation (DESIGN.md §6, §10, §12).
 
 ``WholeStep()`` draws the step's batches AND runs the objective's update: with the data set
 resident on the device (``DeviceBatches``: indices from torch's generator on the device, a batch

@@ -1,5 +1,5 @@
 // boosting_trees on the CPU: grow one boosting stage's least-squares regression trees, many at
-// once (host helper of DCI's estimator="batched"; fastfvae/metrics/_boosting.py, DESIGN.md §14).
+// once (host helper of DCI's estimator="batched"; fastfvae/metrics/_boosting.py, DESIGN.md §11).
 //
 // Every tree t fits residual[t, :] on the same samples x (F features x N samples) as
 // scikit-learn's DecisionTreeRegressor(max_depth) with its defaults (squared error, best

@@ -1,5 +1,5 @@
 // conv_windows on the CPU: the 4x4 windows of stride 2 and padding 1 of an image batch, as a
-// matrix for one GEMM, and the adjoint scatter (host helper of fastfvae/layers.py, DESIGN.md §13;
+// matrix for one GEMM, and the adjoint scatter (host helper of fastfvae/layers.py, DESIGN.md §10;
 // not an op: CPU library only).
 //
 // gather:  windows[c*16 + kh*4 + kw, (b*h + i)*w + j] = x[b, c, 2i + kh - 1, 2j + kw - 1]

@@ -1,4 +1,4 @@
-// gather_images on the CPU: unpack a batch of bit-packed binary 64x64 images (DESIGN.md §15).
+// gather_images on the CPU: unpack a batch of bit-packed binary 64x64 images (DESIGN.md §12).
 //
 // out[b, p] = (packed[index[b], p / 8] >> (p % 8)) & 1   for p = 64 * row + col in [0, 4096)
 // (bit order "little", LSB first: numpy.packbits(bitorder="little")); an index outside [0, N)

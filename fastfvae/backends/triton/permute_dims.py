@@ -1,4 +1,4 @@
-"""Triton kernels for permute_dims (paper, Algorithm 1; DESIGN.md §5).
+"""Triton kernels for permute_dims (paper, Algorithm 1; DESIGN.md §8).
 
 Every column d of every group g gets its own permutation P[g, :, d] = reference.philox_permutation:
 for row i the Philox counter is (g*B + i)*D + d, and with (c0, c1) = tl.randint4x(seed, counter)

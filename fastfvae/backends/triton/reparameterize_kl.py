@@ -1,4 +1,4 @@
-"""Triton kernels for the fused reparameterised sample + Gaussian KL (DESIGN.md §1, §5).
+"""Triton kernels for the fused reparameterised sample + Gaussian KL (DESIGN.md §1, §8).
 
 Forward, one pass over (B, D): z = mu + exp(logvar/2) * eps and kl_i = 0.5 * sum_d (mu^2 +
 exp(logvar) - logvar - 1), eps given or drawn in the kernel as tl.randn(seed, i*D + d).
