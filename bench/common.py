@@ -12,7 +12,7 @@ Two modes (bench/conftest.py picks one per run):
   each group only, no ``torch.compile`` baselines, every body run once. This is what
   tests/test_bench_smoke.py runs, so a broken benchmark fails CI without the slow suite.
 
-Timing (issue 4): inputs are made fresh for every round by a setup function outside the timed
+Timing: inputs are made fresh for every round by a setup function outside the timed
 region; CUDA work is synchronised inside the timed function (and at the end of setup, so a
 round starts on an idle device); two untimed warm-up calls come first (they compile, load and
 allocate), and the second one sizes the number of rounds to a time budget.
@@ -64,8 +64,8 @@ def synchronize(device: str) -> None:
 # (B, D) per op family. CUDA adds sizes that fill the chip. Quick mode keeps the first only.
 OP_SIZES = [(64, 10), (256, 10), (4096, 32), (65536, 64)]
 CUDA_EXTRA_SIZES = [(262144, 64), (1048576, 64)]
-PERMUTE_EXTRA_SIZES = [(1024, 32)]  # issue 3: permute >= 5x the randperm loop at (1024, 32)
-# The loss head's largest CPU size is issue 3's (16384, 64): (65536, 64) runs seconds per call on
+PERMUTE_EXTRA_SIZES = [(1024, 32)]  # permute >= 5x the randperm loop at (1024, 32)
+# The loss head's largest CPU size is its large-B target's (16384, 64): (65536, 64) runs seconds per call on
 # 2 cores (the 1Konny loop, the compiled reference) and is left to CUDA.
 LOSS_HEAD_SIZES = [(64, 10), (256, 10), (4096, 32), (16384, 64)]
 LOSS_HEAD_CUDA_EXTRA = [(65536, 64), (262144, 64)]

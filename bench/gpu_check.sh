@@ -381,7 +381,7 @@ if [ "$MODE" = "--plumbing" ]; then
   export FASTFVAE_BENCH_COMPILE=0
 fi
 # test_step.py -k interleaved: the eager and --graph steps and the 1Konny loop at B = 64, called
-# in turn (issue 11's >= 5x graph target; ~20 x 3 steps plus the graph's capture).
+# in turn (the >= 5x graph target; ~20 x 3 steps plus the graph's capture).
 run_stage bench-key "$DEST/bench.log" "$PY" -m pytest "${BENCH_ARGS[@]}" \
   bench/test_loss_head.py bench/test_permute_dims.py bench/test_train_step.py "bench/test_step.py::test_step_interleaved" \
   --benchmark-json="$DEST/bench-key.json"
@@ -410,7 +410,7 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------- metrics
-# The metric battery (issue 12): evaluate(preset="default", metrics="all") on the paper's encoder,
+# The metric battery: evaluate(preset="default", metrics="all") on the paper's encoder,
 # rendering and encoding on the GPU (target: under 30 s), DCI with its default "batched"
 # estimator, whose trees grow as torch operations on the GPU (the first GPU run of that path:
 # tests/test_metrics_boosting.py checks it on a CPU). Its JSON rows carry no "impl", so the

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How fast can the FactorVAE loss head be with PyTorch's eager autograd? (issue 3's 5x at B=64)
+"""How fast can the FactorVAE loss head be with PyTorch's eager autograd? (the retired 5x target at B=64)
 
     python -m bench.head_floor [--batch 64 --dim 10 --rounds 2000]
 

@@ -1,4 +1,4 @@
-"""Eager per-call overhead of the public ops at B=64, D=10 (issue 15: it must not grow).
+"""Eager per-call overhead of the public ops at B=64, D=10 (it must not grow).
 
 Times each op's forward alone (no gradient recorded) and forward+backward on the CPU with the
 default backend: the fastest of ``--rounds`` rounds of ``--calls`` calls (the minimum: load

@@ -1,4 +1,4 @@
-"""The GPU "paper" stage (issue 11): how long would the paper's 300,000-step dSprites run take?
+"""The GPU "paper" stage: how long would the paper's 300,000-step dSprites run take?
 
 Measures steps/s over ``--steps`` (>= 2,000) steps at batch 64 (the paper's networks, Adam 1e-4)
 of three loops on one CUDA device, after a warm-up, timed with CUDA synchronisation at both ends:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/paper_stage.sh -- the GPU "paper" stage (issue 11; bench/gpu_check.sh calls it when present).
+# bench/paper_stage.sh -- the GPU "paper" stage (bench/gpu_check.sh calls it when present).
 #
 # 1. bench/paper_stage.py: steps/s of the 1Konny loop, fastfvae eager and fastfvae --graph over
 #    PAPER_STEPS (default 2000) steps at batch 64, and each one's projected 300,000-step time.

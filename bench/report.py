@@ -226,8 +226,8 @@ def train_step_lines(rows: list[dict]) -> list[str]:
 
 
 def target_rows(rows: list[dict], comps: list[dict]) -> list[list[str]]:
-    """The issue targets (issue 3: the large-B loss head and permute_dims against argsort; issue
-    11: whole step and data; issue 7: log_qz). Issue 3's B=64 loss-head 5x and permute 5x targets
+    """The targets (the large-B loss head and permute_dims against argsort; the whole step and
+    the data path; log_qz). The B=64 loss-head 5x and permute 5x targets
     are retired (the Python autograd-node floor, bench/head_floor.py); their rows stay in the tables."""
     out = []
 
@@ -259,7 +259,7 @@ def target_rows(rows: list[dict], comps: list[dict]) -> list[list[str]]:
             if not losing_min:
                 verdict += "; met by min time (a noisy run)"
         out.append([f"permute_dims faster than argsort+gather at every size (cpu, forward) — {name}", figures, verdict])
-    # issue 11: the whole step (interleaved calls) and the data path.
+    # The whole step (interleaved calls) and the data path.
     for device, mode, needed in (("cpu", "fastfvae[eager]", 1.5), ("cuda", "fastfvae[graph]", 5.0)):
         label = f"whole step ≥ {needed:g}× the 1Konny loop at B=64 ({device}, {mode}, interleaved calls)"
         row = next((r for r in rows if r["op"] == "step_interleaved" and r["device"] == device), None)
@@ -274,7 +274,7 @@ def target_rows(rows: list[dict], comps: list[dict]) -> list[list[str]]:
     for batch in sorted({c["B"] for c in find(comps, op="data", device="cpu")}):
         ratio_check(f"a gather_images batch ≥ 10× rendering it at B={batch} (cpu)", 10.0,
                     find(comps, op="data", device="cpu", B=batch, baseline="render-procedural"))
-    # issue 7: log_qz at B=2048, D=10 on the CPU, forward + backward.
+    # log_qz at B=2048, D=10 on the CPU, forward + backward.
     lq = find(comps, op="log_qz", device="cpu", direction="full", B=2048, D=10, baseline="eager-reference-materialised")
     ratio_check("log_qz fwd+bwd ≥ 3× the materialised reference at B=2048, D=10 (cpu)", 3.0, lq)
     full_rows = {(r["impl"]): r for r in rows

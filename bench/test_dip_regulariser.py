@@ -1,4 +1,4 @@
-"""dip_regulariser: DIP-VAE's covariance penalty, does it earn its own kernel? (issue 13)
+"""dip_regulariser: DIP-VAE's covariance penalty, does it earn its own kernel?
 
 What is timed: the DIP-VAE-II regulariser of ``fastfvae.losses`` (``dip_covariance`` then
 ``dip_regulariser``: centre mu, mu_c^T mu_c / B, add diag(mean exp(logvar)), weighted squared

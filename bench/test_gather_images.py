@@ -6,7 +6,7 @@ The table here is random bytes of the full data set's size (737,280 rows, 377 MB
 in quick mode): the timing of a gather does not depend on the pixel values, and a full-size
 table makes the row reads as scattered as in training. Fresh random indices every round; the
 renderer's factors are computed from them in the untimed setup (which slightly favours it).
-The group's D is the pixel count per image, 4096. Target (issue 11): >= 10x on the CPU.
+The group's D is the pixel count per image, 4096. Target: >= 10x on the CPU.
 """
 from __future__ import annotations
 

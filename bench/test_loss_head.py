@@ -5,7 +5,7 @@ batch 2, permute_dims of the detached z', discriminator loss on z (detached) and
 -- forward, and forward + backward of both losses ("full"). A fixed linear map D -> 2 (weights
 that require grad, fresh per round) stands in for the discriminator. Implementations come from
 bench.baselines: fastfvae_loss_head (per backend) vs konny_loss_head (1Konny-style eager) vs
-torch.compile of reference_loss_head. Issue 3's targets are read off this group ("full").
+torch.compile of reference_loss_head. The loss-head targets are read off this group ("full").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The metric battery (issue 12): disentanglement_lib's seven metrics at its default sizes on the
+"""The metric battery: disentanglement_lib's seven metrics at its default sizes on the
 paper's dSprites encoder, through ``fastfvae.metrics.evaluate``.
 
 Group ``metrics-battery-default-{device}``: one call of evaluate(preset="default", metrics="all")

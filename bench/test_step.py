@@ -11,7 +11,7 @@
   its compilation runs in the untimed warm-up (report it from ``extra_info["compile_s"]``);
 - fastfvae[graph] (CUDA): the same function captured in one CUDA graph and replayed (``--graph``).
 
-Sizes: B = 64 (the paper), B = 512; z 10; the discriminator 6 x 1000. Targets (issue 11): CPU
+Sizes: B = 64 (the paper), B = 512; z 10; the discriminator 6 x 1000. Targets: CPU
 fastfvae[eager] >= 1.5x loop-1konny at B = 64; CUDA graph >= 5x loop-1konny.
 """
 from __future__ import annotations
@@ -117,7 +117,7 @@ def test_step_interleaved(benchmark, device):
     """fastfvae's step (eager, and --graph on CUDA) and the 1Konny loop at B = 64, called in turn,
     so that a shared machine's noise hits all of them alike (the separate ``step`` rows above
     moved 1.0-1.6x between back-to-back runs on a 2-core CPU). Records each one's median and
-    fastest call in extra_info["interleaved"] (bench/report.py checks issue 11's targets on it);
+    fastest call in extra_info["interleaved"] (bench/report.py checks the step targets on it);
     the benchmark's own timing is of one round of calls."""
     batch = 64
     modes = ["eager"] + (["graph"] if device == "cuda" else [])

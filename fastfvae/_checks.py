@@ -75,7 +75,7 @@ def check_positive_int(name: str, value) -> int:
 def promoted(*tensors):
     """The tensors (None passes through) in their common dtype by torch's promotion rules, as
     torch's binary ops would compute them (bfloat16 with float32 -> float32; float16 with
-    bfloat16 -> float32). A no-op when the dtypes already agree (issue 17.2)."""
+    bfloat16 -> float32). A no-op when the dtypes already agree."""
     first = tensors[0].dtype
     for t in tensors:
         if t is not None and t.dtype != first:

@@ -21,7 +21,7 @@ RECONSTRUCTIONS = ("bernoulli", "gaussian")
 
 
 def _check_same_batch(name: str, value: Tensor, x_recon: Tensor) -> None:
-    """``value`` (B, ...) belongs to the batch of ``x_recon`` (B, ...) (issue 14.15)."""
+    """``value`` (B, ...) belongs to the batch of ``x_recon`` (B, ...)."""
     if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] != x_recon.shape[0]:
         raise ValueError(
             f"{name}: expected the batch size of x_recon B = {x_recon.shape[0]}, got shape {tuple(value.shape)}"

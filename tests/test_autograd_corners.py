@@ -1,4 +1,4 @@
-"""Autograd corners of the ops (issue 14 items 9, 13, 14; DESIGN.md §6): double backward,
+"""Autograd corners of the ops (DESIGN.md §6): double backward,
 torch.func transforms, in-place edits of the outputs. Gradients are compared with float64
 autograd of the textbook formulas (fastfvae.reference) on fresh random inputs."""
 from __future__ import annotations
@@ -54,7 +54,7 @@ OPS = ["tc_loss_2", "tc_loss_1", "discriminator_loss_2", "discriminator_loss_1",
 
 @pytest.mark.parametrize("name", OPS)
 def test_double_backward_gradgradcheck(backend, name, device):
-    """create_graph=True gives the second-order terms (issue 14.9), checked numerically, on the
+    """create_graph=True gives the second-order terms, checked numerically, on the
     CPU and (where there is one) on a GPU, where the Triton kernels run compiled."""
     if backend == "triton" and device == "cpu":
         pytest.skip("gradgradcheck's hundreds of calls do not fit the Triton interpreter's time budget")
@@ -65,7 +65,7 @@ def test_double_backward_gradgradcheck(backend, name, device):
 
 
 def test_gradient_penalty_matches_the_textbook_formula(backend):
-    """The discriminator's gradient penalty (the case of issue 14.9): d/dw of ||dL/dx||^2 with
+    """The discriminator's gradient penalty: d/dw of ||dL/dx||^2 with
     L = discriminator_loss(x W, x' W) equals float64 autograd of the reference formula."""
     if backend == "triton":
         pytest.skip("the double backward runs the reference's backward for every backend")
@@ -85,7 +85,7 @@ def test_gradient_penalty_matches_the_textbook_formula(backend):
 
 # ---------------------------------------------------------------------------- torch.func
 def test_torch_func_grad_vmap_jacrev_run_the_reference(monkeypatch):
-    """torch.func transforms (issue 14.13): backend='auto' runs the reference's torch ops."""
+    """torch.func transforms: backend='auto' runs the reference's torch ops."""
     monkeypatch.delenv("FASTFVAE_BACKEND", raising=False)
     logits = torch.randn(5, 2, dtype=F64)
     got = torch.func.grad(fastfvae.tc_loss)(logits)

@@ -72,7 +72,7 @@ def test_losses_modules_validate():
 
 
 def test_numpy_integers_are_integers():
-    """issue 14.15: dataset_size=np.int64(10) is an int as far as the user is concerned."""
+    """dataset_size=np.int64(10) is an int as far as the user is concerned."""
     np = pytest.importorskip("numpy")
     z = torch.randn(5, 3)
     got = fastfvae.log_qz(z, z, z, dataset_size=np.int64(10))
@@ -84,7 +84,7 @@ def test_numpy_integers_are_integers():
 
 
 def test_loss_modules_refuse_a_batch_that_is_not_x_recon_s():
-    """issue 14.15: logits or z from another batch size than x are refused, naming the argument."""
+    """Logits or z from another batch size than x are refused, naming the argument."""
     x = torch.rand(4, 1, 8, 8)
     x_recon = torch.randn(4, 1, 8, 8)
     kl = torch.tensor(1.0)
@@ -133,7 +133,7 @@ def test_mixed_dtypes_promote_as_torch_binary_ops(first, second, requested):
 
 
 def test_reductions_of_16_bit_inputs_are_float32_and_accurate():
-    """issue 17.3: the KL and the losses of bfloat16 inputs come back in float32, equal to the
+    """The KL and the losses of bfloat16 inputs come back in float32, equal to the
     float32 computation on the same (rounded) values; z stays bfloat16."""
     g = torch.Generator().manual_seed(0)
     mu = (torch.randn(64, 10, generator=g) * 2).bfloat16()

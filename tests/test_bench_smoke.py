@@ -74,7 +74,7 @@ def test_report_states_ratios_slower_cases_and_targets(tmp_path):
         _bench_row("permute_dims", "forward", 1024, 32, "fastfvae[native]", "fastfvae", 20e-6),
         _bench_row("permute_dims", "forward", 1024, 32, "randperm-loop-1konny", "baseline", 400e-6),
         _bench_row("permute_dims", "forward", 1024, 32, "argsort-gather", "baseline", 100e-6),
-        # issue 11: the interleaved step (1.6x: met) and the data path (8x: NOT met)
+        # The interleaved step (1.6x: met) and the data path (8x: NOT met)
         _bench_row("step_interleaved", "full", 64, 10, "interleaved", "fastfvae", 0.3,
                    interleaved={"fastfvae[eager]": {"median": 0.1, "min": 0.09, "calls": 20},
                                 "loop-1konny": {"median": 0.16, "min": 0.15, "calls": 20}}),

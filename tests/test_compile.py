@@ -97,7 +97,7 @@ print("compiled first use ok")
 
 
 def test_compile_fullgraph_as_the_first_use_in_a_fresh_process(backend):
-    """issue 14.12: nothing may be imported inside the traced code (dispatch runs in the op)."""
+    """Nothing may be imported inside the traced code (dispatch runs in the op)."""
     require(backend, "permute_dims", "cpu", torch.float32)
     if backend == "triton":
         pytest.skip("Triton kernels are traced on CUDA only (see module docstring)")
@@ -118,7 +118,7 @@ def _random_step(mu, logvar, backend):
 
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_inductor_draws_what_eager_draws(backend, requires_grad):
-    """issue 17.4: under the default inductor (fallback_random=False) the same manual_seed
+    """Under the default inductor (fallback_random=False) the same manual_seed
     gives the same eps and permutations as eager: the seeds come from our own custom op, which
     inductor does not replace with its RNG, and each call keeps its own draw."""
     require(backend, "permute_dims", "cpu", torch.float32)

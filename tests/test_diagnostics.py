@@ -1,5 +1,5 @@
 """fastfvae.diagnostics on a linear-Gaussian toy where every term of the decomposition is
-analytic (issue 7): x ~ N(0, I_k), encoder mu = A x with a fixed diagonal variance s2, so
+analytic: x ~ N(0, I_k), encoder mu = A x with a fixed diagonal variance s2, so
 q(z) = N(0, S) exactly with S = A A^T + diag(s2), and
     E_x[KL(q(z|x)||p)] = 0.5 (tr(A A^T) + sum s2 - sum log s2 - D)
     KL(q(z)||p)        = 0.5 (tr S - D - log det S)
@@ -125,7 +125,7 @@ def test_bad_arguments(kwargs, words):
 
 @pytest.mark.parametrize("where", ["mu", "logvar"])
 def test_nan_encoder_raises_as_the_metrics_do(where):
-    # Issue 14.15: a NaN encoder made every estimate NaN without a word; the metrics raise
+    # A NaN encoder made every estimate NaN without a word; the metrics raise
     # "encode: returned N non-finite values", and so does decompose_kl now.
     a, s2 = CORRELATED
     inner = linear_encoder(a, s2)

@@ -123,13 +123,13 @@ def test_native_refuses_row_counts_beyond_int32_for_permute_dims():
 
 
 def test_reasons_accept_a_string_device():
-    """issue 17.7: reasons("tc_loss", "cpu", torch.float32), as the ops accept strings."""
+    """reasons("tc_loss", "cpu", torch.float32), as the ops accept strings."""
     assert backends.reasons("tc_loss", "cpu", torch.float32) == backends.reasons("tc_loss", CPU, torch.float32)
     assert backends.select("tc_loss", "reference", "cpu", torch.float32).NAME == "reference"
 
 
 def test_bad_environment_variable_is_named(monkeypatch):
-    """issue 14.15: FASTFVAE_BACKEND=bogus names the variable."""
+    """FASTFVAE_BACKEND=bogus names the variable."""
     monkeypatch.setenv("FASTFVAE_BACKEND", "bogus")
     with pytest.raises(ValueError, match=r"FASTFVAE_BACKEND: expected one of .*got 'bogus'"):
         fastfvae.tc_loss(torch.randn(4, 2))
@@ -138,7 +138,7 @@ def test_bad_environment_variable_is_named(monkeypatch):
 
 
 def test_loss_modules_are_exported_at_the_top_level():
-    """issue 17.1: fastfvae.FactorVAELoss etc., as the ops are."""
+    """fastfvae.FactorVAELoss etc., as the ops are."""
     import torch.nn as nn
 
     for name in ("FactorVAELoss", "DiscriminatorLoss", "BetaTCVAELoss", "BetaVAELoss", "DIPVAELoss", "AnnealedVAELoss"):

@@ -55,3 +55,54 @@ def test_the_check_finds_a_missing_section_and_a_missing_item():
     sections = {1: "1. Math\n", 17: "17. Examples\n1. Liger\n2. xformers\n"}
     assert broken_citations("DESIGN.md §1 and DESIGN.md §17.2", sections) == []
     assert broken_citations("DESIGN.md §3, DESIGN.md §17.5", sections) == ["DESIGN.md §3", "DESIGN.md §17.5"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Comments stand on their own: no issue numbers, no relative path leaving the repository
+# ---------------------------------------------------------------------------------------------
+STANDALONE_IN = CITED_IN + ("CMakeLists.txt", "pyproject.toml", ".ci")
+RUN_LOGS = {ROOT / "bench" / "RESULTS.md"}  # the dated log of benchmark runs, kept as written
+ISSUE = re.compile(r"\b[Ii]ssues? #?\d+")
+RELATIVE_PATH = re.compile(r"(?<![\w}/.])((?:\.\./)+[\w./-]+)")
+
+
+def outside_pointers(text: str, folder: pathlib.Path, root: pathlib.Path = ROOT) -> list[str]:
+    """Issue citations, and relative paths that leave ``root`` or name nothing, in ``text`` (a
+    file in ``folder``)."""
+    found = [match.group(0) for match in ISSUE.finditer(text)]
+    for match in RELATIVE_PATH.finditer(text):
+        target = (folder / match.group(1).rstrip(".")).resolve()
+        if root not in target.parents or not target.exists():
+            found.append(match.group(1))
+    return found
+
+
+def _standalone_files():
+    for name in STANDALONE_IN:
+        path = ROOT / name
+        paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        yield from (p for p in paths if (p.suffix in SUFFIXES or p.name == "run" or p.suffix == ".toml")
+                    and ".venv" not in p.parts and p not in RUN_LOGS and "_lib" not in p.parts)
+
+
+def test_comments_cite_no_issue_and_no_path_outside_the_repository():
+    """A comment keeps its reason in words (or cites a DESIGN.md section): an issue number or a
+    path outside the repository means nothing to a reader of the repository alone."""
+    found = []
+    for path in _standalone_files():
+        for line_number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            found += [f"{path.relative_to(ROOT)}:{line_number}: {p}" for p in outside_pointers(line, path.parent)]
+    assert not found, "pointers outside the repository (say the reason in words instead):\n" + "\n".join(found)
+
+
+def test_the_standalone_check_finds_an_issue_number_and_a_path_outside(tmp_path):
+    # The planted pointers are assembled at run time, so that this file passes its own check.
+    up, issue = "../", "issue"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "a.h").write_text("")
+    docs = tmp_path / "docs"
+    assert outside_pointers(f"see {up}kernels/a.h, DESIGN.md §3", docs, tmp_path) == []
+    assert outside_pointers(f"({issue} 14.9) and {issue.title()} 3's", docs, tmp_path) == [f"{issue} 14", f"{issue.title()} 3"]
+    assert outside_pointers(f"the founding design ({up}shared/DESIGN.md)", docs, tmp_path) == [f"{up}shared/DESIGN.md"]
+    assert outside_pointers(f"{up}{up}elsewhere/x.py", docs, tmp_path) == [f"{up}{up}elsewhere/x.py"]

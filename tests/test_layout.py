@@ -68,3 +68,42 @@ def test_internal_modules_call_the_ops_not_the_functional_alias():
     offenders = [str(p.relative_to(ROOT)) for p in _modules() if p not in kept
                  and "fastfvae.functional" in _imported_modules(p)]
     assert not offenders, offenders
+
+
+def _design_section(number: int) -> str:
+    text = (ROOT / "docs" / "DESIGN.md").read_text()
+    return text.split(f"\n## {number}. ", 1)[1].split("\n## ", 1)[0]
+
+
+def unmapped(paths, layout: str, ops) -> list[str]:
+    """The files among ``paths`` (relative to the repository) that DESIGN.md's layout section
+    ``layout`` names neither by path, nor by file name, nor as ``<op>`` / ``test_*`` patterns."""
+    missing = []
+    for path in paths:
+        name, stem = path.name, path.stem
+        per_op = stem in ops or stem.removeprefix("test_") in ops
+        if per_op or path.parts[:2] == ("tests", "data") or str(path) in layout or name in layout:
+            continue
+        if name.startswith("test_") and path.parts[0] in ("tests", "bench"):  # "tests/test_*.py"
+            continue
+        missing.append(str(path))
+    return missing
+
+
+def test_the_design_map_names_every_file_of_the_tree():
+    """docs/DESIGN.md §3 lists every file (a new module, kernel, script or benchmark gets its line)."""
+    from fastfvae.registry import OPS
+
+    roots = ("fastfvae", "kernels", "bench", "tests", "scripts", ".ci", "docs")
+    skip = {".venv", "build", "_lib", "__pycache__"}
+    paths = [p.relative_to(ROOT) for root in roots for p in (ROOT / root).rglob("*")
+             if p.is_file() and not skip & set(p.relative_to(ROOT).parts) and p.suffix not in (".pyc", ".so")]
+    paths += [pathlib.Path(name) for name in ("README.md", "pyproject.toml", "CMakeLists.txt", ".gitignore")]
+    missing = unmapped(paths, _design_section(3), set(OPS))
+    assert not missing, "files docs/DESIGN.md §3 does not name:\n" + "\n".join(missing)
+
+
+def test_the_map_check_finds_an_unnamed_file():
+    layout = "fastfvae/\n  ops/<op>.py\n  cli.py  the command\n"
+    paths = [pathlib.Path("fastfvae/cli.py"), pathlib.Path("fastfvae/ops/tc_loss.py"), pathlib.Path("fastfvae/new.py")]
+    assert unmapped(paths, layout, {"tc_loss"}) == ["fastfvae/new.py"]

@@ -1,5 +1,5 @@
 """log_qz on every backend against the materialised float64 reference, the MSS weights on cases
-worked by hand, custom-op checks, bad input and a memory probe (issue 7, DESIGN.md §13).
+worked by hand, custom-op checks, bad input and a memory probe (DESIGN.md §13).
 
 Triton cases run in their own process under TRITON_INTERPRET=1 (tests/test_triton_interpret.py
 selects every test id containing "triton"); sizes stay small for them.

@@ -277,7 +277,7 @@ def test_annealed_bad_input():
 
 
 # --------------------------------------------------------------------------------------------
-# beta-TCVAE's default estimator (issue 17.5): the documented MWS offsets on overlapping posteriors
+# beta-TCVAE's default estimator: the documented MWS offsets on overlapping posteriors
 # --------------------------------------------------------------------------------------------
 def test_betatcvae_mws_offsets_on_an_untrained_model_are_as_documented():
     from fastfvae.losses import BetaTCVAELoss

@@ -1,4 +1,4 @@
-"""BetaTCVAELoss and BetaVAELoss (issue 7) against an independent, materialised beta-TCVAE
+"""BetaTCVAELoss and BetaVAELoss against an independent, materialised beta-TCVAE
 written here with torch.distributions (the B x B x D matrix of log q(z_i | x_j), as the
 original code computes it, with the MSS weights placed by index)."""
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis): every op against the reference formulas over generated
 shapes (B, D, G including 1), dtypes, layouts (transposed, sliced, expanded), reductions and
-special values, outputs and gradients (issue 14, "the suite that finds the next ones";
+special values, outputs and gradients (the suite that finds the next ones;
 DESIGN.md §13).
 
 Expected values are fastfvae.reference evaluated in float64 on the inputs as rounded to the

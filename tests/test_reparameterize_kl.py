@@ -168,7 +168,7 @@ def test_gradcheck_float64(backend, reduction):
 
 
 def test_given_eps_draws_no_seed(backend, device):
-    """issue 15: with eps given nothing is drawn, so the user's generator is not advanced."""
+    """With eps given nothing is drawn, so the user's generator is not advanced."""
     require(backend, "reparameterize_kl", device, torch.float32)
     mu = torch.randn(6, 4, device=device)
     torch.manual_seed(11)
@@ -180,7 +180,7 @@ def test_given_eps_draws_no_seed(backend, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# The logvar gradient against the TEXTBOOK formula in float64 (issue 14, item 8): no backend may
+# The logvar gradient against the TEXTBOOK formula in float64: no backend may
 # rebuild std * eps as z - mu from the rounded z.
 # ---------------------------------------------------------------------------------------------
 def _textbook_grads(mu, logvar, eps, grad_z, grad_kl, reduction):

@@ -381,7 +381,7 @@ def test_kernel_compiles_for_sm90(case):
 
 
 # =============================================================================================
-# Grid-axis limits (issue 16 item 7): a clear ValueError, not CUDA's bare "invalid argument"
+# Grid-axis limits: a clear ValueError, not CUDA's bare "invalid argument"
 # =============================================================================================
 def test_grid_over_cuda_axis_limits_is_a_clear_error():
     from fastfvae.backends.triton._common import checked_grid
@@ -395,7 +395,7 @@ def test_grid_over_cuda_axis_limits_is_a_clear_error():
 
 
 # =============================================================================================
-# Two-stage deterministic reductions (issue 16 item 5): a grid of partial sums, then one program
+# Two-stage deterministic reductions: a grid of partial sums, then one program
 # =============================================================================================
 @needs_runtime
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -5,7 +5,7 @@ governs the ops and nothing synchronises the host (the kernels read the seed fro
 memory). Under ``torch.compile`` the same draw is the custom op ``fastfvae::draw_seed``, tagged
 ``nondeterministic_seeded`` (never folded, deduplicated or dropped): inductor replaces aten's
 random ops with its own generator unless ``fallback_random=True``, which made compiled eps and
-permutations differ from eager ones for the same ``manual_seed`` (issue 17.4). Our custom op is
+permutations differ from eager ones for the same ``manual_seed``. Our custom op is
 opaque to it, so a compiled step draws the very seeds an eager step draws.
 """
 from __future__ import annotations

@@ -81,7 +81,7 @@ def log_qz_marginals(
     """Estimates of log q(z_i) (M,) and of every log q(z_i,d) (M, D); ``log_qz`` documents them.
 
     Both in the compute dtype: float32 (float64 for float64 inputs), also for 16-bit inputs,
-    whose log-densities near -60 would otherwise be rounded to +-0.25 (issue 17.3). Mixed float
+    whose log-densities near -60 would otherwise be rounded to +-0.25. Mixed float
     dtypes are promoted as torch's binary ops do. Differentiable in z, mu, logvar.
     """
     dataset_size = _check_args(z, mu, logvar, dataset_size, method)
@@ -89,7 +89,7 @@ def log_qz_marginals(
     log_qz_joint, log_qzj = _op(backend, z, mu, logvar, dataset_size, method)
     if log_qz_joint.requires_grad:
         # The op saved these outputs for its backward; hand out copies (O(M D), next to the
-        # O(M K D) op) so in-place edits of the results are allowed (issue 14.14).
+        # O(M K D) op) so in-place edits of the results are allowed.
         return log_qz_joint.clone(), log_qzj.clone()
     return log_qz_joint, log_qzj
 

@@ -39,5 +39,5 @@ def permute_dims(z: Tensor, *, backend: str = "auto") -> Tensor:
     check_float_tensor("z", z, (2, 3))
     groups = z if z.dim() == 3 else z.unsqueeze(0)
     out, _ = _op(backend, groups, draw_seed(z.device))
-    # A view taken outside the op, so in-place edits of the result are allowed (issue 14.14).
+    # A view taken outside the op, so in-place edits of the result are allowed.
     return out.view(z.shape)

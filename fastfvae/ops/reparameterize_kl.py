@@ -21,7 +21,7 @@ _DRAWN, _GIVEN, _GIVEN_NEEDS_GRAD = "drawn", "given", "given_needs_grad"
 
 def _save(args, outputs):
     # The noise's source, not z: the backward needs std*eps exactly (rebuilding it as z - mu loses
-    # it to z's rounding, issue 14.8). A given eps is saved; a drawn one is regenerated from the
+    # it to z's rounding). A given eps is saved; a drawn one is regenerated from the
     # forward's seed. One tensor slot holds either (``eps_mode`` says which), so the backward's
     # schema has no optional tensor and no placeholder.
     mu, logvar, eps, seed, reduction = args

@@ -137,7 +137,7 @@ inline ffv_status check_workspace(const char* entry, const void* workspace, int6
   return FFV_OK;
 }
 
-// ---- two-stage batch reductions (issue 16 item 5) ----------------------------------------------
+// ---- two-stage batch reductions (kernels/cuda/REVIEW.md, GPU readiness item 5) --------------
 // A sum over `rows` runs in one block when rows <= kRowsPerReduceBlock (no workspace, one
 // launch; the same order as before). Beyond: `blocks` blocks each sum a fixed range of
 // rows_per_block consecutive rows (thread-strided, then block_sum) into a partial sum in the

@@ -42,7 +42,7 @@ def _cuda_library():
 
 
 def check_static_runtime(name):
-    """Issue 16 item 2: the library must not need libcudart.so at load (static runtime)."""
+    """GPU readiness item 2 (REVIEW.md): the library must not need libcudart.so at load (static runtime)."""
     native, library = _cuda_library()
     needed = subprocess.run(["ldd", str(library.path)], capture_output=True, text=True).stdout
     shared = [line.split()[0] for line in needed.splitlines() if "libcudart" in line]
@@ -50,7 +50,7 @@ def check_static_runtime(name):
 
 
 def check_stale_error_cleared(name):
-    """Issue 16 items 3 and 6: the library no longer allocates (ABI 3: workspaces come from
+    """GPU readiness items 3 and 6 (REVIEW.md): the library no longer allocates (ABI 3: workspaces come from
     torch.empty in the launcher), so a huge MEAN call (B = 2^36 rows, stride-0 inputs: z is 256 GiB,
     the per-row KL workspace 512 GiB) must fail in torch's allocator with torch.OutOfMemoryError (torch
     frees its cache first), leave no CUDA error behind, and the next native op and torch op
@@ -77,7 +77,7 @@ def check_stale_error_cleared(name):
 
 
 def check_log_qz_local_memory(name):
-    """Issue 16 item 4: the first native log_qz launch at D = 10 must not make the driver
+    """GPU readiness item 4 (REVIEW.md): the first native log_qz launch at D = 10 must not make the driver
     reserve GiBs of local memory (before the D buckets: 3-10 KiB of stack per thread)."""
     native, _ = _cuda_library()
     torch.cuda.synchronize()
@@ -94,7 +94,7 @@ def check_log_qz_local_memory(name):
 
 
 def check_eps_bit_identity(name):
-    """Issue 16 item 8: CUDA and Triton draw the same eps bit for bit (same Philox, same
+    """GPU readiness item 8 (REVIEW.md): CUDA and Triton draw the same eps bit for bit (same Philox, same
     Box-Muller, the same approximate sqrt)."""
     from fastfvae.backends import native, triton as triton_backend
 
@@ -112,7 +112,7 @@ def check_eps_bit_identity(name):
 
 
 def check_triton_grid_limits(name):
-    """Issue 16 item 7: G > 65535 groups must give a clear error or a correct result, never
+    """GPU readiness item 7 (REVIEW.md): G > 65535 groups must give a clear error or a correct result, never
     CUDA's 'invalid argument'."""
     import fastfvae
 
@@ -141,7 +141,7 @@ def check_determinism(name):
 
 
 def check_two_stage_reductions(name):
-    """Issue 16 items 5 and 6: tc_loss, discriminator_loss and the MEAN KL above 16384 rows run
+    """GPU readiness items 5 and 6 (REVIEW.md): tc_loss, discriminator_loss and the MEAN KL above 16384 rows run
     two stages in a torch-allocated workspace: equal to float64 torch within float32 rounding,
     bitwise equal over 3 runs, on both sides of the threshold."""
     import torch.nn.functional as F
@@ -176,7 +176,7 @@ def check_two_stage_reductions(name):
 
 
 def check_permute_fallback_workspace(name):
-    """Issue 16 item 6: permute_dims above 4096 rows (CUB fallback) in a torch-allocated
+    """GPU readiness item 6 (REVIEW.md): permute_dims above 4096 rows (CUB fallback) in a torch-allocated
     workspace (keys, offsets, CUB temp): index equals reference.philox_permutation exactly, out
     is the gather, on both sides of the 4096-row limit."""
     from fastfvae.reference import philox_permutation
