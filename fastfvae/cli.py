@@ -1,8 +1,8 @@
 """The ``fastfvae`` command: ``train``, ``evaluate``, ``traverse``.
 
     fastfvae train [--steps N] [--gamma G] [--out DIR] [--resume] ...
-    fastfvae evaluate CHECKPOINT|--pretrained NAME [--data PATH]
-    fastfvae traverse CHECKPOINT|--pretrained NAME [--out PNG|GIF]
+    fastfvae evaluate CHECKPOINT|--pretrained NAME [--data PATH] [--json]
+    fastfvae traverse CHECKPOINT|--pretrained NAME [--out PNG|JPG|GIF]
 
 ``python -m fastfvae ...`` is the same, and ``torchrun --nproc_per_node=2 -m fastfvae train ...``
 trains with DistributedDataParallel. Exit status: 0 done, 1 error (message on stderr),
@@ -10,142 +10,24 @@ trains with DistributedDataParallel. Exit status: 0 done, 1 error (message on st
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import sys
 import time
 from typing import Optional, Sequence
 
-from fastfvae import train as train_mod
+from fastfvae.cli_options import COMMANDS, OBJECTIVE_NAMES, build_parser, command_help_parser  # noqa: F401
 from fastfvae.memory import retain_freed_memory
-from fastfvae.train import DEFAULT_STEPS, OBJECTIVES, TrainConfig, TrainingError
-from fastfvae.train.config import RESUME_MUST_MATCH
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _positive_finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
-    return value
-
-
-RESUME_HELP = f"""--resume continues the run in --out from its checkpoint, up to --steps.
-  Must equal the checkpoint's (refused otherwise): {", ".join("--" + n.replace("_", "-") for n in RESUME_MUST_MATCH)}.
-  Every other option is taken from this command line, applied (learning rates included), noted on
-  stderr, logged as a "resume" row in log.jsonl and recorded in the checkpoint and summary.json.
-  A finished run is left untouched; --steps below the checkpoint's step is refused; a run stopped
-  during its end-of-run evaluation finishes that evaluation."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastfvae", description="FactorVAE on fused ops: train, evaluate, traverse.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train FactorVAE (or beta-TCVAE / beta-VAE) on dSprites",
-                       description="Train on dSprites; outputs (log, checkpoint, summary, images) go to --out. "
-                                   "Every option is checked before anything is written.",
-                       epilog=RESUME_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = TrainConfig()
-    t.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS,
-                   help="total optimisation steps; a resumed run continues up to this number (default: %(default)s)")
-    t.add_argument("--objective", choices=OBJECTIVES, default=d.objective, help="loss (default: %(default)s)")
-    t.add_argument("--gamma", type=float, default=d.gamma, help="weight of the TC term (FactorVAE) (default: %(default)s)")
-    t.add_argument("--lambda-od", type=float, default=d.lambda_od,
-                   help="DIP-VAE: weight of the off-diagonal covariance entries (default: %(default)s)")
-    t.add_argument("--lambda-d", type=float, default=None,
-                   help="DIP-VAE: weight of the diagonal's distance from 1 (default: 10 x lambda-od for "
-                        "dipvae1, lambda-od for dipvae2, as disentanglement_lib)")
-    t.add_argument("--anneal-gamma", type=float, default=d.anneal_gamma,
-                   help="AnnealedVAE: weight of |KL - C| (default: %(default)s)")
-    t.add_argument("--c-max", type=float, default=d.c_max, help="AnnealedVAE: final capacity C in nats (default: %(default)s)")
-    t.add_argument("--iteration-threshold", type=_positive_int, default=d.iteration_threshold,
-                   help="AnnealedVAE: steps for C to rise from 0 to c-max (default: %(default)s)")
-    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="per process (default: %(default)s)")
-    t.add_argument("--z-dim", type=_positive_int, default=d.z_dim, help="latent size (default: %(default)s)")
-    t.add_argument("--lr-vae", type=float, default=d.lr_vae, help="Adam lr of the VAE, betas (0.9, 0.999) (default: %(default)s)")
-    t.add_argument("--lr-d", type=float, default=d.lr_d, help="Adam lr of the discriminator, betas (0.5, 0.9) (default: %(default)s)")
-    t.add_argument("--disc-depth", type=_positive_int, default=d.disc_depth, help="discriminator hidden layers (default: %(default)s)")
-    t.add_argument("--disc-width", type=_positive_int, default=d.disc_width, help="discriminator layer width (default: %(default)s)")
-    t.add_argument("--seed", type=int, default=d.seed, help="seeds weights, data and noise (default: %(default)s)")
-    t.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
-    t.add_argument("--backend", default=d.backend, help="fused-op backend: auto, native, triton or reference (default: %(default)s)")
-    t.add_argument("--amp", choices=("bf16",), default=None, help="bf16 autocast (CUDA only)")
-    t.add_argument("--compile", action="store_true",
-                   help="torch.compile the whole step (data, both updates) as one graph; the networks only under torchrun")
-    t.add_argument("--graph", action="store_true",
-                   help="CUDA: capture the whole step in one CUDA graph and replay it (UNVALIDATED: no GPU has run it yet)")
-    t.add_argument("--packed-data", action=argparse.BooleanOptionalAction, default=None,
-                   help="hold the data set bit-packed on the device (default: on CUDA; the first use builds a ~400 MB cache)")
-    t.add_argument("--data", default=None, metavar="PATH",
-                   help="official dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz (default: procedural renderer)")
-    t.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/fastfvae-<time>)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint (see below for changed options)")
-    t.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every,
-                   help="checkpoint interval in steps, plus one at the end (default: %(default)s)")
-    t.add_argument("--log-every", type=_positive_int, default=d.log_every, help="JSONL log interval in steps (default: %(default)s)")
-    t.add_argument("--eval-every", type=_non_negative_int, default=0, help="also evaluate the metrics every N steps")
-    t.add_argument("--log-tc-every", type=_non_negative_int, default=0,
-                   help="log the minibatch TC estimate next to the discriminator's every N steps")
-    t.add_argument("--no-metrics", action="store_true", help="skip the metrics at the end")
-    t.add_argument("--metrics-preset", default="auto",
-                   help="fastfvae.metrics preset: auto (fast on CPU, default on GPU), fast or default (default: %(default)s)")
-    t.add_argument("--no-images", action="store_true", help="skip the images at the end (PNGs, traversal GIF, curves)")
-    t.add_argument("--threads", default="auto",
-                   help="CPU threads for torch: a number, or auto = 1 when the machine is already busy "
-                        "(load average >= cores), else torch's default (default: %(default)s)")
-    t.add_argument("--quiet", action="store_true", help="no progress output")
-
-    e = sub.add_parser("evaluate", help="disentanglement metrics and KL decomposition of a checkpoint")
-    e.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder (or --pretrained NAME)")
-    e.add_argument("--pretrained", default=None, metavar="NAME",
-                   help="a model shipped with fastfvae (fastfvae.pretrained.list()) instead of a checkpoint")
-    e.add_argument("--data", default=None, metavar="PATH", help="official dSprites npz (default: procedural)")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--metrics-preset", default="auto", help="auto (fast on CPU, default on GPU), fast or default")
-    e.add_argument("--metrics", type=_metric_names, default="all", metavar="all|LIST",
-                   help="all, or a comma-separated list of factor_vae, beta_vae, mig, dci, sap, "
-                        "modularity_explicitness, unsupervised (default: %(default)s)")
-    e.add_argument("--num-mixture", type=_positive_int, default=None, help="decompose_kl: encoded inputs in q(z)")
-    e.add_argument("--num-samples", type=_positive_int, default=None, help="decompose_kl: z samples")
-    e.add_argument("--no-decomposition", action="store_true", help="skip the KL decomposition")
-    e.add_argument("--out", default=None, metavar="FILE", help="JSON output (default: metrics.json beside the checkpoint)")
-
-    v = sub.add_parser("traverse", help="latent traversal grid of a checkpoint as PNG")
-    v.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder (or --pretrained NAME)")
-    v.add_argument("--pretrained", default=None, metavar="NAME",
-                   help="a model shipped with fastfvae (fastfvae.pretrained.list()) instead of a checkpoint")
-    v.add_argument("--out", default=None, metavar="PNG|GIF",
-                   help="a .png grid, or a .gif animating each row's value (default: traversals-<index>.png "
-                        "beside the checkpoint)")
-    v.add_argument("--data", default=None, metavar="PATH")
-    v.add_argument("--index", type=int, default=0, help="data set index of the image whose code is traversed")
-    v.add_argument("--limit", type=_positive_finite_float, default=2.5,
-                   help="each dimension goes from -limit to +limit")
-    v.add_argument("--values", type=_positive_int, default=9, help="images per row")
-    v.add_argument("--device", default="auto")
-    return parser
+TRAVERSE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF"}
+SMOKE_SCALE_STEPS = 100_000  # below this, the end of a run says what such a run can show
 
 
 # ---------------------------------------------------------------------------------------------
 def _cmd_train(args) -> int:
+    from fastfvae import train as train_mod
+    from fastfvae.train import TrainConfig, TrainingError
+
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     out = args.out
     if out is None:
@@ -195,7 +77,18 @@ def _cmd_train(args) -> int:
               f"fastfvae train --out {out} --steps {config.steps} --resume", file=sys.stderr)
         return 128 + _signal_number(summary["interrupted"])
     _print_train_result(summary, out)
+    if summary["step"] < SMOKE_SCALE_STEPS and config.objective == "factorvae":
+        print(_smoke_scale_note(summary["step"]))
     return 0
+
+
+def _smoke_scale_note(steps: int) -> str:
+    """What a short run shows, and how to get a disentangled model."""
+    return (f"note: {steps:,} steps is smoke scale: it checks the whole pipeline and learns position, but its "
+            "traversals stay entangled (shape, scale and orientation mix in the rows).\n"
+            "for a disentangled model: the reference model (fastfvae traverse --pretrained factorvae-dsprites, "
+            "if installed: fastfvae.pretrained.list()), or a longer run: the paper trains 300,000 steps, "
+            "a GPU job (fastfvae train --steps 300000 --device cuda; hours on a CPU).")
 
 
 def _set_threads(choice: str) -> int:
@@ -203,6 +96,8 @@ def _set_threads(choice: str) -> int:
     taken by other processes, torch's two OpenMP threads wait for each other at every parallel
     region (measured on the shared 2-core CI machine: 0.6 steps/s with 2 threads against 6.5 with 1)."""
     import torch
+
+    from fastfvae.train import TrainingError
     if choice != "auto":
         try:
             count = int(choice)
@@ -266,24 +161,12 @@ def _metrics_table(metrics: dict) -> str:
     return format_table(metrics)
 
 
-def _metric_names(text: str):
-    """--metrics: "all" or a comma-separated list of fastfvae.metrics.METRICS names."""
-    from fastfvae.metrics import METRICS
-    if text == "all":
-        return "all"
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METRICS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"expected all or a comma-separated list of {', '.join(METRICS)}, got {text!r}")
-    return names
-
-
 def _load_for_inference(args):
     """(state, vae, device, torch) for evaluate/traverse: the checkpoint named by ``args.checkpoint``
     or the shipped model named by ``args.pretrained`` (its card stands in for the checkpoint's
     step and config)."""
     import torch
-    from fastfvae.train import build_vae_from_checkpoint, load_checkpoint, resolve_device
+    from fastfvae.train import TrainingError, build_vae_from_checkpoint, load_checkpoint, resolve_device
     if (args.checkpoint is None) == (args.pretrained is None):
         raise TrainingError("give a checkpoint (file or run folder) or --pretrained NAME, not both or neither")
     device = resolve_device(args.device)
@@ -317,7 +200,7 @@ def _cmd_evaluate(args) -> int:
     t0 = time.perf_counter()
     result["metrics"] = evaluation.evaluate_metrics(vae, dataset, device, args.seed, args.metrics_preset, args.metrics)
     result["metrics_time_s"] = round(time.perf_counter() - t0, 2)
-    print(_metrics_table(result["metrics"]), file=sys.stderr)
+    print(_metrics_table(result["metrics"]), file=sys.stderr if args.json else sys.stdout)
     if not args.no_decomposition:
         kwargs = {"seed": args.seed}
         if args.num_mixture is not None:
@@ -328,12 +211,25 @@ def _cmd_evaluate(args) -> int:
         result["decomposition"] = decompose_kl(evaluation.encoder_gaussian_fn(vae, device), dataset, **kwargs)
         result["decomposition_time_s"] = round(time.perf_counter() - t0, 2)
     result = json.loads(json.dumps(result, default=_json_default))
-    print(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif "decomposition" in result:
+        print(_decomposition_line(result["decomposition"]))
     out = args.out or os.path.join(_output_dir(args), "metrics.json")
     from fastfvae.train.artefacts import write_json
     write_json(out, result)  # through "metrics.json.tmp-<pid>", which a run's clean-up matches
-    print(f"written to {out}", file=sys.stderr)
+    print(f"all results (every metric's parameters, the decomposition) written to {out}",
+          file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _decomposition_line(decomposition: dict) -> str:
+    """The KL decomposition's estimates on one line (nats; the JSON has their standard errors)."""
+    names = {"expected_kl": "E[KL]", "mutual_info": "I(x;z)", "kl_qz_pz": "KL(q(z)||p(z))",
+             "total_correlation": "TC", "dimwise_kl": "dim-wise KL"}
+    parts = [f"{label} {decomposition[key]:.2f}" for key, label in names.items()
+             if isinstance(decomposition.get(key), (int, float))]
+    return "KL decomposition (nats): " + (", ".join(parts) if parts else "see the JSON")
 
 
 def _json_default(value):
@@ -349,27 +245,33 @@ def _json_default(value):
 
 
 def _cmd_traverse(args) -> int:
+    out = args.out or os.path.join(_output_dir(args), f"traversals-{args.index}.png")
+    image_format = TRAVERSE_FORMATS.get(os.path.splitext(out)[1].lower())
+    if image_format is None:  # refused before the checkpoint is read
+        raise ValueError(f"--out: expected a file ending in {', '.join(TRAVERSE_FORMATS)}, got {out!r}")
     state, vae, device, torch = _load_for_inference(args)
     from fastfvae.train import artefacts, make_dataset
     dataset = make_dataset(args.data)
     image, _ = dataset[args.index]
     with torch.no_grad():
         mu, _ = vae.encoder(image[None].to(device).float())
-    out = args.out or os.path.join(_output_dir(args), f"traversals-{args.index}.png")
-    if out.lower().endswith(".gif"):
+    if image_format == "GIF":
         artefacts.write_gif(out, artefacts.traversal_gif_frames(vae, mu, args.values, args.limit))
     else:
         grid = artefacts.traversal_images(vae, mu, args.values, args.limit)
-        artefacts.write_png(out, artefacts.image_grid(grid, ncol=args.values))
+        artefacts.write_png(out, artefacts.image_grid(grid, ncol=args.values), image_format)
     print(f"traversal of image {args.index} ({vae.z_dim} rows x {args.values} values in "
           f"[-{args.limit}, {args.limit}]) written to {out}")
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0].startswith("-") and argv[0] not in COMMANDS:
+        command_help_parser().parse_args(argv)  # `fastfvae --help` and usage errors: no torch import
+    args = build_parser().parse_args(argv)
     retain_freed_memory()  # no page-fault churn between steps and encoder batches (memory.py)
+    from fastfvae.train import TrainingError
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "traverse": _cmd_traverse}
     try:
         return commands[args.command](args)

@@ -21,7 +21,8 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="fastfv
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fastfvae import backends
+import fastfvae.ops  # noqa: E402,F401 - registers torch.ops.fastfvae.* (fastfvae/__init__.py imports it lazily)
+from fastfvae import backends  # noqa: E402
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 

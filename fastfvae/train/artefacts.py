@@ -57,12 +57,14 @@ def image_grid(images: torch.Tensor, ncol: int, pad: int = 2, background: float 
     return pixels[0] if channels == 1 else rearrange(pixels, "ch h w -> h w ch")
 
 
-def write_png(path: str, pixels: np.ndarray) -> None:
-    """Write uint8 ``pixels`` (H, W) grey or (H, W, 3) RGB to ``path`` as PNG, atomically."""
+def write_png(path: str, pixels: np.ndarray, image_format: str = "PNG") -> None:
+    """Write uint8 ``pixels`` (H, W) grey or (H, W, 3) RGB to ``path`` as PNG (or another format
+    Pillow writes, e.g. "JPEG"), atomically."""
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
         raise ValueError(f"pixels: expected uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}")
     tmp = temp_path(path)
-    Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
+    options = {"quality": 95} if image_format == "JPEG" else {}
+    Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format=image_format, **options)
     os.replace(tmp, path)
 
 

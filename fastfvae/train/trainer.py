@@ -271,6 +271,13 @@ class Trainer:
         cfg, start_step, session_time, t_start = self.config, self.step, 0.0, time.perf_counter()
         progress = Progress(self.log_stream, self.rank == 0 and cfg.progress, cfg.steps, self.terms)
         self.buffer.latest_step, evals = self.step, []
+        # --compile / --graph build the step at its first call (a minute or more on a CPU): say
+        # so, time it, and leave it out of the progress line's rate and eta.
+        builds = self.whole_step.mode != "eager" and self.step < cfg.steps
+        build_time = 0.0
+        if builds:
+            what = "capturing the step in a CUDA graph" if self.whole_step.mode == "graph" else "compiling the step"
+            self._say(f"{what} (torch.compile) at its first call: this takes a while")
         while self.step < cfg.steps and not self._should_stop():
             t0 = time.perf_counter()
             values = self.whole_step()
@@ -282,8 +289,9 @@ class Trainer:
                 self._flush()
             if self.device.type == "cuda" and logging_step:
                 torch.cuda.synchronize(self.device)
-            session_time += time.perf_counter() - t0
-            self.train_time += time.perf_counter() - t0
+            step_time = time.perf_counter() - t0
+            session_time += step_time
+            self.train_time += step_time
             rate = (self.step - start_step) / max(session_time, 1e-9)
             if logging_step:
                 self.log.write({"step": self.step, **self.buffer.latest_values, "steps_per_s": round(rate, 3),
@@ -294,7 +302,13 @@ class Trainer:
                 self._evaluate_during_training(evals)
             if self.step % cfg.checkpoint_every == 0 and not last:
                 self.save()
-            progress.update(self.step, rate, self.buffer.latest_values)
+            if builds and self.step == start_step + 1:
+                build_time = step_time
+                self._say(f"step 1 (the compilation) took {build_time:.1f} s; the rate and eta below leave it out")
+                if not last:
+                    continue
+            shown_rate = (self.step - start_step - 1) / max(session_time - build_time, 1e-9) if builds else rate
+            progress.update(self.step, shown_rate, self.buffer.latest_values)
         self._flush()
         self.save()
         progress.close()
