@@ -19,17 +19,23 @@ def _public_names() -> list:
 
 
 def __getattr__(name: str):
+    """The first access of a top-level name imports it, and keeps it in this module's globals (so
+    later accesses are plain attribute lookups, as in an eagerly imported package)."""
     if name in _SUBMODULES:
-        return importlib.import_module(f"fastfvae.{name}")
-    if name in _LOSS_MODULES:
-        return getattr(importlib.import_module("fastfvae.losses"), name)
-    if name == "__all__":
-        return _public_names()
-    if not name.startswith("__") and not _is_submodule(name):  # `from fastfvae import cli` imports it
+        value = importlib.import_module(f"fastfvae.{name}")
+    elif name in _LOSS_MODULES:
+        value = getattr(importlib.import_module("fastfvae.losses"), name)
+    elif name == "__all__":
+        value = _public_names()
+    elif not name.startswith("__") and not _is_submodule(name):  # `from fastfvae import cli` imports it
         ops = importlib.import_module("fastfvae.ops")
-        if name in ops.__all__:
-            return getattr(ops, name)
-    raise AttributeError(f"module 'fastfvae' has no attribute {name!r}")
+        if name not in ops.__all__:
+            raise AttributeError(f"module 'fastfvae' has no attribute {name!r}")
+        value = getattr(ops, name)
+    else:
+        raise AttributeError(f"module 'fastfvae' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def _is_submodule(name: str) -> bool:

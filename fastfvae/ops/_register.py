@@ -81,6 +81,26 @@ def argument_names(schema: str) -> list[str]:
     return [argument.split()[-1] for argument in inner.split(",")] if inner else []
 
 
+def _size_reader(sizes: tuple) -> Callable:
+    """tensor -> {size name: n} for a tensor of ``len(sizes)`` dimensions; unpacking the shape
+    (rather than ``dict(zip(...))``) keeps a call with shape limits as cheap as before."""
+    if len(sizes) == 2:
+        a, b = sizes
+
+        def read2(t):
+            n0, n1 = t.shape
+            return {a: n0, b: n1}
+        return read2
+    if len(sizes) == 3:
+        a, b, c = sizes
+
+        def read3(t):
+            n0, n1, n2 = t.shape
+            return {a: n0, b: n1, c: n2}
+        return read3
+    return lambda t: dict(zip(sizes, t.shape))
+
+
 def backend_selector(op: str, schema: str, dims: dict) -> Callable:
     """``select(requested, *args)`` -> the backend module that runs ``op`` on these arguments of
     ``schema``: device and dtype from the first argument ``dims`` names, sizes from all of them
@@ -92,6 +112,14 @@ def backend_selector(op: str, schema: str, dims: dict) -> Callable:
     if not sized:
         raise ValueError(f"{op}: dims names none of the arguments {names} of {schema!r}")
     choose, first = backends.select, sized[0][0]
+    if len(sized) == 1:  # the common case: one tensor's shape, read as the hand-written ops did
+        read = _size_reader(sized[0][1])
+
+        def select_one(requested, *args):
+            like = args[first]
+            return choose(op, requested, like.device, like.dtype, lambda: read(like))
+
+        return select_one
 
     def select(requested, *args):
         like = args[first]
