@@ -111,7 +111,7 @@ def test_a_second_run_into_a_held_folder_is_refused_and_a_killed_holder_blocks_n
     finally:
         if second.poll() is None:
             second.kill()
-    assert (out / LOCK_NAME).exists()
+    assert (out / LOCK_NAME).exists()  # left by the killed run, unlocked
     step = load_checkpoint(out)["step"]
     status, err = run(capsys, "train", "--steps", step + 2, "--out", out, "--resume", *TINY)
     assert status == 0, err
@@ -125,6 +125,23 @@ def test_the_lock_is_released_when_a_run_ends_in_this_process(tmp_path, capsys):
         status, err = run(capsys, "train", "--steps", steps, "--out", out, *TINY, *(["--resume"] if steps == 3 else []))
         assert status == 0, err
     assert training_steps(out) == [1, 2, 3]
+    assert not (out / LOCK_NAME).exists()  # a run that ends removes its lock file
+
+
+def test_folder_lock_refuses_while_held_and_is_free_after_release(tmp_path):
+    from fastfvae.train import rundir
+    from fastfvae.train.errors import TrainingError
+    first = rundir.FolderLock(str(tmp_path))
+    assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    with pytest.raises(TrainingError, match=f"another fastfvae run \\(pid {os.getpid()}\\)"):
+        rundir.FolderLock(str(tmp_path))
+    with pytest.raises(TrainingError, match="another fastfvae run"):
+        rundir.check(str(tmp_path), resume=True)  # the probe of Trainer's early check
+    first.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+    second = rundir.FolderLock(str(tmp_path))
+    rundir.check(str(tmp_path), resume=False, probe_lock=False)
+    second.release()
 
 
 # ---------------------------------------------------------------------------------------------

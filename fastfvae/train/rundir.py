@@ -126,35 +126,55 @@ def _lock_exclusive(handle, tries: int = 20, wait_s: float = 0.05) -> None:
 
 
 class FolderLock:
-    """An exclusive ``flock`` on ``out``/LOCK_NAME, held until ``release()`` or the process ends."""
+    """An exclusive ``flock`` on ``out``/LOCK_NAME, held until ``release()`` (which removes the
+    file) or the process ends (a killed run leaves the file, unlocked: harmless)."""
 
     def __init__(self, out: str):
         self.path = os.path.join(out, LOCK_NAME)
         self.file = None
         if fcntl is None:
             return
-        # "a+": opening never truncates, so a refused run changes nothing in the holder's file.
-        handle = open(self.path, "a+")
-        try:
-            _lock_exclusive(handle)
-        except BlockingIOError:
-            handle.seek(0)
-            pid_text = handle.read()
-            handle.close()
-            raise TrainingError(_held_message(out, pid_text)) from None
-        except BaseException:
-            handle.close()
-            raise
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self.file = handle
+        while self.file is None:
+            # "a+": opening never truncates, so a refused run changes nothing in the holder's file.
+            handle = open(self.path, "a+")
+            try:
+                _lock_exclusive(handle)
+            except BlockingIOError:
+                handle.seek(0)
+                pid_text = handle.read()
+                handle.close()
+                raise TrainingError(_held_message(out, pid_text)) from None
+            except BaseException:
+                handle.close()
+                raise
+            if _same_file(handle, self.path):
+                self.file = handle
+            else:  # locked a file that its holder removed on release: lock the current one
+                handle.close()
+        self.file.truncate(0)
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
 
     def release(self) -> None:
-        """Drop the lock (closing the file releases it); the lock file stays, harmless."""
+        """Remove the lock file, then drop the lock (removed first, under the lock, so that no
+        other run can hold a lock on the removed file while a third locks a new one)."""
         if self.file is not None:
+            try:
+                os.remove(self.path)
+            except OSError:
+                pass  # a folder that became read-only: the lock still drops with the file's closing
             self.file.close()
             self.file = None
+
+
+def _same_file(handle, path: str) -> bool:
+    """True when ``path`` still names the file open as ``handle``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def claim(out: str, resume: bool) -> FolderLock:
