@@ -11,6 +11,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,6 +178,30 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_one_and_resume_works(tmp_p
     assert json.loads((out / "summary.json").read_text())["final"] == \
         json.loads((reference / "summary.json").read_text())["final"]
     assert training_steps(out) == [1, 2, 3, 4]
+
+
+def test_a_really_full_tmpfs_at_a_checkpoint(tmp_path, capsys):
+    """ENOSPC itself (the test above sees EFBIG): a tmpfs with room for one checkpoint and a half,
+    where it can be mounted (root with CAP_SYS_ADMIN)."""
+    status, err = run(capsys, "train", "--steps", 2, "--out", tmp_path / "first", *TINY)
+    assert status == 0, err
+    size = (tmp_path / "first" / "checkpoint.pt").stat().st_size
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2 + 65536}", "tmpfs", str(small)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        out = small / "run"
+        shutil.copytree(tmp_path / "first", out)
+        status, err = run(capsys, "train", "--steps", 4, "--out", out, "--resume", *TINY)
+        assert_error_line(status, err, "the disk is full", f"cannot write {out}/checkpoint.pt",
+                          "No space left on device", "still holds the previous checkpoint (step 2)")
+        assert load_checkpoint(out)["step"] == 2
+        assert not [name for name in os.listdir(out) if ".tmp-" in name]
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_full_disk_at_summary_json_names_it_and_resume_writes_it(tmp_path, capsys, monkeypatch):
