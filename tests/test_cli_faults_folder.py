@@ -129,6 +129,20 @@ def test_the_lock_is_released_when_a_run_ends_in_this_process(tmp_path, capsys):
     assert not (out / LOCK_NAME).exists()  # a run that ends removes its lock file
 
 
+def test_only_the_writing_rank_takes_the_lock(tmp_path, monkeypatch):
+    """Under torchrun rank 0 writes and locks; another rank neither creates the folder nor locks
+    it (were it to lock, rank 0 would find its own job's folder held)."""
+    from fastfvae.train import TrainConfig, Trainer, rundir
+    claims = []
+    monkeypatch.setattr(rundir, "claim", lambda out, resume: claims.append(out))
+    monkeypatch.setenv("RANK", "1")  # WORLD_SIZE stays 1: no process group, the rank's own logic only
+    out = tmp_path / "run"
+    config = TrainConfig(steps=1, batch_size=4, disc_depth=1, disc_width=16, metrics=False, images=False,
+                         progress=False, out=str(out))
+    Trainer(config).run()
+    assert claims == [] and not out.exists()
+
+
 def test_folder_lock_refuses_while_held_and_is_free_after_release(tmp_path):
     from fastfvae.train import rundir
     from fastfvae.train.errors import TrainingError
