@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -173,6 +173,33 @@ def read_events(log_path: str) -> dict[str, list[dict]]:
             if isinstance(row, dict) and isinstance(row.get("event"), str) and isinstance(row.get("step"), int):
                 events.setdefault(row["event"], []).append(row)
     return events
+
+
+def earlier_records(out: str, log_path: Optional[str], summary: dict, earlier_summary: Optional[dict]) -> dict:
+    """What summary.json keeps of every session of a run: ``metrics_history``, each evaluation
+    with its step, latest first (the log's "eval" rows); and, when ``summary`` (this session's)
+    has no images, the images on disk with the step they show (``images_step``: from the log's
+    last "images" row, else from ``earlier_summary``, summary.json as an earlier version left it)."""
+    log = read_events(log_path) if log_path and os.path.exists(log_path) else {}
+    kept: dict = {}
+    history = {row["step"]: row["metrics"] for row in log.get("eval", []) if "metrics" in row}
+    if history:
+        kept["metrics_history"] = [{"step": step, "metrics": history[step]} for step in sorted(history, reverse=True)]
+    if "images" in summary:
+        return kept
+    earlier = earlier_summary or {}
+    if log.get("images"):
+        names, step = log["images"][-1].get("files", {}), log["images"][-1]["step"]
+    elif isinstance(earlier.get("images"), dict):
+        names = {name: os.path.basename(path) for name, path in earlier["images"].items()}
+        step = earlier.get("images_step", earlier.get("step"))
+    else:
+        names, step = {}, None
+    paths = {name: os.path.join(out, file) for name, file in names.items()}
+    paths = {name: path for name, path in paths.items() if os.path.exists(path)}
+    if paths:
+        kept["images"], kept["images_step"] = paths, step
+    return kept
 
 
 def write_curves(path: str, series: dict[str, tuple[list[int], list[float]]], columns: int = 3,

@@ -319,38 +319,13 @@ class Trainer:
                 summary.update(self._finish(evals))
                 summary["wall_time_s"] = round(time.perf_counter() - t_start, 2)
                 if self.out:
-                    summary.update(self._earlier_records(summary))
+                    summary.update(artefacts.earlier_records(self.out, self.log.path, summary, self.earlier_summary))
                     artefacts.write_json(os.path.join(self.out, rundir.SUMMARY_NAME), summary)
             except DiskFullError as error:
                 raise DiskFullError(error.path, error.reason, (
                     f"training is complete and {self.checkpoint_path} holds step {self.step}; free some space "
                     f"and run the same command with --resume to finish the images and summary.json")) from None
         return summary
-
-    def _earlier_records(self, summary: dict) -> dict:
-        """What summary.json keeps of every session of the run: ``metrics_history``, each
-        evaluation with its step, latest first (the log's "eval" rows); and, when this session
-        drew no images, the images on disk with the step they show (``images_step``)."""
-        log = artefacts.read_events(self.log.path) if self.log.path and os.path.exists(self.log.path) else {}
-        kept: dict = {}
-        history = {row["step"]: row["metrics"] for row in log.get("eval", []) if "metrics" in row}
-        if history:
-            kept["metrics_history"] = [{"step": step, "metrics": history[step]} for step in sorted(history, reverse=True)]
-        if "images" not in summary:
-            drawn = log.get("images", [])
-            earlier = self.earlier_summary or {}
-            if drawn:
-                names, step = drawn[-1].get("files", {}), drawn[-1]["step"]
-            elif isinstance(earlier.get("images"), dict):  # written before the log recorded images
-                names = {k: os.path.basename(p) for k, p in earlier["images"].items()}
-                step = earlier.get("images_step", earlier.get("step"))
-            else:
-                names, step = {}, None
-            paths = {k: os.path.join(self.out, n) for k, n in names.items()}
-            paths = {k: p for k, p in paths.items() if os.path.exists(p)}
-            if paths:
-                kept["images"], kept["images_step"] = paths, step
-        return kept
 
     def _summary(self, start_step: int, session_time: float) -> dict:
         # steps_per_s and session_*: this session (a resumed run's segment); train_time_s and
