@@ -16,5 +16,8 @@ any combination of them. The interface, which ``fastfvae.train`` and ``fastfvae.
 from fastfvae.data.base import GroundTruthDataset
 from fastfvae.data.dsprites import DSprites, render_dsprites
 from fastfvae.data.protocol import Encode, GroundTruthData, TrainingData
+from fastfvae.data.registry import load, names
+from fastfvae.data.table import DataFileError
 
-__all__ = ["DSprites", "Encode", "GroundTruthData", "GroundTruthDataset", "TrainingData", "render_dsprites"]
+__all__ = ["DSprites", "DataFileError", "Encode", "GroundTruthData", "GroundTruthDataset", "TrainingData", "load",
+           "names", "render_dsprites"]
