@@ -5,8 +5,8 @@ resident on the device: Shapes3D, MPI3D, SmallNORB, Cars3D; DESIGN.md §15).
 The table is ``TableDataset.image_table()``: uint8 (N, C, 64, 64), row i the image of grid index
 i. The conventions are ``gather_images``': index in, float images out, an index outside [0, N)
 gives a NaN image (never an out-of-bounds read, and the index is never read on the host, so a
-CUDA step does not synchronise). Written in torch operations (one gather, one convert, one
-select), so it runs on every device and ``torch.compile`` / CUDA graphs capture it as it is. No
+CUDA step does not synchronise). Written in torch operations (one gather of the uint8 rows,
+one division that converts them), so it runs on every device and ``torch.compile`` / CUDA graphs capture it as it is. No
 backward: neither the table nor the index has a gradient.
 
     out[b] = table[index[b]] / 255      if 0 <= index[b] < N
@@ -55,5 +55,8 @@ def gather_color_images(table: Tensor, index: Tensor, dtype: torch.dtype = torch
     index = index.long()
     valid = (index >= 0) & (index < table.shape[0])
     rows = table.index_select(0, torch.where(valid, index, torch.zeros_like(index)))
-    images = rows.to(dtype).div_(255)
-    return images.masked_fill_(~valid[:, None, None, None], float("nan"))
+    # One pass converts and marks: each row is divided by 255, or by NaN for a bad index
+    # (u / NaN = NaN); uint8 / float promotes inside the division kernel, no float copy first.
+    # (B values, made by kernels: no host-to-device copy, so a CUDA graph can capture it)
+    divisor = torch.full(valid.shape, 255.0, dtype=dtype, device=table.device).masked_fill_(~valid, float("nan"))
+    return torch.div(rows, divisor[:, None, None, None])
