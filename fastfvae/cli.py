@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--graph", action="store_true",
                    help="CUDA: capture the whole step in one CUDA graph and replay it (UNVALIDATED: no GPU has run it yet)")
     t.add_argument("--packed-data", action=argparse.BooleanOptionalAction, default=None,
-                   help="hold the data set bit-packed on the device (default: on CUDA; the first use builds a ~400 MB cache)")
+                   help="hold the data set on the device: bit-packed (dSprites and its variants) or as a uint8 table (the other sets) "
+                        "(default: on CUDA; the first use builds a cache)")
     t.add_argument("--data", default=None, metavar="PATH",
                    help="official dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz (default: procedural renderer)")
     _add_dataset_arguments(t, default="dsprites")

@@ -100,10 +100,10 @@ def test_the_code_table_is_skipped_where_observations_are_random():
 
 # -- the uint8 table on the device ------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_gather_color_images_converts_and_marks_bad_indices(dtype):
+def test_gather_color_images_converts_and_marks_bad_indices(dtype, device):
     table = torch.randint(0, 256, (50, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     index = torch.tensor([0, 49, 7, 7, -1, 50, 10 ** 9, 3])
-    out = gather_color_images(table, index, dtype)
+    out = gather_color_images(table.to(device), index.to(device), dtype).cpu()
     assert out.dtype == dtype and out.shape == (8, 3, 64, 64) and out.is_contiguous()
     good = torch.tensor([True, True, True, True, False, False, False, True])
     expected = (table[index[good]].double() / 255).to(dtype)  # the correctly rounded quotient
