@@ -117,7 +117,7 @@ def test_gather_color_images_converts_and_marks_bad_indices(dtype, device):
         gather_color_images(table, index[None])
 
 
-def test_device_batches_draw_from_the_uint8_table(tmp_path):
+def test_device_batches_draw_from_the_uint8_table(tmp_path, monkeypatch):
     path, sizes, images, _ = files.shapes3d_file(tmp_path)
     dataset = data.load("shapes3d", path, factor_sizes=sizes)
     said = []
@@ -129,8 +129,12 @@ def test_device_batches_draw_from_the_uint8_table(tmp_path):
     index = torch.randint(len(dataset), (10,))
     expected = torch.from_numpy(images[index.numpy()]).permute(0, 3, 1, 2).float() / 255
     assert torch.equal(torch.cat([x1, x2]), expected)
-    # the host fallback draws the same way (indices from the default CPU generator)
-    host = HostTableBatches(dataset.image_table(), torch.device("cpu"), 5, 2)
+    # the host fallback (a table too large for the device) draws the same way (indices from
+    # the default CPU generator), and says so
+    from fastfvae.train import whole_step
+    monkeypatch.setattr(whole_step, "_fits_device", lambda size, device: False)
+    host = device_batches(dataset, torch.device("cpu"), 5, 2, said.append)
+    assert isinstance(host, HostTableBatches) and "pinned host memory" in said[-1]
     torch.manual_seed(0)
     y1, y2 = host()
     assert torch.equal(torch.cat([y1, y2]), expected)

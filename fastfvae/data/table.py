@@ -144,14 +144,15 @@ class TableDataset(GroundTruthDataset):
 
     def image_table(self, device=None, chunk: int = 8192) -> torch.Tensor:
         """Every image as uint8 (len(self), C, 64, 64) on ``device`` (default CPU), row i the
-        image of grid index i; read in chunks of ``chunk`` rows."""
+        image of grid index i. Allocated on ``device`` and filled ``chunk`` rows at a time, so a
+        GPU table never passes through a whole host copy (MPI3D's is 12.7 GB)."""
         total = len(self)
-        table = torch.empty((total, self.channels, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+        table = torch.empty((total, self.channels, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, device=device)
         for start in range(0, total, chunk):
             stop = min(start + chunk, total)
             part = torch.from_numpy(np.ascontiguousarray(self.read_rows(np.arange(start, stop))))
-            table[start:stop] = part.permute(0, 3, 1, 2)
-        return table if device is None else table.to(device)
+            table[start:stop] = part.to(table.device).permute(0, 3, 1, 2)
+        return table
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({getattr(self, 'path', None)!r}, factor_sizes={self.factor_sizes})"

@@ -29,6 +29,7 @@ Three ways to run it (``mode``):
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -124,14 +125,16 @@ def device_batches(dataset, device: torch.device, batch_size: int, count: int,
 
     image_table = getattr(dataset, "image_table", None)
     if image_table is not None:
-        table = image_table()
-        if len(table) != len(dataset):
-            raise ValueError(f"image_table(): expected {len(dataset)} rows, got {len(table)}")
-        size = table.numel()
-        if _fits_device(size, device):
-            say(f"data: the {tuple(table.shape)} uint8 table ({size / 2**20:.0f} MiB) is held on {device}")
-            return DeviceBatches(table.to(device), batch_size, count, gather=gather_color_images)
-        say(f"data: the {tuple(table.shape)} uint8 table ({size / 2**20:.0f} MiB) does not fit {device}'s free "
+        shape = (len(dataset), getattr(dataset, "num_channels", 1), 64, 64)
+        size = math.prod(shape)
+        fits = _fits_device(size, device)
+        table = image_table(device if fits else None)
+        if tuple(table.shape) != shape:
+            raise ValueError(f"image_table(): expected shape {shape}, got {tuple(table.shape)}")
+        if fits:
+            say(f"data: the {shape} uint8 table ({size / 2**20:.0f} MiB) is held on {device}")
+            return DeviceBatches(table, batch_size, count, gather=gather_color_images)
+        say(f"data: the {shape} uint8 table ({size / 2**20:.0f} MiB) does not fit {device}'s free "
             f"memory; it stays in pinned host memory and each batch is copied asynchronously")
         return HostTableBatches(table, device, batch_size, count)
     packed_images = getattr(dataset, "packed_images", None)
