@@ -105,7 +105,10 @@ def test_shapes3d_refuses_wrong_files(tmp_path):
 def test_mpi3d_round_trips(tmp_path, compressed):
     path, sizes, images = files.mpi3d_file(tmp_path, "mpi3d_realistic", compressed=compressed)
     dataset = data.load("mpi3d_realistic", path, factor_sizes=sizes)
-    assert isinstance(dataset._rows, np.memmap) != compressed  # the stored archive is memory-mapped
+    # memory-mapped: the stored archive itself, a compressed one from the table cache
+    assert isinstance(dataset._rows, np.memmap)
+    cached = list((tmp_path / "cache" / "fastfvae").glob("mpi3d_realistic-table-*.npy"))
+    assert len(cached) == compressed
     assert dataset.factor_names == ("object_color", "object_shape", "object_size", "camera_height",
                                     "background_color", "horizontal_axis", "vertical_axis")
     check_round_trips(dataset, lambda i: torch.from_numpy(images[i]).permute(2, 0, 1).float() / 255)

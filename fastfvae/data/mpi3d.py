@@ -11,7 +11,8 @@ disentanglement_lib hard-codes 4 colours and 4 shapes (460,800 images) for mpi3d
 mpi3d_realistic, the sizes of their first release; the files published now have 6 and 6. The
 loader takes the sizes from the number of images (1,036,800 -> 6, 6; 460,800 -> 4, 4) and refuses
 any other count. The images are memory-mapped when the archive stores them uncompressed (the
-official files do: ~12 GB each), else decompressed once into memory.
+official files do: ~12 GB each), else decompressed once into the table cache
+(fastfvae/data/table_cache.py) and memory-mapped from there.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from fastfvae.data.dsprites import _npz_member
 from fastfvae.data.table import IMAGE_SIZE, DataFileError, TableDataset, check_grid_sizes, file_error
+from fastfvae.data.table_cache import cached_table, source_key
 
 FACTOR_NAMES = ("object_color", "object_shape", "object_size", "camera_height", "background_color",
                 "horizontal_axis", "vertical_axis")
@@ -62,7 +64,18 @@ class MPI3D(TableDataset):
             with zipfile.ZipFile(path) as archive:
                 if "images.npy" not in archive.namelist():
                     raise error(f"the archive lacks 'images' (it has {archive.namelist()})")
-                images = _npz_member(path, archive, "images")
+                info = archive.getinfo("images.npy")
+                if info.compress_type == zipfile.ZIP_STORED:  # the official files: memory-mapped
+                    images = _npz_member(path, archive, "images")
+                else:  # decompressed once into the table cache, memory-mapped from there
+                    with archive.open(info) as member:
+                        version = np.lib.format.read_magic(member)
+                        shape, _, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                                           else np.lib.format.read_array_header_2_0(member))
+                    if dtype != np.uint8 or len(shape) != 4 or shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+                        raise error(f"'images' is {dtype} {shape}, expected uint8 (N, 64, 64, 3)")
+                    key = source_key(variant, (), [path], "compressed npz images")
+                    images = cached_table(variant, key, shape, lambda: _npz_member(path, archive, "images"))
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as damaged:
             if isinstance(damaged, DataFileError):
                 raise
