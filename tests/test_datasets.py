@@ -52,6 +52,15 @@ def test_names_are_disentanglement_libs():
         data.load("dsprites", seed=3)
 
 
+def test_the_official_grids_have_the_official_image_counts():
+    from fastfvae.data import cars3d, mpi3d, shapes3d, smallnorb
+
+    assert math.prod(shapes3d.FACTOR_SIZES) == 480_000
+    assert math.prod(mpi3d.FACTOR_SIZES) == 1_036_800 and math.prod(mpi3d.FIRST_RELEASE_SIZES) == 460_800
+    assert math.prod(smallnorb.GRID_SIZES) == 2 * 24_300
+    assert math.prod(cars3d.FACTOR_SIZES) == 17_568
+
+
 @pytest.mark.parametrize("name, official", [
     ("shapes3d", "3dshapes.h5"), ("mpi3d_real", "mpi3d_real.npz"), ("cars3d", "car_"),
     ("smallnorb", "smallnorb-5x46789x9x18x6x2x96x96-training-dat.mat")])
