@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastfvae import cli, data, gather_color_images
+from fastfvae import cli, data
 from fastfvae.train.whole_step import DeviceBatches, HostTableBatches, device_batches
 from tests import _dataset_files as files
 
@@ -99,24 +99,6 @@ def test_the_code_table_is_skipped_where_observations_are_random():
 
 
 # -- the uint8 table on the device ------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_gather_color_images_converts_and_marks_bad_indices(dtype, device):
-    table = torch.randint(0, 256, (50, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    index = torch.tensor([0, 49, 7, 7, -1, 50, 10 ** 9, 3])
-    out = gather_color_images(table.to(device), index.to(device), dtype).cpu()
-    assert out.dtype == dtype and out.shape == (8, 3, 64, 64) and out.is_contiguous()
-    good = torch.tensor([True, True, True, True, False, False, False, True])
-    expected = (table[index[good]].double() / 255).to(dtype)  # the correctly rounded quotient
-    torch.testing.assert_close(out[good], expected, rtol=0, atol=0 if dtype != torch.bfloat16 else 4e-3)
-    assert bool(out[~good].isnan().all())
-    with pytest.raises(TypeError, match="table: expected dtype torch.uint8"):
-        gather_color_images(table.float(), index)
-    with pytest.raises(TypeError, match="index: expected dtype"):
-        gather_color_images(table, index.float())
-    with pytest.raises(ValueError, match="index: expected a 1-D"):
-        gather_color_images(table, index[None])
-
-
 def test_device_batches_draw_from_the_uint8_table(tmp_path, monkeypatch):
     path, sizes, images, _ = files.shapes3d_file(tmp_path)
     dataset = data.load("shapes3d", path, factor_sizes=sizes)
