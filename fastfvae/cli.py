@@ -268,15 +268,27 @@ def _signal_number(name: str) -> int:
 def _print_train_result(summary: dict, out: str) -> None:
     final = summary.get("final", {})
     losses = ", ".join(f"{k} {v:.4g}" for k, v in final.items())
-    print(f"done: step {summary['step']} in {summary['train_time_s']:.0f} s "
-          f"({summary['steps_per_s']:.2f} steps/s): {losses}")
+    print(f"done: step {summary['step']} {_rates(summary)}: {losses}")
     metrics = summary.get("metrics")
     if isinstance(metrics, dict):
         print("metrics: " + _metrics_line(metrics))
         print(_metrics_table(metrics))
     images = summary.get("images") or {}
+    shown = summary.get("images_step", summary["step"])
+    stale = f" (images of step {shown})" if images and shown != summary["step"] else ""
     print(f"outputs in {out}/: " + ", ".join(["summary.json", "log.jsonl", "checkpoint.pt"]
-                                             + [os.path.basename(p) for p in images.values()]))
+                                             + [os.path.basename(p) for p in images.values()]) + stale)
+
+
+def _rates(summary: dict) -> str:
+    """What the rates cover: the whole run when this session trained it all; else this session's
+    steps and rate, then the whole run's training time (summaries of older versions lack them)."""
+    session = summary.get("session_steps")
+    whole = f"in {summary['train_time_s']:.0f} s of training"
+    if session is None or session == summary["step"]:
+        return f"{whole} ({summary['steps_per_s']:.2f} steps/s)"
+    return (f"(this session: {session} steps in {summary['session_time_s']:.0f} s, {summary['steps_per_s']:.2f} "
+            f"steps/s; the whole run: {summary['step']} steps {whole}, {summary['run_steps_per_s']:.2f} steps/s)")
 
 
 def _metrics_line(metrics: dict) -> str:

@@ -12,6 +12,8 @@ npz file's bytes). The table is built once, written to the user's cache director
 carries the format version and the key, so a changed renderer or file gets a new table; the header records the SHA-256 of the payload, checked on every load. A file
 that is missing, truncated, corrupt or written for another source is rebuilt; it is written to a
 temporary file in the same folder and renamed into place, so a reader never sees half a table.
+When the cache cannot be written (a read-only or full disk, a file where the folder should be),
+a warning says so once and the built table is used from memory.
 
 File layout: MAGIC (8 bytes), header length (8 bytes, little-endian), a JSON header
 {format, key, rows, row_bytes, bitorder, sha256}, then rows * row_bytes payload bytes.
@@ -154,12 +156,21 @@ def load_or_build(name: str, key: str, rows: int, build: Callable[[], np.ndarray
     path = cache_path(name, key, directory)
     try:
         return read_table(path, key, rows)
-    except FileNotFoundError:
-        pass
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        pass  # no readable file there: built below; a failed write then says why
     except (OSError, ValueError) as error:
         warnings.warn(f"rebuilding the packed image table {path}: {error}", stacklevel=3)
     table = build()
     if table.dtype != np.uint8 or table.shape != (rows, ROW_BYTES):
         raise ValueError(f"build() returned {table.dtype} {table.shape}, expected uint8 ({rows}, {ROW_BYTES})")
-    write_table(path, table, key)
+    try:
+        write_table(path, table, key)
+    except OSError as error:
+        # An unwritable cache folder (read-only home, a file in the way, a full disk) must not
+        # throw away a table that took minutes to build: use it from memory, say so once.
+        reason = error.strerror or str(error)
+        where = f"{error.filename}: " if error.filename else ""
+        warnings.warn(f"could not write the packed image cache {path} ({where}{reason}); using the table "
+                      f"from memory, it is built again next time (set XDG_CACHE_HOME to a writable folder "
+                      f"to keep it)", stacklevel=3)
     return table
