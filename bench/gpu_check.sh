@@ -37,6 +37,7 @@
 # Adding a stage: one name:limit entry in PLAN (keeping the total <= 600) and one
 # `run_stage NAME LOG COMMAND ARGS...` line where it belongs; COMMAND is a program or a function
 # of this script, and its arguments are passed as arguments (never pasted into a shell string).
+# Then add the stage to STAGES in tests/test_gpu_check.py with a check of its command.
 #
 # Paper timing (16 cores, warm box): the build is ~60-90 s of nvcc (4 dtypes x 6 .cu files, one
 # architecture); a cold Triton compile is 0.5-1 s per specialisation (5.6 s for the 4096-key
@@ -188,6 +189,11 @@ run_stage() {
     timeout -s INT -k 10 "$limit" "$@" >>"$log" 2>&1
   fi
   rc=$?
+  # A stage cut before run_tests gathered its halves' logs: keep what they wrote (the half run in
+  # the background ignores SIGINT, as asynchronous commands of a non-interactive bash do, and
+  # is killed 10 s later).
+  local part
+  for part in "$log".part*; do [ -f "$part" ] && { cat "$part" >>"$log"; rm -f "$part"; }; done
   local took=$(( $(date +%s) - t0 ))
   local note="ok"
   { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] || [ "$rc" -eq 130 ]; } && note="TIMED OUT"

@@ -223,11 +223,11 @@ def _result_lines(log: str) -> dict[str, int]:
                     reason=f"many minutes on a small CPU: .ci/run runs it ({PLUMBING_SWITCH}=1)")
 def test_plumbing_runs_every_stage(tmp_path):
     """`bench/gpu_check.sh --plumbing` with its default lists: every stage runs and passes."""
-    # The stage limits are a GPU box's; on a small shared CPU the whole suite alone takes minutes,
-    # and this test checks the commands, not their speed.
-    env = {**_env(tmp_path), "GPU_CHECK_LIMIT_SCALE": "10"}
+    # The stage limits are a GPU box's; on a small shared CPU tests-rest (most of the suite) alone
+    # took 15 minutes, and this test checks the commands, not their speed.
+    env = {**_env(tmp_path), "GPU_CHECK_LIMIT_SCALE": "30"}
     result = subprocess.run(["bash", str(SCRIPT), "--plumbing"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=3600)
+                            capture_output=True, text=True, timeout=5400)
     summary = (tmp_path / "gpu_check.md").read_text()
     assert result.returncode == 0, summary + result.stderr[-3000:]
     rows = re.findall(r"^\| (\S+) \| (\S+) \| \d+ \| \d+ \| (.*) \|$", summary, re.M)
