@@ -129,6 +129,49 @@ class Step:
             group["lr"] = config.lr_vae
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward, forward-pre or backward hooks of its own."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _has_global_module_hooks() -> bool:
+    """Whether hooks registered for every module (``nn.modules.module.register_module_*_hook``)
+    are in force: ``SharedDiscriminatorBackward.run`` calls the layers, but its backward would
+    not run their backward hooks."""
+    from torch.nn.modules import module as torch_module
+
+    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+                or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks)
+
+
+def _plain_linears(disc: nn.Module) -> Optional[list]:
+    """The Linear layers of ``disc``'s net when the shared backward is exact for it as it is now
+    (``SharedDiscriminatorBackward.supports``), else None. Exact types: a parametrized Linear
+    (torch.nn.utils.parametrize) is a subclass of nn.Linear."""
+    net = getattr(disc, "net", None)
+    if type(disc) is not Discriminator or type(net) is not nn.Sequential or _has_global_module_hooks():
+        return None
+    if _has_hooks(disc) or _has_hooks(net) or "forward" in disc.__dict__ or "forward" in net.__dict__:
+        return None
+    linears = []
+    for module in net._modules.values():
+        kind = type(module)
+        if kind is nn.Linear:
+            if "weight" not in module._parameters:  # torch.nn.utils.spectral_norm's weight_orig
+                return None
+            linears.append(module)
+        elif kind is not nn.LeakyReLU or module.inplace:
+            return None
+        if _has_hooks(module) or "forward" in module.__dict__:
+            return None
+    # set_grads reads the logits' gradient at the last Linear's output: it must be the last
+    # module and give the two logits.
+    if not linears or linears[-1] is not module or module.out_features != 2:
+        return None
+    return linears
+
+
 class DiscriminatorPass(NamedTuple):
     """One forward of the discriminator's MLP with what its backward needs: the logits (B, 2),
     each Linear layer's input (B, in) and output (B, out, still in the autograd graph)."""
@@ -162,17 +205,30 @@ class SharedDiscriminatorBackward:
 
     def __init__(self, disc: Discriminator):
         if not self.supports(disc):
-            raise ValueError("disc: expected a Discriminator whose net is Linear and LeakyReLU(inplace=False) layers")
+            raise ValueError("disc: expected a Discriminator whose net is Linear and LeakyReLU(inplace=False) layers "
+                             "with no hooks or parametrizations")
         self.net = disc.net
-        self.linears = [m for m in disc.net if isinstance(m, nn.Linear)]
+        self.linears = _plain_linears(disc)
 
     @staticmethod
     def supports(disc: nn.Module) -> bool:
-        """D's forward is its net's layers in turn, Linear or out-of-place LeakyReLU (an in-place
-        activation would overwrite the Linear outputs whose gradients are read)."""
-        net = getattr(disc, "net", None)
-        return (type(disc) is Discriminator and isinstance(net, nn.Sequential)
-                and all(isinstance(m, nn.Linear) or (isinstance(m, nn.LeakyReLU) and not m.inplace) for m in net))
+        """D's forward is its net's layers in turn, plain Linear or out-of-place LeakyReLU (an
+        in-place activation would overwrite the Linear outputs whose gradients are read), with
+        nothing that ``run`` would skip or ``set_grads`` would miss: no hooks on D, its net or
+        its layers, no global module hooks, no parametrization (spectral_norm, weight_norm: a
+        parametrized layer's weight is computed, so a gradient written into it reaches nothing).
+        Checked before every step (``exact_for``): D may change after the step is built."""
+        return _plain_linears(disc) is not None
+
+    def exact_for(self, disc: nn.Module) -> bool:
+        """Whether the shared backward is exact for ``disc`` as it is now (``supports``), taking
+        its current layers (a net whose plain layers were replaced since the last step). A few
+        microseconds for the paper's 13-module D (bench/RESULTS.md)."""
+        linears = _plain_linears(disc)
+        if linears is None:
+            return False
+        self.net, self.linears = disc.net, linears
+        return True
 
     def run(self, z: Tensor) -> DiscriminatorPass:
         inputs, outputs = [], []
@@ -244,7 +300,9 @@ class FactorVAEStep(Step):
         """x1, x2: float (B, C, 64, 64) images of two independent batches."""
         if x2 is None:
             raise ValueError("x2: FactorVAE needs a second batch for the discriminator, got None")
-        if self._reuse_d_z and self.shared is not None:
+        # D may have changed since construction (a hook, a parametrization, a new layer): the
+        # shared backward is taken only while it is exact for D as it is now.
+        if self._reuse_d_z and self.shared is not None and self.shared.exact_for(self.disc_module):
             return self._shared_step(x1, x2)
         b = x1.shape[0]
         reuse = self._reuse_d_z
@@ -273,7 +331,9 @@ class FactorVAEStep(Step):
         d_loss = self.disc_loss(d_real, d_perm)
         self.opt_d.zero_grad(set_to_none=True)
         if reuse:
-            d_loss.backward(inputs=self.disc_params)
+            # D's parameters as they are now: a parametrization added since construction (weight
+            # norm's g and v) replaces some (the optimiser steps those it was given).
+            d_loss.backward(inputs=list(self.disc_module.parameters()))
         else:
             d_loss.backward()
         self.opt_d.step()
