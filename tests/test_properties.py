@@ -349,3 +349,47 @@ def test_batched_backward_of_the_decoder_layer(out_channels):
     basis = torch.eye(out.numel(), dtype=out.dtype).view(-1, *out.shape)
     (rows,) = torch.autograd.grad(out, leaf, basis, is_grads_batched=True)
     torch.testing.assert_close(rows.view(want.shape), want, **TOLERANCES[torch.float64])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss modules over dtypes: every term against the same module on float64 copies of the
+# inputs as rounded to the dtype, within the tolerance of the dtype the terms are reduced in
+# (float32 for 16-bit inputs and float32, float64 for float64; DESIGN.md §2).
+# ---------------------------------------------------------------------------------------------
+LOSS_MODULES = ["factorvae", "betavae", "betatcvae_mws", "betatcvae_mss", "dipvae_i", "dipvae_ii", "annealedvae"]
+
+
+def _loss_call(name: str, x_recon, x, mu, logvar, z, d_z):
+    from fastfvae import losses
+
+    kl = fastfvae.reparameterize_kl(mu, logvar)[1]
+    if name == "factorvae":
+        return losses.FactorVAELoss(gamma=35.0)(x_recon, x, kl, d_z)
+    if name == "betavae":
+        return losses.BetaVAELoss(beta=4.0)(x_recon, x, kl)
+    if name.startswith("betatcvae"):
+        return losses.BetaTCVAELoss(dataset_size=500, method=name[-3:])(x_recon, x, z, mu, logvar)
+    if name.startswith("dipvae"):
+        return losses.DIPVAELoss(name.split("_")[1], lambda_od=2.0, lambda_d=5.0)(x_recon, x, kl, mu, logvar)
+    return losses.AnnealedVAELoss(gamma=100.0, c_max=25.0, iteration_threshold=50)(x_recon, x, kl, 20)
+
+
+@BUDGET
+@given(name=st.sampled_from(LOSS_MODULES), dtype=dtypes, batch=st.integers(2, 9), dim=st.integers(1, 6),
+       seed=seeds, scale=st.sampled_from([1.0, 4.0]))
+def test_loss_modules_reduce_16_bit_inputs_in_float32(name, dtype, batch, dim, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(batch, 1, 8, 8, generator=g, dtype=torch.float64) * 3,
+              (torch.rand(batch, 1, 8, 8, generator=g, dtype=torch.float64) > 0.5).double(),
+              torch.randn(batch, dim, generator=g, dtype=torch.float64) * scale + scale,
+              torch.randn(batch, dim, generator=g, dtype=torch.float64) * 0.5,
+              torch.randn(batch, dim, generator=g, dtype=torch.float64) * scale,
+              torch.randn(batch, 2, generator=g, dtype=torch.float64)]
+    rounded = [t.to(dtype) for t in inputs]
+    got = _loss_call(name, *rounded)
+    want = _loss_call(name, *[t.double() for t in rounded])
+    reduced = torch.float64 if dtype == torch.float64 else torch.float32
+    for term, g_value, w_value in zip(got._fields, got, want):
+        assert g_value.dtype == reduced, f"{name}.{term}: {g_value.dtype} for {dtype} inputs"
+        torch.testing.assert_close(g_value.double(), w_value, **TOLERANCES[reduced],
+                                   msg=lambda m, term=term: f"{name}.{term} ({dtype}): {m}")

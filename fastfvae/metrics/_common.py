@@ -42,7 +42,7 @@ def check_nonnegative_float(name: str, value) -> float:
     if number is None:
         raise TypeError(f"{name}: expected a float >= 0, got {type(value).__name__} {value!r}")
     if not 0.0 <= number < float("inf"):  # also rejects NaN
-        raise ValueError(f"{name}: expected a finite float >= 0, got {value}")
+        raise ValueError(f"{name}: expected a float >= 0 (finite), got {value}")
     return number
 
 
