@@ -40,6 +40,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _torch_module
 
 from fastfvae import functional, losses
 from fastfvae.models import VAE, Discriminator
@@ -129,30 +130,30 @@ class Step:
             group["lr"] = config.lr_vae
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether ``module`` has forward, forward-pre or backward hooks of its own."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
+def _hooked_or_patched(module: nn.Module) -> bool:
+    """Whether ``module`` has forward, forward-pre or backward hooks of its own, or a forward
+    set on the instance (read from its __dict__: this runs for every module before every step)."""
+    state = module.__dict__
+    return bool(state["_forward_hooks"] or state["_forward_pre_hooks"] or state["_backward_hooks"]
+                or state["_backward_pre_hooks"] or "forward" in state)
 
 
 def _has_global_module_hooks() -> bool:
     """Whether hooks registered for every module (``nn.modules.module.register_module_*_hook``)
     are in force: ``SharedDiscriminatorBackward.run`` calls the layers, but its backward would
     not run their backward hooks."""
-    from torch.nn.modules import module as torch_module
-
-    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
-                or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks)
+    return bool(_torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+                or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)
 
 
 def _plain_linears(disc: nn.Module) -> Optional[list]:
     """The Linear layers of ``disc``'s net when the shared backward is exact for it as it is now
     (``SharedDiscriminatorBackward.supports``), else None. Exact types: a parametrized Linear
     (torch.nn.utils.parametrize) is a subclass of nn.Linear."""
-    net = getattr(disc, "net", None)
-    if type(disc) is not Discriminator or type(net) is not nn.Sequential or _has_global_module_hooks():
+    if type(disc) is not Discriminator or _has_global_module_hooks():
         return None
-    if _has_hooks(disc) or _has_hooks(net) or "forward" in disc.__dict__ or "forward" in net.__dict__:
+    net = disc._modules.get("net")
+    if type(net) is not nn.Sequential or _hooked_or_patched(disc) or _hooked_or_patched(net):
         return None
     linears = []
     for module in net._modules.values():
@@ -163,7 +164,7 @@ def _plain_linears(disc: nn.Module) -> Optional[list]:
             linears.append(module)
         elif kind is not nn.LeakyReLU or module.inplace:
             return None
-        if _has_hooks(module) or "forward" in module.__dict__:
+        if _hooked_or_patched(module):
             return None
     # set_grads reads the logits' gradient at the last Linear's output: it must be the last
     # module and give the two logits.
