@@ -17,7 +17,7 @@ from torch import Tensor
 
 from fastfvae import reference
 from fastfvae._checks import FLOAT_DTYPES, check_choice
-from fastfvae.backends import BACKEND_NAMES, ENVIRONMENT_VARIABLE, _requested_from_environment, get_backend, select
+from fastfvae.backends import BACKEND_NAMES, ENVIRONMENT_VARIABLE, get_backend, requested_from_environment, select
 from fastfvae.ops._register import _functorch_active
 
 ROW_BYTES = reference.PACKED_ROW_BYTES
@@ -84,7 +84,7 @@ def gather_images(packed: Tensor, index: Tensor, dtype: torch.dtype = torch.floa
 def _under_functorch(packed: Tensor, index: Tensor, dtype: torch.dtype, backend: str) -> Tensor:
     """Under torch.func transforms (vmap, ...) the reference's torch ops run: batched tensors have
     no data pointer for a kernel to read (as the other ops, fastfvae/ops/_register.py)."""
-    requested = _requested_from_environment() if backend == "auto" else backend
+    requested = requested_from_environment() if backend == "auto" else backend
     if requested not in ("auto", "reference"):
         raise ValueError(
             f"backend: torch.func transforms (vmap, grad, jacrev, ...) run gather_images with the reference "
