@@ -184,8 +184,8 @@ def evaluate(
     _check_overrides(overrides)
     if not (code_table in ("auto", True, False) or isinstance(code_table, CodeTable)):
         raise ValueError(f"code_table: expected 'auto', True, False or a CodeTable, got {code_table!r}")
-    _common.check_positive_int("table_batch_size", table_batch_size)
-    _common.check_positive_int("table_grid_limit", table_grid_limit)
+    table_batch_size = _common.check_positive_int("table_batch_size", table_batch_size)
+    table_grid_limit = _common.check_positive_int("table_grid_limit", table_grid_limit)
     sizes = _common.check_dataset(dataset)
 
     params = {name: {**PRESETS[preset][name], **(overrides.get(name) or {})} for name in names}
