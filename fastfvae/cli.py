@@ -1,7 +1,7 @@
 """The ``fastfvae`` command: ``train``, ``evaluate``, ``traverse``.
 
-    fastfvae train [--steps N] [--gamma G] [--out DIR] [--resume] ...
-    fastfvae evaluate CHECKPOINT|--pretrained NAME [--data PATH] [--json]
+    fastfvae train [--dataset NAME] [--data PATH] [--steps N] [--gamma G] [--out DIR] [--resume] ...
+    fastfvae evaluate CHECKPOINT|--pretrained NAME [--dataset NAME] [--data PATH] [--json]
     fastfvae traverse CHECKPOINT|--pretrained NAME [--out PNG|JPG|GIF]
 
 ``python -m fastfvae ...`` is the same, and ``torchrun --nproc_per_node=2 -m fastfvae train ...``
@@ -23,6 +23,19 @@ TRAVERSE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF
 SMOKE_SCALE_STEPS = 100_000  # below this, the end of a run says what such a run can show
 
 
+def _dataset_of_run(args, state: dict):
+    """The data set evaluate/traverse read: --dataset (else the checkpoint's; checkpoints written
+    before the option existed trained on dSprites), from --data (else the checkpoint's path for a
+    file-backed set; the procedural renderer for the dSprites family)."""
+    from fastfvae.data.registry import FILE_SETS
+    from fastfvae.train import make_dataset
+    saved = state["config"]
+    name = args.dataset or saved.get("dataset", "dsprites")
+    data = args.data if args.data is not None else (saved.get("data") if name in FILE_SETS else None)
+    scream = args.scream_image or (saved.get("scream_image") if name == "scream_dsprites" else None)
+    return make_dataset(data, name, scream, args.seed if hasattr(args, "seed") else 0)
+
+
 # ---------------------------------------------------------------------------------------------
 def _cmd_train(args) -> int:
     from fastfvae import train as train_mod
@@ -40,7 +53,8 @@ def _cmd_train(args) -> int:
         steps=args.steps, objective=args.objective, gamma=args.gamma, batch_size=args.batch_size,
         z_dim=args.z_dim, lr_vae=args.lr_vae, lr_d=args.lr_d, disc_depth=args.disc_depth,
         disc_width=args.disc_width, seed=args.seed, device=args.device, backend=args.backend,
-        amp=args.amp, compile=args.compile, graph=args.graph, packed_data=args.packed_data, data=args.data, out=out, resume=args.resume,
+        amp=args.amp, compile=args.compile, graph=args.graph, packed_data=args.packed_data, data=args.data,
+        dataset=args.dataset, scream_image=args.scream_image, out=out, resume=args.resume,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, eval_every=args.eval_every,
         log_tc_every=args.log_tc_every, metrics=not args.no_metrics,
         metrics_preset=args.metrics_preset, images=not args.no_images,
@@ -204,8 +218,8 @@ def _cmd_evaluate(args) -> int:
     _set_threads("auto")
     state, vae, device, torch = _load_for_inference(args)
     from fastfvae.diagnostics import decompose_kl
-    from fastfvae.train import evaluation, make_dataset
-    dataset = make_dataset(args.data)
+    from fastfvae.train import evaluation
+    dataset = _dataset_of_run(args, state)
     source = {"pretrained": args.pretrained} if args.pretrained else {"checkpoint": os.path.abspath(args.checkpoint)}
     result: dict = {**source, "step": state["step"],
                     "objective": state["config"].get("objective")}
@@ -262,8 +276,8 @@ def _cmd_traverse(args) -> int:
     if image_format is None:  # refused before the checkpoint is read
         raise ValueError(f"--out: expected a file ending in {', '.join(TRAVERSE_FORMATS)}, got {out!r}")
     state, vae, device, torch = _load_for_inference(args)
-    from fastfvae.train import artefacts, make_dataset
-    dataset = make_dataset(args.data)
+    from fastfvae.train import artefacts
+    dataset = _dataset_of_run(args, state)
     image, _ = dataset[args.index]
     with torch.no_grad():
         mu, _ = vae.encoder(image[None].to(device).float())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Optional
 
 # The subcommands as `fastfvae --help` lists them. That help is built without importing torch
 # (a few seconds), so the objectives are named here; tests/test_cli.py checks them against
@@ -100,9 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--graph", action="store_true",
                    help="CUDA: capture the whole step in one CUDA graph and replay it (UNVALIDATED: no GPU has run it yet)")
     t.add_argument("--packed-data", action=argparse.BooleanOptionalAction, default=None,
-                   help="hold the data set bit-packed on the device (default: on CUDA; the first use builds a ~400 MB cache)")
+                   help="hold the data set on the device: bit-packed (dSprites and its variants) or as a uint8 table (the other sets) "
+                        "(default: on CUDA; the first use builds a cache)")
     t.add_argument("--data", default=None, metavar="PATH",
                    help="official dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz (default: procedural renderer)")
+    _add_dataset_arguments(t, default="dsprites")
     t.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/fastfvae-<time>)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint (see below for changed options)")
@@ -126,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pretrained", default=None, metavar="NAME",
                    help="a model shipped with fastfvae (fastfvae.pretrained.list()) instead of a checkpoint")
     e.add_argument("--data", default=None, metavar="PATH",
-                   help="the official dSprites npz to evaluate on (default: the procedural renderer)")
+                   help="the data set's file or folder to evaluate on (default: the checkpoint's for a file-backed "
+                        "set; dSprites: the procedural renderer)")
+    _add_dataset_arguments(e, default=None)
     e.add_argument("--device", default="auto", help="auto, cpu or cuda: where the encoder runs (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0,
                    help="seeds the metrics' samples and the KL decomposition's (default: %(default)s)")
@@ -148,12 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .png or .jpg grid (one row per latent), or a .gif animating each row's value "
                         "(default: traversals-<index>.png beside the checkpoint)")
     v.add_argument("--data", default=None, metavar="PATH")
+    _add_dataset_arguments(v, default=None)
     v.add_argument("--index", type=int, default=0, help="data set index of the image whose code is traversed")
     v.add_argument("--limit", type=_positive_finite_float, default=2.5,
                    help="each dimension goes from -limit to +limit")
     v.add_argument("--values", type=_positive_int, default=9, help="images per row")
     v.add_argument("--device", default="auto")
     return parser
+
+
+def _add_dataset_arguments(parser, default: Optional[str]) -> None:
+    """--dataset and --scream-image (train, evaluate, traverse)."""
+    from fastfvae.data import names
+    where = "(default: %(default)s)" if default else "(default: the checkpoint's; dsprites for older checkpoints)"
+    parser.add_argument("--dataset", choices=names(), default=default, metavar="NAME",
+                        help=f"the data set, disentanglement_lib's names: {', '.join(names())} {where}")
+    parser.add_argument("--scream-image", default=None, metavar="PATH",
+                        help="scream_dsprites: the painting's image file (The Scream, as disentanglement_lib)")
 
 
 def _metric_names(text: str):

@@ -20,3 +20,9 @@ OPS = (
     "log_qz",
     "gather_images",
 )
+
+# Ops written in torch operations alone (no backend, no kernel, no custom op): exported as the
+# others, with their own tests and benchmarks (tests/test_<op>.py, bench/test_<op>.py).
+TORCH_OPS = (
+    "gather_color_images",
+)

@@ -11,7 +11,7 @@ import pytest
 
 import fastfvae
 from fastfvae import backends, ops
-from fastfvae.registry import OPS
+from fastfvae.registry import OPS, TORCH_OPS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -33,8 +33,18 @@ def missing_launchers(op: str, backend_names=("reference", "native")) -> list[st
 
 def test_the_registry_lists_every_op_module_once():
     modules = {p.stem for p in (ROOT / "fastfvae" / "ops").glob("*.py") if not p.stem.startswith("_")}
-    assert len(set(OPS)) == len(OPS), OPS
-    assert modules == set(OPS), f"op modules without a registry entry or entries without a module: {modules ^ set(OPS)}"
+    listed = OPS + TORCH_OPS
+    assert len(set(listed)) == len(listed), listed
+    assert modules == set(listed), f"op modules without a registry entry or entries without a module: {modules ^ set(listed)}"
+
+
+@pytest.mark.parametrize("op", TORCH_OPS)
+def test_every_torch_op_is_exported_tested_and_benchmarked(op):
+    module = importlib.import_module(f"fastfvae.ops.{op}")
+    for name in module.__all__:
+        assert getattr(fastfvae, name) is getattr(module, name), name
+    for path in (f"tests/test_{op}.py", f"bench/test_{op}.py"):
+        assert (ROOT / path).is_file(), f"{op}: missing {path}"
 
 
 @pytest.mark.parametrize("op", OPS)

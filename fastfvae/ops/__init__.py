@@ -7,10 +7,10 @@ adding an op adds no line here.
 """
 import importlib
 
-from fastfvae.registry import OPS
+from fastfvae.registry import OPS, TORCH_OPS
 
 __all__ = []
-for _op in OPS:
+for _op in OPS + TORCH_OPS:
     _module = importlib.import_module(f"fastfvae.ops.{_op}")
     globals().update({name: getattr(_module, name) for name in _module.__all__})
     __all__ += _module.__all__
