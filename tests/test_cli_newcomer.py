@@ -35,7 +35,7 @@ def test_subcommand_help_explains_compile_and_evaluate_options(capsys):
             cli.main(argv)
     text = " ".join(capsys.readouterr().out.split())
     assert "It pays on CUDA" in text and "does not speed up CPU runs today" in text
-    for option in ("--device DEVICE auto, cpu or cuda", "--seed SEED seeds", "--data PATH the official dSprites npz",
+    for option in ("--device DEVICE auto, cpu or cuda", "--seed SEED seeds", "--data PATH the data set's file or folder",
                    "--json"):
         assert option in text, option
     assert ".gif animating" in text and ".jpg" in text
