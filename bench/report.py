@@ -323,8 +323,10 @@ def roofline_lines(record: dict) -> list[str]:
                       f"{rates['uniforms_per_s_1thread'] / 1e6:.0f} M/s)")
     lines = [f"### Roofline ({r['device']}: {r['gpu'] or r['machine']}, {r['threads']} threads)", "",
              f"Measured {r['datetime']}, torch {r['torch']}, load average (1 min) {r['load_average'][0]:.2f} → "
-             f"{r['load_average'][1]:.2f}; {r['rounds']} interleaved rounds per case, fresh inputs each. Rates "
-             "(the faster of the measurements before and after the ops):", "",
+             f"{r['load_average'][1]:.2f}; {r['rounds']} interleaved rounds per case, fresh inputs each; "
+             + ("times are the calling thread's CPU time (a loaded machine: wall times were mostly other "
+                "processes' time slices)" if r.get("clock") == "thread" else "wall-clock times")
+             + ". Rates (the faster of the measurements before and after the ops):", "",
              f"- memory: copy {rates['copy_gbps']:.1f} GB/s, add {rates['add_gbps']:.1f} GB/s (bytes read + "
              "written; the floor uses the faster)",
              f"- Philox normals {rates['normals_per_s'] / 1e6:.0f} M/s, uniforms {rates['uniforms_per_s'] / 1e6:.0f} M/s"

@@ -8,8 +8,8 @@ First the machine's rates, measured here at the thread count in use (torch.get_n
 memory bandwidth (copy and add of a large float32 tensor, bytes read + written per second), the
 library's own Philox draw rates (normals as reparameterize_kl draws eps, uniforms as each
 permute_dims key needs one Philox call), and for compute-bound work the rate of a simple FMA loop
-and of the kernels' vectorised exp. On the CPU these are kernels/cpu/roofline.cpp (the kernels'
-own code); on CUDA, Triton kernels (tl.randn / tl.rand are the Triton backend's draws, and the
+and of the kernels' vectorised exp. On the CPU these are ffv_philox_fill and
+kernels/cpu/roofline.cpp (the kernels' own code); on CUDA, Triton kernels (tl.randn / tl.rand are the Triton backend's draws, and the
 CUDA library's Philox is bit-identical to them, DESIGN.md §5) and torch copies of a 256 MiB tensor.
 
 Then every op, forward, backward and full (forward + backward), at the benchmark's large sizes,
@@ -57,12 +57,29 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# The clock every measurement here reads: wall time, or (--clock thread, one thread only) the
+# CPU time of the calling thread, which leaves out the time the thread waits descheduled. On a
+# machine shared by many processes, a call of more than a few ms is almost always preempted for
+# a whole time slice (12-16 ms stalls every ~4 ms of work were seen on a 2-core VM at load 10),
+# so no wall-clock repeat of it is clean; its thread CPU time still is the call's own cost.
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+_clock = CLOCKS["wall"]
+
+
+def set_clock(name: str) -> None:
+    global _clock
+    if name == "thread" and torch.get_num_threads() != 1:
+        raise ValueError(f"--clock thread: measures one thread's CPU time, so it needs torch.set_num_threads(1) "
+                         f"(OMP_NUM_THREADS=1); torch uses {torch.get_num_threads()} threads")
+    _clock = CLOCKS[name]
+
+
 def time_call(fn: Callable, device: str) -> float:
     synchronize(device)
-    start = time.perf_counter()
+    start = _clock()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return _clock() - start
 
 
 def best_and_median(fn: Callable, device: str, repeats: int) -> tuple[float, float]:
@@ -116,13 +133,13 @@ def _cpu_library():
         return None, reason
     handle = library.handle
     try:
-        handle.ffv_roofline_draw.argtypes = (ctypes.c_int32, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                                             ctypes.c_void_p)
+        handle.ffv_philox_fill.argtypes = (ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                           ctypes.c_void_p)
         handle.ffv_roofline_fma.argtypes = (ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
         handle.ffv_roofline_exp.argtypes = (ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
     except AttributeError:
         return None, f"{library.path.name} lacks the ffv_roofline_* probes; rebuild it (scripts/rebuild_native.sh)"
-    for name in ("ffv_roofline_draw", "ffv_roofline_fma", "ffv_roofline_exp", "ffv_abi_version"):
+    for name in ("ffv_philox_fill", "ffv_roofline_fma", "ffv_roofline_exp", "ffv_abi_version"):
         getattr(handle, name).restype = ctypes.c_int
     return handle, None
 
@@ -141,12 +158,15 @@ def measure_cpu_compute(repeats: int) -> dict:
     threads = torch.get_num_threads()
     n_draw = 1 << 18
     out = torch.empty(n_draw)
-    n_fma, fma_iterations = 2048 * max(threads, 1), 20000
-    n_exp, exp_iterations = 2048 * max(threads, 1), 200
+    seed = torch.tensor([1234], dtype=torch.int64)
+    # 4 blocks of 4096 elements (kernels/cpu/roofline.cpp's unit) per thread: every thread busy.
+    n_fma, fma_iterations = 4 * 4096 * threads, 5000
+    n_exp, exp_iterations = 4 * 4096 * threads, 50
 
     def draws(kind: int) -> float:
-        seconds, _ = best_and_median(lambda: _checked(handle.ffv_roofline_draw(kind, 1234, n_draw, out.data_ptr(), None),
-                                                      "ffv_roofline_draw"), "cpu", repeats)
+        seconds, _ = best_and_median(lambda: _checked(handle.ffv_philox_fill(kind, seed.data_ptr(), n_draw,
+                                                                             out.data_ptr(), None),
+                                                      "ffv_philox_fill"), "cpu", repeats)
         return n_draw / seconds
 
     def fma() -> float:
@@ -242,10 +262,10 @@ def measure_call_floors(repeats: int = 2000) -> dict:
     def per_call(body: Callable) -> float:
         best = float("inf")
         for _ in range(7):
-            start = time.perf_counter()
+            start = _clock()
             for _ in range(repeats):
                 body()
-            best = min(best, (time.perf_counter() - start) / repeats)
+            best = min(best, (_clock() - start) / repeats)
         return best * 1e6
 
     floors = {"autograd_function_forward": per_call(lambda: _EmptyFunction.apply(x)),
@@ -464,11 +484,17 @@ def machine_line() -> str:
     return f"{name} ({isa}), {os.cpu_count()} cores"
 
 
-def collect(device: str, rounds: int, repeats: int, op_sizes=None, log_qz_sizes=None) -> dict:
+def collect(device: str, rounds: int, repeats: int, op_sizes=None, log_qz_sizes=None, clock: str = "wall") -> dict:
     """Measure the rates (before and after the op timings; the faster of the two is kept),
     time every case interleaved and return the whole record (JSON-ready)."""
     op_sizes = op_sizes or (CUDA_OP_SIZES if device == "cuda" else CPU_OP_SIZES)
     log_qz_sizes = log_qz_sizes or (CUDA_LOG_QZ_SIZES if device == "cuda" else CPU_LOG_QZ_SIZES)
+    set_clock(clock)
+    retained = False
+    if device == "cpu":  # as the benchmarks and the fastfvae commands do (bench/README.md)
+        from fastfvae.memory import retain_freed_memory
+
+        retained = retain_freed_memory()
     load_start = os.getloadavg()[0]
     before = measure_rates(device, repeats)
     cases = build_cases(device, op_sizes, log_qz_sizes)
@@ -480,7 +506,7 @@ def collect(device: str, rounds: int, repeats: int, op_sizes=None, log_qz_sizes=
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
     return {"roofline": {
         "device": device, "machine": machine_line(), "gpu": gpu, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "load_average": [load_start, os.getloadavg()[0]],
+        "threads": torch.get_num_threads(), "clock": clock, "freed_memory_retained": retained, "load_average": [load_start, os.getloadavg()[0]],
         "rounds": rounds, "rates": best.__dict__, "rates_before": before.__dict__, "rates_after": after.__dict__,
         "rows": rows_of(cases, best), "datetime": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }}
@@ -509,13 +535,19 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", help="B×D list for the elementwise ops, e.g. 16384x64,65536x64")
     parser.add_argument("--log-qz-sizes", help="B×D list for log_qz, e.g. 512x10")
     parser.add_argument("--json", help="write the record here (bench/report.py renders it)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads first (default: torch's own)")
+    parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
+                        help="wall time, or the calling thread's CPU time (with --threads 1: a loaded machine)")
     args = parser.parse_args(argv)
 
     def sizes(text):
         return [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")] if text else None
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     record = (cuda_roofline(args.rounds, args.repeats) if args.device == "cuda" and not args.sizes
-              else collect(args.device, args.rounds, args.repeats, sizes(args.sizes), sizes(args.log_qz_sizes)))
+              else collect(args.device, args.rounds, args.repeats, sizes(args.sizes), sizes(args.log_qz_sizes),
+                           args.clock))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(record, handle, indent=1)

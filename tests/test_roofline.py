@@ -28,13 +28,14 @@ def probes():
 @pytest.mark.parametrize("n", [1, 4095, 4096 * 3 + 17])
 def test_draw_probe_is_the_kernels_philox_stream(probes, n):
     seed = 987654321
+    seed_tensor = torch.tensor([seed], dtype=torch.int64)
     offsets = torch.arange(n, dtype=torch.int64)
     normals = torch.empty(n)
-    assert probes.ffv_roofline_draw(0, seed, n, normals.data_ptr(), None) == 0
+    assert probes.ffv_philox_fill(0, seed_tensor.data_ptr(), n, normals.data_ptr(), None) == 0
     # the normals reparameterize_kl draws for eps (element k of a B x D tensor has offset k)
     torch.testing.assert_close(normals, reference.philox_randn(seed, offsets), rtol=1e-6, atol=1e-6)
     uniforms = torch.empty(n)
-    assert probes.ffv_roofline_draw(1, seed, n, uniforms.data_ptr(), None) == 0
+    assert probes.ffv_philox_fill(1, seed_tensor.data_ptr(), n, uniforms.data_ptr(), None) == 0
     c0 = reference.philox_randint4x(seed, offsets)[0]
     assert torch.equal(uniforms, reference.uint32_to_uniform(c0))
 
@@ -56,8 +57,10 @@ def test_fma_and_exp_probes_compute_their_loops(probes):
 
 def test_probes_reject_bad_arguments(probes):
     out = torch.empty(4)
-    assert probes.ffv_roofline_draw(2, 0, 4, out.data_ptr(), None) != 0
-    assert probes.ffv_roofline_draw(0, 0, 0, out.data_ptr(), None) != 0
+    seed = torch.zeros(1, dtype=torch.int64)
+    assert probes.ffv_philox_fill(2, seed.data_ptr(), 4, out.data_ptr(), None) != 0
+    assert probes.ffv_philox_fill(0, seed.data_ptr(), 0, out.data_ptr(), None) != 0
+    assert probes.ffv_philox_fill(0, None, 4, out.data_ptr(), None) != 0
     assert probes.ffv_roofline_fma(4, 0, out.data_ptr(), None) != 0
     assert probes.ffv_roofline_exp(4, 1, None, None) != 0
 
@@ -82,7 +85,7 @@ def test_a_tiny_run_reaches_the_report(tmp_path):
     out = tmp_path / "roofline.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench.roofline", "--sizes", "64x8", "--log-qz-sizes", "16x4", "--rounds", "2",
-         "--repeats", "2", "--json", str(out)],
+         "--repeats", "2", "--threads", "1", "--clock", "thread", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())["roofline"]

@@ -3,10 +3,7 @@
 // / bandwidth + numbers drawn / draw rate + arithmetic / arithmetic rate) uses what this machine
 // and this library can actually do.
 //
-// draw   kind 0: out[k] = randn_f32(seed, k)           (cpu_math.h's fill_randn_f32: Philox +
-//                                                        Box-Muller, as reparameterize_kl draws eps)
-//        kind 1: out[k] = uniform(c0 of philox(seed, k)) (one Philox call per element, as each
-//                                                        permute_dims key needs)
+// (The draw rates are measured with ffv_philox_fill, kernels/cpu/philox_fill.cpp.)
 // fma    x[k] <- x[k] * a + b, `iterations` times per element: one vector FMA per element and
 //        iteration (independent chains per register keep the FMA pipes full)
 // exp    x[k] <- exp_f32(x[k] * a), `iterations` times: the library's vectorised exp
@@ -17,21 +14,10 @@
 
 #include "cpu_common.h"
 #include "cpu_math.h"
-#include "cpu_philox_simd.h"
 
 namespace {
 
 constexpr int64_t kBlock = 4096;  // elements per work unit (16 KB of float32: stays in L1)
-
-FFV_CLONES void uniform_block(uint64_t seed, int64_t first, int64_t n, float* out) {
-  uint32_t c0[kBlock], c1[kBlock];
-  ffv::simd::philox_c0c1(seed, static_cast<uint64_t>(first), 1, n, c0, c1);
-  for (int64_t k = 0; k < n; ++k) out[k] = ffv::uint32_to_uniform(c0[k]);
-}
-
-FFV_CLONES void normal_block(uint64_t seed, int64_t first, int64_t n, float* out) {
-  ffv::cpu_math::fill_randn_f32(seed, static_cast<uint64_t>(first), n, out);
-}
 
 // x[0..n) <- x * a + b, iterations times. Written as rounds over 128-element strips so the
 // compiler keeps the strip in registers (8 AVX-512 or 16 AVX2 vectors: independent FMA chains,
@@ -68,20 +54,6 @@ void over_blocks(int64_t n, Body&& body) {
 }  // namespace
 
 extern "C" {
-
-FFV_API ffv_status ffv_roofline_draw(int32_t kind, int64_t seed, int64_t n, float* out, void* /*stream*/) {
-  static const char* entry = "ffv_roofline_draw";
-  FFV_CHECK(ffv::check_positive(entry, "n", n));
-  FFV_CHECK(ffv::check_not_null(entry, "out", out));
-  if (kind != 0 && kind != 1) return ffv::fail(FFV_ERR_INVALID_ARGUMENT, "ffv_roofline_draw: kind must be 0 (normal) or 1 (uniform)");
-  over_blocks(n, [&](int64_t first, int64_t m) {
-    if (kind == 0)
-      normal_block(static_cast<uint64_t>(seed), first, m, out + first);
-    else
-      uniform_block(static_cast<uint64_t>(seed), first, m, out + first);
-  });
-  return FFV_OK;
-}
 
 FFV_API ffv_status ffv_roofline_fma(int64_t n, int64_t iterations, float* x, void* /*stream*/) {
   static const char* entry = "ffv_roofline_fma";
