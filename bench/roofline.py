@@ -396,6 +396,24 @@ def _directional(direction: str, make_inputs: Callable, forward: Callable, grads
     return setup, run
 
 
+def _regenerating(forward: Callable) -> Callable:
+    """``forward`` run with the CPU op's kept-eps path switched off (eps regenerated in the
+    backward), for the comparison of the two data flows."""
+    import importlib
+
+    module = importlib.import_module("fastfvae.ops.reparameterize_kl")
+
+    def run(inputs):
+        threshold = module._KEEP_NOISE_MIN_ELEMENTS
+        module._KEEP_NOISE_MIN_ELEMENTS = float("inf")
+        try:
+            return forward(inputs)
+        finally:
+            module._KEEP_NOISE_MIN_ELEMENTS = threshold
+
+    return run
+
+
 def build_cases(device: str, op_sizes, log_qz_sizes) -> list[Case]:
     import fastfvae.functional as ffv
 
@@ -413,17 +431,22 @@ def build_cases(device: str, op_sizes, log_qz_sizes) -> list[Case]:
         def rk_grads(x, b=batch, d=dim):
             return torch.randn(b, d, device=device), torch.randn((), device=device)
 
-        add("reparameterize_kl", "", batch, dim, lambda dr, b=batch, d=dim: reparameterize_kl_work(dr, b, d),
+        # The op's own data flow on this device: the eager CPU path keeps its drawn eps for the
+        # backward, CUDA regenerates it (fastfvae/ops/reparameterize_kl.py, _keeps_noise).
+        keeps = device == "cpu"
+        add("reparameterize_kl", "", batch, dim,
+            lambda dr, b=batch, d=dim: reparameterize_kl_work(dr, b, d, stored_eps=keeps),
             rk_inputs, lambda x: ffv.reparameterize_kl(x["mu"], x["logvar"]), rk_grads)
-
-        def rk_eps_inputs(b=batch, d=dim):
-            return {**rk_inputs(b, d), "eps": torch.randn(b, d, device=device)}
-
-        # The stored-eps data flow: eps drawn beforehand (untimed) and given, as a forward that
-        # stored its draw would leave it; the forward's cost of writing it is in the floor only.
-        add("reparameterize_kl", "stored eps", batch, dim,
-            lambda dr, b=batch, d=dim: reparameterize_kl_work(dr, b, d, stored_eps=True),
-            rk_eps_inputs, lambda x: ffv.reparameterize_kl(x["mu"], x["logvar"], eps=x["eps"]), rk_grads)
+        if keeps:  # the other data flow, timed too: eps regenerated in the backward
+            add("reparameterize_kl", "eps regenerated", batch, dim,
+                lambda dr, b=batch, d=dim: reparameterize_kl_work(dr, b, d),
+                rk_inputs, _regenerating(lambda x: ffv.reparameterize_kl(x["mu"], x["logvar"])), rk_grads)
+        else:  # the stored data flow: eps drawn beforehand (untimed) and given; the floor counts
+            # the forward's draw and write of it, which this timing leaves out
+            add("reparameterize_kl", "eps given", batch, dim,
+                lambda dr, b=batch, d=dim: reparameterize_kl_work(dr, b, d, stored_eps=True),
+                lambda b=batch, d=dim: {**rk_inputs(b, d), "eps": torch.randn(b, d, device=device)},
+                lambda x: ffv.reparameterize_kl(x["mu"], x["logvar"], eps=x["eps"]), rk_grads)
 
         add("permute_dims", "", batch, dim, lambda dr, b=batch, d=dim: permute_dims_work(dr, b, d),
             lambda b=batch, d=dim: {"z": _leaf((b, d), device)}, lambda x: (ffv.permute_dims(x["z"]),),

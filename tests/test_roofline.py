@@ -93,7 +93,7 @@ def test_a_tiny_run_reaches_the_report(tmp_path):
     for op in ("reparameterize_kl", "permute_dims", "tc_loss", "discriminator_loss", "log_qz"):
         for direction in roofline.DIRECTIONS:
             assert (op, "", direction) in cases
-    assert ("reparameterize_kl", "stored eps", "backward") in cases
+    assert ("reparameterize_kl", "eps regenerated", "backward") in cases
     for row in record["rows"]:
         assert row["rounds"] == 2 and 0 < row["floor_s"] and row["min_s"] <= row["median_s"]
     assert record["rates"]["normals_per_s"] > 0 and record["rates"]["call_floor_us"]["ctypes_call"] > 0
