@@ -22,11 +22,13 @@
 #                   reductions, permute fallback in a torch workspace)
 #   bench-key   80  benchmarks (BENCH_KEY): loss head, permute_dims, training step, the
 #                   interleaved whole step
-#   tests-rest  45  every other test file (losses, models, train, metrics, ...) on the GPU box;
+#   roofline    20  bench/roofline.py on the GPU: HBM bandwidth, Triton's Philox rates, every op's
+#                   time against its floor at the CUDA sizes (roofline.json; the report renders it)
+#   tests-rest  35  every other test file (losses, models, train, metrics, ...) on the GPU box;
 #                   only tests/test_triton_interpret.py (the interpreter re-run, for CPU-only CI)
 #                   runs in neither tests stage
 #   bench-rest  35  benchmarks (BENCH_REST): reparameterize_kl, tc_loss, discriminator_loss, log_qz
-#   paper       60  bench/paper_stage.sh when present (the paper-reproduction hook, filled in by
+#   paper       50  bench/paper_stage.sh when present (the paper-reproduction hook, filled in by
 #                   the training side); "not present" otherwise
 #   metrics     30  the metric battery at disentanglement_lib's sizes on the GPU (bench/test_metrics.py)
 #   report      10  bench/report.py on the benchmark JSON
@@ -87,7 +89,7 @@ done
 
 # ---------------------------------------------------------------------------------------- plan
 # name:limit, in run order (the header above explains each; --dry-run prints and adds them).
-PLAN=(env:30 build:100 warm:35 tests-ops:150 review:25 bench-key:80 tests-rest:45 bench-rest:35 paper:60 metrics:30 report:10)
+PLAN=(env:30 build:100 warm:35 tests-ops:150 review:25 bench-key:80 roofline:20 tests-rest:35 bench-rest:35 paper:50 metrics:30 report:10)
 # --plumbing runs on a (slow, shared) CPU: its limits are scaled by GPU_CHECK_LIMIT_SCALE (3).
 SCALE=${GPU_CHECK_LIMIT_SCALE:-1}
 [ "$MODE" = "--plumbing" ] && SCALE=${GPU_CHECK_LIMIT_SCALE:-3}
@@ -476,6 +478,12 @@ fi
 run_stage bench-key "$DEST/bench.log" "$PY" -m pytest "${BENCH_ARGS[@]}" "${BENCH_KEY[@]}" \
   "--benchmark-json=$DEST/bench-key.json"
 
+# The roofline (docs/DESIGN.md §14): the first GPU window records each op against its floor.
+# --plumbing: the CPU harness at tiny sizes (a test of the stage, not a measurement).
+ROOFLINE_ARGS=(--device cuda --rounds 10 --repeats 10)
+[ "$MODE" = "--plumbing" ] && ROOFLINE_ARGS=(--device cpu --sizes 256x16 --log-qz-sizes 64x4 --rounds 2 --repeats 2)
+run_stage roofline "$DEST/roofline.log" "$PY" -m bench.roofline "${ROOFLINE_ARGS[@]}" --json "$DEST/roofline.json"
+
 if [ -z "${GPU_CHECK_TESTS:-}" ]; then
   REST_TESTS=()
   for f in tests/test_*.py; do
@@ -514,7 +522,7 @@ run_stage metrics "$DEST/metrics.log" "$PY" -m pytest "${METRICS_ARGS[@]}" -s \
 
 # ---------------------------------------------------------------------------------------- report
 JSONS=()
-for f in "$DEST/bench-key.json" "$DEST/bench-rest.json"; do
+for f in "$DEST/bench-key.json" "$DEST/bench-rest.json" "$DEST/roofline.json"; do
   { [ "$DRY_RUN" = 1 ] || [ -s "$f" ]; } && JSONS+=("$f")
 done
 if [ "${#JSONS[@]}" -gt 0 ]; then

@@ -8,7 +8,9 @@ For every op and device: one row per (direction, size, fastfvae backend) with fa
 time and, per baseline, the baseline's median and the ratio baseline / fastfvae (> 1: fastfvae
 is faster). Ratios under 1 are marked SLOWER and listed again at the end; nothing is hidden.
 Then peak memory of the full passes, achieved GB/s of the memory-bound ops against a large copy
-measured in the same run, and the issue targets with met / NOT met.
+measured in the same run, and the issue targets with met / NOT met. A JSON written by
+``python -m bench.roofline --json ...`` adds its roofline table (each op's time against its floor
+on the machine it ran on); a report of roofline files alone is just those tables.
 
 Only the standard library is used, so the report can be made anywhere.
 """
@@ -41,10 +43,14 @@ TARGET_ONLY = {"step_interleaved"}  # rows read by the targets alone (their timi
 
 # --------------------------------------------------------------------------------------------- loading
 def load(paths: list[str]) -> tuple[dict, list[dict]]:
-    """(machine_info and run metadata of the first file, every benchmark row with stats)."""
-    meta, rows = None, []
+    """(machine_info and run metadata of the first benchmark file, plus the records of any
+    roofline files under "rooflines"; every benchmark row with stats)."""
+    meta, rows, rooflines = None, [], []
     for path in paths:
         data = json.loads(Path(path).read_text())
+        if "roofline" in data:
+            rooflines.append(data)
+            continue
         if meta is None:
             meta = {"machine_info": data.get("machine_info", {}), "commit_info": data.get("commit_info", {}),
                     "datetime": data.get("datetime", "")}
@@ -54,7 +60,9 @@ def load(paths: list[str]) -> tuple[dict, list[dict]]:
                 continue
             rows.append({**info, "median": bench["stats"]["median"], "min": bench["stats"]["min"],
                          "rounds": bench["stats"]["rounds"], "group": bench.get("group")})
-    return meta or {"machine_info": {}, "commit_info": {}, "datetime": ""}, rows
+    meta = meta or {"machine_info": {}, "commit_info": {}, "datetime": ""}
+    meta["rooflines"] = rooflines
+    return meta, rows
 
 
 # --------------------------------------------------------------------------------------------- format
@@ -318,7 +326,46 @@ def slower_lines(comps: list[dict]) -> list[str]:
     return lines + [""]
 
 
+# --------------------------------------------------------------------------------------------- roofline
+def roofline_lines(record: dict) -> list[str]:
+    """One bench/roofline.py record: the machine's rates, then op x direction x size: time,
+    floor and floor / time (100 % = the machine's limit for that work)."""
+    r = record["roofline"]
+    rates = r["rates"]
+    one_thread = ""
+    if rates.get("normals_per_s_1thread"):
+        one_thread = (f" (one thread: {rates['normals_per_s_1thread'] / 1e6:.0f} M/s, "
+                      f"{rates['uniforms_per_s_1thread'] / 1e6:.0f} M/s)")
+    lines = [f"### Roofline ({r['device']}: {r['gpu'] or r['machine']}, {r['threads']} threads)", "",
+             f"Measured {r['datetime']}, torch {r['torch']}, load average (1 min) {r['load_average'][0]:.2f} → "
+             f"{r['load_average'][1]:.2f}; {r['rounds']} interleaved rounds per case, fresh inputs each; "
+             + ("times are the calling thread's CPU time (a loaded machine: wall times were mostly other "
+                "processes' time slices)" if r.get("clock") == "thread" else "wall-clock times")
+             + ". Rates (the faster of the measurements before and after the ops):", "",
+             f"- memory: copy {rates['copy_gbps']:.1f} GB/s, add {rates['add_gbps']:.1f} GB/s (bytes read + "
+             "written; the floor uses the faster)",
+             f"- Philox normals {rates['normals_per_s'] / 1e6:.0f} M/s, uniforms {rates['uniforms_per_s'] / 1e6:.0f} M/s"
+             + one_thread,
+             f"- FMA {rates['fma_per_s'] / 1e9:.1f} G/s; exp {rates['exp_per_s'] / 1e9:.2f} G/s (cpu_math's, with "
+             "range handling: reported, not used: floors count an exp as 12 FMAs)"]
+    if rates.get("call_floor_us"):
+        lines.append("- per-call floors: " + ", ".join(f"{name.replace('_', ' ')} {us:.2f} µs"
+                                                       for name, us in rates["call_floor_us"].items()))
+    lines += ["", "floor = bytes / bandwidth + draws / draw rate + (FMAs + 12 · exps) / FMA rate "
+              "(docs/DESIGN.md §14 per op); % of floor = floor / time.", "",
+              "| op | direction | B×D | median | min | floor | % of floor (median / min) |",
+              "|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        op = row["op"] + (f" ({row['variant']})" if row["variant"] else "")
+        lines.append(f"| {op} | {row['direction']} | {row['B']}×{row['D']} | {fmt_time(row['median_s'])} | "
+                     f"{fmt_time(row['min_s'])} | {fmt_time(row['floor_s'])} | "
+                     f"{row['pct_of_floor_median']:.0f} % / {row['pct_of_floor_min']:.0f} % |")
+    return lines + [""]
+
+
 def render(meta: dict, rows: list[dict], targets_only: bool = False) -> str:
+    if not rows:  # roofline files only
+        return "\n".join(line for record in meta.get("rooflines", []) for line in roofline_lines(record)) + "\n"
     comps = comparisons(rows)
     groups = by_group(rows)
     lines = ["## fastfvae benchmark results", ""] + header(meta, rows) + [""]
@@ -334,17 +381,20 @@ def render(meta: dict, rows: list[dict], targets_only: bool = False) -> str:
             continue
         lines += op_table(op, device, groups[(op, device)])
     lines += ["### Where fastfvae is slower than a baseline", ""] + slower_lines(comps)
+    for record in meta.get("rooflines", []):
+        lines += roofline_lines(record)
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s) (--benchmark-json)")
+    parser.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s) (--benchmark-json) and/or "
+                                                "bench/roofline.py JSON file(s) (--json)")
     parser.add_argument("--output", "-o", help="write the markdown here instead of stdout")
     parser.add_argument("--targets-only", action="store_true", help="only the header and the targets")
     args = parser.parse_args(argv)
     meta, rows = load(args.json)
-    if not rows:
+    if not rows and not meta["rooflines"]:
         print(f"report: no fastfvae benchmark rows in {', '.join(args.json)}", file=sys.stderr)
         return 1
     text = render(meta, rows, targets_only=args.targets_only)

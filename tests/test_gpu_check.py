@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
-STAGES = ["env", "build", "warm", "tests-ops", "review", "bench-key", "tests-rest", "bench-rest",
+STAGES = ["env", "build", "warm", "tests-ops", "review", "bench-key", "roofline", "tests-rest", "bench-rest",
           "paper", "metrics", "report"]
 # The op/backend tests: their CUDA and Triton cases are what only a GPU can run.
 OP_TESTS = {
@@ -128,6 +128,13 @@ def test_dry_run_prints_every_stage_with_the_lists_it_must_cover(tmp_path, mode)
         assert [a for a in argv if a.startswith("bench/")] == benchmarks, argv
         jsons.append(_option(argv, "--benchmark-json="))
     assert jsons == [str(tmp_path / "bench-key.json"), str(tmp_path / "bench-rest.json")]
+    # roofline: the CUDA harness on a GPU, the CPU one at tiny sizes under --plumbing
+    roofline = commands["roofline"]
+    assert roofline[:3] == [sys.executable, "-m", "bench.roofline"], roofline
+    assert roofline[roofline.index("--device") + 1] == ("cpu" if plumbing else "cuda"), roofline
+    assert ("--sizes" in roofline) == plumbing, roofline
+    jsons.append(roofline[roofline.index("--json") + 1])
+    assert jsons[-1] == str(tmp_path / "roofline.json")
     assert commands["report"] == [sys.executable, "bench/report.py", *jsons, "--output", str(tmp_path / "report.md")]
     metrics = commands["metrics"]
     assert metrics[:3] == py and "bench/test_metrics.py" in metrics, metrics
@@ -192,10 +199,18 @@ def test_paper_and_report_stages_accept_their_arguments(tmp_path):
                               "impl": "fastfvae[native]", "role": "fastfvae"},
                "stats": {"median": 1e-5, "min": 1e-5, "rounds": 10}}
         (tmp_path / name).write_text(json.dumps({"machine_info": {}, "commit_info": {}, "benchmarks": [row]}))
+    rates = {"copy_gbps": 1.0, "add_gbps": 1.0, "normals_per_s": 1e9, "uniforms_per_s": 1e9, "fma_per_s": 1e9,
+             "exp_per_s": 1e9}
+    roofline_row = {"op": "log_qz", "variant": "", "direction": "full", "B": 64, "D": 4, "median_s": 2e-4,
+                    "min_s": 1e-4, "floor_s": 1e-4, "pct_of_floor_median": 50.0, "pct_of_floor_min": 100.0}
+    (tmp_path / "roofline.json").write_text(json.dumps({"roofline": {
+        "device": "cuda", "machine": "cpu", "gpu": "a GPU", "torch": "2", "threads": 1, "clock": "wall",
+        "load_average": [0.0, 0.0], "rounds": 2, "rates": rates, "rows": [roofline_row], "datetime": "now"}}))
     report = subprocess.run(commands["report"], cwd=ROOT, env=_env(tmp_path), capture_output=True,
                             text=True, timeout=120)
     assert report.returncode == 0, report.stdout + report.stderr
     assert "permute_dims" in (tmp_path / "report.md").read_text()
+    assert "| log_qz | full | 64×4 |" in (tmp_path / "report.md").read_text()
 
 
 def test_dry_run_fails_on_a_stage_command_that_does_not_exist(tmp_path):

@@ -289,6 +289,63 @@ def test_infinite_mu_leaves_the_logvar_gradient_finite(backend, device, drawn):
     assert_close(mu.grad, gmu_ref, torch.float32, "grad mu")
 
 
+# ------------------------------------------------------------------ kept noise (CPU, native)
+# From 8192 elements the eager CPU path keeps its drawn eps for the backward (a separate draw of
+# the same numbers, given to the kernel) instead of regenerating it there. Nothing may change
+# but the speed: z and every gradient equal the regenerating path's bit for bit.
+KEPT_SHAPE = (300, 33)  # 9,900 elements, above the threshold; odd sizes leave partial blocks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_kept_noise_gives_the_regenerating_paths_results_bit_for_bit(dtype, reduction):
+    require("native", "reparameterize_kl", "cpu", dtype)
+    from fastfvae.backends import native
+    import importlib
+
+    op_module = importlib.import_module("fastfvae.ops.reparameterize_kl")
+
+    assert KEPT_SHAPE[0] * KEPT_SHAPE[1] >= op_module._KEEP_NOISE_MIN_ELEMENTS
+    mu, logvar, _ = _inputs(KEPT_SHAPE, dtype, "cpu", generator_seed=44)
+    mu.requires_grad_(), logvar.requires_grad_()
+    assert op_module._keeps_noise("native", mu, logvar)
+    seed = seed_for(21, "cpu")
+    torch.manual_seed(21)
+    z, kl = fastfvae.reparameterize_kl(mu, logvar, reduction=reduction, backend="native")
+    grad_z = torch.randn(z.shape, dtype=dtype)
+    grad_kl = torch.randn(kl.shape, dtype=kl.dtype)
+    torch.autograd.backward((z, kl), (grad_z, grad_kl))
+    # The kernels with eps regenerated from the same seed (widened as the op widens 16-bit inputs).
+    wide = torch.float32 if dtype == torch.bfloat16 else dtype
+    m, lv = mu.detach().to(wide), logvar.detach().to(wide)
+    z_ref, kl_ref = native.reparameterize_kl_forward(m, lv, None, seed, reduction)
+    gmu_ref, glv_ref, _ = native.reparameterize_kl_backward(grad_z.to(wide), grad_kl, m, lv, None, seed, reduction,
+                                                            False)
+    assert torch.equal(z, z_ref.to(dtype)), "z differs from the in-kernel draw"
+    assert torch.equal(kl, kl_ref.to(kl.dtype))
+    assert torch.equal(mu.grad, gmu_ref.to(dtype)), "grad mu differs from the regenerating backward"
+    assert torch.equal(logvar.grad, glv_ref.to(dtype)), "grad logvar differs from the regenerating backward"
+
+
+def test_kept_noise_follows_manual_seed_and_the_textbook_gradients():
+    require("native", "reparameterize_kl", "cpu", torch.float32)
+    mu, logvar, _ = _inputs(KEPT_SHAPE, torch.float32, "cpu", generator_seed=45)
+    mu.requires_grad_(), logvar.requires_grad_()
+    seed = seed_for(9, "cpu")
+    torch.manual_seed(9)
+    z, kl = fastfvae.reparameterize_kl(mu, logvar, backend="native")
+    with torch.no_grad():  # the inference path regenerates in the kernel: the same draw
+        torch.manual_seed(9)
+        z_inference, _ = fastfvae.reparameterize_kl(mu, logvar, backend="native")
+    assert torch.equal(z, z_inference)
+    grad_z = torch.randn(z.shape)
+    torch.autograd.backward((z, kl), (grad_z, torch.ones(())))
+    eps = reference.reparameterize_noise(seed, *KEPT_SHAPE)
+    gmu_ref, glv_ref = _textbook_grads(mu, logvar, eps, grad_z, torch.ones(()), "mean")
+    assert_close(mu.grad, gmu_ref, torch.float32, "grad mu")
+    assert_close(logvar.grad, glv_ref, torch.float32, "grad logvar")
+
+
 # ---------------------------------------------------------------------------------------------
 # opcheck cases (tests/test_compile.py runs them for every op of fastfvae/registry.py)
 # ---------------------------------------------------------------------------------------------

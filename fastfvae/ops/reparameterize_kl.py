@@ -9,7 +9,7 @@ from torch import Tensor
 
 from fastfvae import reference
 from fastfvae._checks import check_choice, check_float_tensor, check_like, promoted
-from fastfvae.ops._register import OpDeclaration, register
+from fastfvae.ops._register import OpDeclaration, needs_graph, register
 from fastfvae.ops._seed import draw_seed
 
 __all__ = ["reparameterize_kl"]  # the public functions (fastfvae/registry.py)
@@ -67,6 +67,32 @@ _op = register(OpDeclaration(
 ))
 
 
+# Below this many elements a regenerated eps costs less than ~20 us, about what the separate draw's
+# extra dispatch and call cost: small batches keep regenerating.
+_KEEP_NOISE_MIN_ELEMENTS = 8192
+
+
+def _keeps_noise(requested: str, mu: Tensor, logvar: Tensor) -> bool:
+    """Whether this call keeps its drawn eps for the backward instead of regenerating it there.
+
+    Chosen per device by measurement (bench/roofline.py, the "stored eps" rows): on the CPU a
+    Philox normal costs ~2.5 ns a thread (AMD EPYC, AVX-512), while keeping eps costs one B x D
+    write and read (~0.4 ns an element): regenerating made the backward 2.8x slower (16384 x 64,
+    one thread: 4.65 against 1.65 ms) for a forward that costs the same either way. So the eager
+    CPU path with the native backend draws eps in its own pass (the kernel's own code, the same
+    numbers) and gives it to the kernel; the backward reads it. CUDA keeps regenerating until a
+    GPU measurement says otherwise; compiled and torch.func paths keep the seed (one op, no
+    helper call inside a trace)."""
+    if mu.device.type != "cpu" or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    if not needs_graph((mu, logvar)):
+        return False  # no backward: nothing to keep
+    if mu.numel() < _KEEP_NOISE_MIN_ELEMENTS:
+        return False  # the draw costs less than the extra call
+    impl = _op._select(requested, mu)  # the backend the call will run (its dims read mu)
+    return getattr(impl, "NAME", None) == "native" and impl.philox_fill_available() is None
+
+
 def reparameterize_kl(
     mu: Tensor, logvar: Tensor, *, eps: Optional[Tensor] = None, reduction: str = "mean",
     backend: str = "auto",
@@ -93,6 +119,13 @@ def reparameterize_kl(
     # Given eps, nothing is drawn (the user's generator is not advanced); the launchers still
     # take a seed pointer, so they get a placeholder.
     seed = draw_seed(mu.device) if eps is None else torch.zeros((1,), dtype=torch.int64, device=mu.device)
+    if eps is None and _keeps_noise(backend, mu, logvar):
+        # The same eps the kernel would draw (bit for bit), drawn in its own pass and given: the
+        # backward then reads it instead of drawing it again.
+        from fastfvae.backends import native
+
+        eps = native.reparameterize_kl_noise(seed, *mu.shape)
+        eps = eps if mu.dtype in (torch.float32, torch.bfloat16, torch.float16) else eps.to(mu.dtype)
     if mu.dtype in (torch.float32, torch.float64):
         return _op(backend, mu, logvar, eps, seed, reduction)
     # 16-bit: the kernels would widen on load and round z once on store; doing the widening

@@ -269,6 +269,22 @@ FFV_API ffv_status ffv_conv_windows_scatter(
     const void* windows, int64_t windows_s0, int64_t windows_s1,
     void* x, void* stream);
 
+/* ---- philox_fill (host helper, CPU library only) ------------------------------------------
+ * Not an op: the CPU kernels' Philox numbers written out (kernels/cpu/philox_fill.cpp).
+ * seed: int64[1] in host memory; out: float32 [n] contiguous.
+ * kind 0: out[k] = the normal reparameterize_kl's forward draws for element k (= i*D + d): a
+ *         forward given out as eps computes the same z bit for bit (the CPU op keeps it for
+ *         its backward); kind 1: out[k] = uniform of Philox word c0 of counter k. */
+FFV_API ffv_status ffv_philox_fill(int32_t kind, const int64_t* seed, int64_t n, float* out, void* stream);
+
+/* ---- roofline probes (host helpers, CPU library only; bench/roofline.py) -------------------
+ * Not ops: the arithmetic rates an op's floor is computed from, measured with the kernels' own
+ * code (kernels/cpu/roofline.cpp). Each splits n over the OpenMP team (torch's thread count).
+ * fma:  x float32 [n] <- x * a + b, iterations times (one FMA per element and iteration).
+ * exp:  x float32 [n] <- exp(x * a), iterations times (the kernels' vectorised exp). */
+FFV_API ffv_status ffv_roofline_fma(int64_t n, int64_t iterations, float* x, void* stream);
+FFV_API ffv_status ffv_roofline_exp(int64_t n, int64_t iterations, float* x, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -12,7 +12,7 @@ One module per job:
                      fastfvae/backends/__init__.py) and, where the kernels have them, its
                      shape ``limits(dims)``
     host_helpers.py  C++ routines that are not ops: the DCI tree grower, the decoder's
-                     convolution windows
+                     convolution windows, the CPU reparameterize's kept eps (philox_fill)
 
 This package is the backend module the dispatcher imports: it exports the launchers of every
 op of the registry, ``limits(op, dims)`` and ``LIMITED_OPS`` from the op modules that declare
@@ -27,6 +27,8 @@ from fastfvae.backends.native.host_helpers import (  # noqa: F401
     conv_windows_gather,
     conv_windows_scatter,
     host_helper_available,
+    philox_fill_available,
+    reparameterize_kl_noise,
 )
 from fastfvae.backends.native.library import (  # noqa: F401
     _STATUS_NAMES,

@@ -1,6 +1,7 @@
 """Host helpers of the CPU library: C++ routines that are not ops (no autograd, no dispatch,
 no other backend), used by fastfvae/layers.py (conv_windows, the decoder's transposed
-convolutions) and fastfvae/metrics/_boosting.py (boosting_trees_grow, DCI's batched tree grower).
+convolutions), fastfvae/metrics/_boosting.py (boosting_trees_grow, DCI's batched tree grower) and
+fastfvae/ops/reparameterize_kl.py (reparameterize_kl_noise: the eps the CPU path keeps).
 
 They depend on the library loader only, not on the op launchers; each has an ``*_available()``
 that says why it cannot run (``why_not`` covers ops only).
@@ -107,3 +108,24 @@ def conv_windows_scatter(windows: torch.Tensor, batch: int, channels: int, heigh
     _call("ffv_conv_windows_scatter", windows, DTYPE_CODES[windows.dtype], batch, channels, height, width,
           windows.data_ptr(), *windows.stride(), x.data_ptr())
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# philox_fill (a host helper of the reparameterize_kl op on the CPU, CPU library only; not an op)
+# ---------------------------------------------------------------------------------------------
+declare_entry_points(None, {
+    "ffv_philox_fill": (i32, ptr, i64, ptr, ptr),  # kind seed n out stream
+})
+
+
+def philox_fill_available() -> str | None:
+    """None when the CPU library exports ffv_philox_fill, else why not."""
+    return host_helper_available("ffv_philox_fill")
+
+
+def reparameterize_kl_noise(seed: torch.Tensor, batch: int, dim: int) -> torch.Tensor:
+    """The eps reparameterize_kl_forward draws from ``seed`` (int64 (1,), CPU) when given none:
+    float32 (batch, dim), bit for bit (kernels/cpu/philox_fill.cpp)."""
+    eps = torch.empty((batch, dim), dtype=torch.float32)
+    _call("ffv_philox_fill", eps, 0, seed.data_ptr(), batch * dim, eps.data_ptr())
+    return eps
