@@ -26,6 +26,39 @@ def _train(*args) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
+def _wandb_records(path: str) -> dict:
+    """An offline W&B run file (LevelDB-style log of protobuf records, read with wandb's own
+    protobuf classes): its group, config keys and history rows ({key: value})."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == b":W&B"
+    block, pos, pending, out = 32768, 7, b"", {"history": [], "config": set(), "group": None}
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        pending = chunk if kind in (1, 2) else pending + chunk  # full, first | middle, last
+        if kind not in (1, 4):
+            continue
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(pending)
+        which = record.WhichOneof("record_type")
+        if which == "run":
+            out["group"] = record.run.run_group
+            out["config"] |= {item.key for item in record.run.config.update}
+        elif which == "history":
+            out["history"].append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                   for item in record.history.item})
+    return out
+
+
 def _events(folder: str) -> EventAccumulator:
     acc = EventAccumulator(folder, size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
@@ -57,16 +90,16 @@ def test_tensorboard_and_wandb_receive_the_run(tmp_path):
     assert image.step == 20 and image.width == 8 * 66 + 2 and image.height == 2 * 66 + 2
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
 
-    runs = glob.glob(os.path.join(out, "wandb", "offline-run-*"))
+    runs = glob.glob(os.path.join(out, "wandb", "offline-run-*", "run-*.wandb"))
     assert len(runs) == 1, os.listdir(os.path.join(out, "wandb"))
-    with open(os.path.join(runs[0], "files", "wandb-summary.json")) as f:
-        summary = json.load(f)
-    assert {"train/loss", "train/recon", "train/kl", "train/d_acc", "tc/tc_minibatch",
-            "images/reconstructions", "images/traversals"} <= set(summary), sorted(summary)
-    assert summary["train/recon"] == pytest.approx(train_rows[-1]["recon"], rel=1e-6)
-    with open(os.path.join(runs[0], "files", "config.yaml")) as f:
-        config = f.read()
-    assert "gamma:" in config and "disc_width:" in config
+    run = _wandb_records(runs[0])
+    assert run["group"] == "group-a" and {"gamma", "disc_width", "loggers"} <= run["config"]
+    history = run["history"]
+    assert [h["_step"] for h in history] == [5, 10, 15, 20]  # W&B joins a step's logs into one row
+    assert {"train/loss", "train/recon", "train/kl", "train/d_acc"} <= set(history[0])
+    assert "tc/tc_minibatch" in history[1] and "images/reconstructions/path" in history[-1]
+    assert history[3]["train/recon"] == pytest.approx(train_rows[-1]["recon"], rel=1e-6)
+    assert glob.glob(os.path.join(os.path.dirname(runs[0]), "files", "media", "images", "images", "traversals_20_*.png"))
 
     # resume to 30 steps: TensorBoard's series continue after step 20, none repeated
     result = _train("--steps", "30", "--out", out, "--resume", "--logger", "tensorboard", *TINY)

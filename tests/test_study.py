@@ -96,7 +96,7 @@ def test_local_sweep_killed_midway_continues_and_aggregates(tmp_path):
     finished folders; aggregate writes the table and every figure."""
     out = str(tmp_path / "study")
     command = [sys.executable, "-m", "fastfvae", "sweep", "--grid", "gamma=10,40", "--grid", "seed=0:2",
-               "--out", out, "--executor", "local", "--max-parallel", "2", "--steps", "80", *TINY]
+               "--out", out, "--executor", "local", "--max-parallel", "2", "--steps", "40", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=env, start_new_session=True)
@@ -131,15 +131,16 @@ def test_local_sweep_killed_midway_continues_and_aggregates(tmp_path):
         assert f"started {p.name} " not in second.stdout
         assert _tree_digest(p.folder(out)) == digests[p.name], f"{p.name} was touched"
     report = study.status(out)
-    assert report["done"] == 4 and report["steps_done"] == report["steps_total"] == 320
+    assert report["done"] == 4 and report["steps_done"] == report["steps_total"] == 160
     attempts = s.record(caught)["attempts"]
-    assert attempts[-1]["resume_from_step"] in (10, 20, 30, 40, 50, 60, 70), attempts
+    # killed between checkpoints, or after the last one during the end-of-run images
+    assert attempts[-1]["resume_from_step"] in (10, 20, 30, 40), attempts
     with open(os.path.join(out, caught, "log.jsonl")) as f:
         steps = [json.loads(line)["step"] for line in f if '"event"' not in line]
-    assert steps == list(range(5, 85, 5))  # the log was cut back to the checkpoint and continued
+    assert steps == list(range(5, 45, 5))  # the log was cut back to the checkpoint and continued
 
     status = _fastfvae("sweep", "--status", out)
-    assert status.returncode == 0 and "4 done, 0 running, 0 failed, 0 pending; steps 320/320" in status.stdout
+    assert status.returncode == 0 and "4 done, 0 running, 0 failed, 0 pending; steps 160/160" in status.stdout
 
     result = _fastfvae("aggregate", out)
     assert result.returncode == 0, result.stderr
@@ -147,7 +148,7 @@ def test_local_sweep_killed_midway_continues_and_aggregates(tmp_path):
         rows = list(csv.DictReader(f))
     assert sorted((r["grid.gamma"], r["grid.seed"]) for r in rows) == [("10", "0"), ("10", "1"), ("40", "0"), ("40", "1")]
     for row in rows:
-        assert row["state"] == "done" and row["step"] == "80" and row["device"] == "cpu"
+        assert row["state"] == "done" and row["step"] == "40" and row["device"] == "cpu"
         assert float(row["final.recon"]) > 0 and float(row["wall_time_s"]) > 0 and row["config.gamma"] in ("10.0", "40.0")
         assert row["commit"]  # the source the point ran (a git checkout here)
     table = json.load(open(os.path.join(out, "results.json")))
@@ -177,8 +178,9 @@ def test_aggregate_draws_the_battery_scores(tmp_path):
                 f.write(json.dumps({"step": step, "recon": 200.0 / step + gamma, "kl": 1.0 * step}) + "\n")
     paths = aggregate.aggregate(out)
     table = json.load(open(paths["json"]))
-    assert [r["factor_vae.eval_accuracy"] for r in table] == [0.1, 0.11, 0.42, 0.43]
-    assert [r["mig.score"] for r in table] == [0.0, 0.05, 0.1, 0.15000000000000002]
+    assert [r["factor_vae.eval_accuracy"] for r in table] == pytest.approx([0.1, 0.11, 0.42, 0.43])
+    assert [r["mig.score"] for r in table] == pytest.approx([0.0, 0.05, 0.1, 0.15])
+    assert [r["grid.gamma"] for r in table] == [10, 10, 40, 40] and [r["final.recon"] for r in table] == [110, 111, 142, 143]
     _, rows = aggregate.collect(out)
     assert aggregate.score_columns(rows)[:3] == ["factor_vae.eval_accuracy", "mig.score", "dci.dci_disentanglement"]
     assert set(paths) == {"csv", "json", "metrics_vs_gamma", "tradeoff", "curves"}

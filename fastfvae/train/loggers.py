@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import uuid
 from typing import Optional, Sequence
 
 import numpy as np
@@ -137,7 +138,7 @@ class WandbLogger:
             with open(id_path) as f:
                 run_id = f.read().strip()
         else:
-            run_id = wandb.util.generate_id()
+            run_id = uuid.uuid4().hex[:8]  # W&B run ids: lowercase letters and digits
             with open(id_path, "w") as f:
                 f.write(run_id + "\n")
         self.wandb = wandb
