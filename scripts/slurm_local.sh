@@ -60,6 +60,9 @@ JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
+# A requeued job may start again once the old job's credential expires (default 120 s); 10 s
+# keeps a requeue quick on a single node.
+AuthInfo=cred_expire=10
 KillWait=15
 MinJobAge=600
 StateSaveLocation=$STATE_DIR/state
