@@ -429,7 +429,7 @@ class PointJob(_checkpointable_base()):
                             commit=source_commit())
         code = self._run_child(args, study.log_path(point.name), threads, study.name)
         attempts[-1].update(end=_now(), exit_code=code)
-        if code == 0 and finished_summary(folder) is not None:
+        if finished_summary(folder) is not None:  # finished (a signal may come as it exits)
             return study.update_record(point.name, state="done", attempts=attempts)
         if code in (SIGTERM_EXIT, SIGINT_EXIT):
             study.update_record(point.name, state="interrupted", attempts=attempts)

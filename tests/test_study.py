@@ -235,7 +235,7 @@ def test_slurm_sweep_requeued_job_resumes(tmp_path):
                 requeued = True
             if not requeued and s.state(target)["state"] == "done":
                 pytest.fail("the point finished before it could be requeued")
-            if requeued and all(s.state(p)["state"] in ("done", "failed") for p in s.points):
+            if requeued and all(s.record(p.name).get("state") in ("done", "failed") for p in s.points):
                 break
             time.sleep(0.2)
     finally:
@@ -243,6 +243,7 @@ def test_slurm_sweep_requeued_job_resumes(tmp_path):
     report = study.status(out)
     assert report["done"] == 2, study.format_status(report) + _slurm_logs(out)
     attempts = s.record(target.name)["attempts"]
+    assert s.record(target.name)["state"] == "done" and attempts[-1]["exit_code"] == 0, attempts
     assert len(attempts) >= 2 and attempts[-1]["resume_from_step"] >= 10, attempts
     assert attempts[0]["job_id"] == attempts[-1]["job_id"] == jobs[target.name]  # the same job, requeued
     assert aggregate.main([out]) == 0
