@@ -270,7 +270,9 @@ class Study:
         """Note a submission in the manifest and each point's job record ({point name: job id})."""
         self.manifest["submissions"].append({"time": _now(), "executor": executor, "jobs": jobs})
         for name, job_id in jobs.items():
-            self.update_record(name, state="submitted", job_id=job_id, executor=executor, submitted=_now())
+            # A job that already started (it writes "running" itself) keeps its state.
+            state = "running" if self.record(name).get("state") == "running" else "submitted"
+            self.update_record(name, state=state, job_id=job_id, executor=executor, submitted=_now())
         self.save()
 
     # -- job records ---------------------------------------------------------------------------
