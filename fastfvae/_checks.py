@@ -11,6 +11,7 @@ import operator
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+WIDE_DTYPES = (torch.float32, torch.float64)  # the dtypes the ops compute in (no widening needed)
 
 
 def check_float_tensor(name: str, value, ranks: tuple[int, ...]) -> None:
@@ -86,3 +87,18 @@ def promoted(*tensors):
         if t is not None:
             dtype = torch.promote_types(dtype, t.dtype)
     return tuple(t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapters the logit ops share (tc_loss, discriminator_loss): they run after the checks
+# ---------------------------------------------------------------------------------------------
+def to_compute_dtype(t: torch.Tensor) -> torch.Tensor:
+    """16-bit logits widened to float32 before a reducing op, so the reduction is returned in
+    float32: exactly what the kernels would compute (they widen on load), and B x K elements
+    are cheap to copy."""
+    return t if t.dtype in WIDE_DTYPES else t.float()
+
+
+def as_columns(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1); (B, K) unchanged (the launchers take (B, K))."""
+    return logits if logits.dim() == 2 else logits.unsqueeze(1)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastfvae import functional
+from fastfvae import ops
 from fastfvae._checks import check_choice, check_float_tensor, check_positive_int
 from fastfvae.reference import gaussian_log_density
 
@@ -87,7 +87,7 @@ class FactorVAELoss(nn.Module):
             raise ValueError(f"kl: expected a scalar tensor (reparameterize_kl with reduction='mean'), got {got}")
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
         _check_same_batch("d_z", d_z, x_recon)
-        tc = functional.tc_loss(d_z, backend=self.backend)
+        tc = ops.tc_loss(d_z, backend=self.backend)
         return FactorVAELossOutput(recon + kl + self.gamma * tc, recon, kl, tc)
 
     def extra_repr(self) -> str:
@@ -107,7 +107,7 @@ class DiscriminatorLoss(nn.Module):
         self.backend = backend
 
     def forward(self, d_real: Tensor, d_perm: Tensor) -> Tensor:
-        return functional.discriminator_loss(d_real, d_perm, backend=self.backend)
+        return ops.discriminator_loss(d_real, d_perm, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"
@@ -168,7 +168,7 @@ class BetaTCVAELoss(nn.Module):
             raise ValueError(f"z: expected the shape of mu {tuple(mu.shape)}, got {tuple(z.shape)}")
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
         _check_same_batch("z", z, x_recon)
-        log_qz, log_prod_qzj = functional.log_qz(
+        log_qz, log_prod_qzj = ops.log_qz(
             z, mu, logvar, dataset_size=self.dataset_size, method=self.method, backend=self.backend
         )
         log_q_z_given_x = gaussian_log_density(z, mu, logvar).sum(dim=1)

@@ -1,4 +1,4 @@
-"""What is specific to the native backend (fastfvae/backends/native.py over kernels/).
+"""What is specific to the native backend (fastfvae/backends/native/ over kernels/).
 
 The op-by-op comparisons with the reference live in tests/test_<op>.py (parametrized over every
 backend); here: the C ABI's errors reaching Python with the library's message, the package

@@ -81,11 +81,12 @@ def test_encoder_gradient_is_the_vae_loss_gradient_alone():
 def test_factorvae_step_gradients_are_float64_autograd_of_the_textbook_losses(monkeypatch, gamma):
     """Both networks' gradients of one FactorVAE step, in float64, against autograd of the
     textbook losses (reference.py) on copies of the networks: the default path shares D's
-    backward (steps.SharedDiscriminatorBackward: the real half's layer gradients scaled from the
+    backward (shared_backward.SharedDiscriminatorBackward: the real half's layer gradients scaled from the
     VAE backward's, one GEMM per layer), gamma = 0 takes autograd's path (nothing to scale)."""
     from fastfvae import reference
     from fastfvae.models import VAE
-    from fastfvae.train.steps import FactorVAEStep, SharedDiscriminatorBackward
+    from fastfvae.train.shared_backward import SharedDiscriminatorBackward
+    from fastfvae.train.steps import FactorVAEStep
 
     shared_calls = []
     original = SharedDiscriminatorBackward.set_grads
@@ -121,7 +122,7 @@ def test_factorvae_step_gradients_are_float64_autograd_of_the_textbook_losses(mo
 def test_shared_discriminator_backward_takes_only_plain_discriminators():
     """An in-place activation would overwrite the Linear outputs whose gradients it reads."""
     from fastfvae.models import Discriminator
-    from fastfvae.train.steps import SharedDiscriminatorBackward
+    from fastfvae.train.shared_backward import SharedDiscriminatorBackward
 
     disc = Discriminator(4, depth=2, width=8)
     assert SharedDiscriminatorBackward.supports(disc)

@@ -133,7 +133,7 @@ def reasons(op: str, device, dtype: torch.dtype, dims=None) -> dict[str, str | N
     return {name: reason_not_served(name, op, device, dtype, dims) for name in BACKEND_NAMES}
 
 
-def _requested_from_environment() -> str:
+def requested_from_environment() -> str:
     """FASTFVAE_BACKEND's backend name, or "auto" when unset or empty."""
     return _checked_request(os.environ.get(ENVIRONMENT_VARIABLE) or "auto")
 

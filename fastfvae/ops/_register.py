@@ -130,10 +130,10 @@ class RegisteredOp:
         """torch.func transforms see through plain torch ops only (the kernels read raw data
         pointers, which batched and functional tensors do not have): the op runs the reference
         backend's launcher, written in torch ops, and autograd/vmap go through it directly."""
-        from fastfvae.backends import BACKEND_NAMES, ENVIRONMENT_VARIABLE, _requested_from_environment
+        from fastfvae.backends import BACKEND_NAMES, ENVIRONMENT_VARIABLE, requested_from_environment
 
         if requested == "auto":
-            requested = _requested_from_environment()
+            requested = requested_from_environment()
         if requested not in ("auto", "reference"):
             raise ValueError(
                 f"backend: torch.func transforms (vmap, grad, jacrev, ...) run {self.declaration.name} with the "

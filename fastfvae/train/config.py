@@ -86,6 +86,15 @@ SEED_LIMIT = 2 ** 63  # torch seeds are 64-bit; the per-rank seeds derived from 
 # kill the process when the pages are touched.
 DISC_BYTES_PER_PARAMETER = 16
 NON_NEGATIVE_FLOATS = ("lambda_od", "anneal_gamma", "c_max")  # and lambda_d unless None
+# The smallest --batch-size (per process) each objective can learn from, and why; the others need 1.
+MIN_BATCH = {
+    "factorvae": (2, "permute_dims of one row is that row, so the discriminator would compare q(z) with "
+                     "itself and its TC estimate would be meaningless"),
+    "betatcvae": (2, "its estimate of q(z) from one code makes the TC and MI terms constants, with no "
+                     "gradient"),
+    "dipvae1": (2, "its penalty is on the covariance of the codes over the batch"),
+    "dipvae2": (2, "its penalty is on the covariance of the codes over the batch"),
+}
 
 
 def _flag(name: str) -> str:
@@ -111,6 +120,10 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if not _is_int(value) or value < 0:
             raise TrainingError(f"{_flag(name)}: expected a non-negative integer, got {value!r}")
+    minimum, why = MIN_BATCH.get(config.objective, (1, ""))
+    if config.batch_size < minimum:
+        raise TrainingError(f"--batch-size: --objective {config.objective} needs a batch of at least {minimum} "
+                            f"images per process ({why}), got {config.batch_size}")
     if not _is_int(config.seed) or not 0 <= config.seed < SEED_LIMIT:
         raise TrainingError(f"--seed: expected an integer in [0, 2**63 - 1], got {config.seed!r}")
     _check_numbers(config)

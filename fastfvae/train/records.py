@@ -12,7 +12,7 @@ from typing import Optional, TextIO
 
 import torch
 
-from fastfvae.train.errors import NonFiniteLossError
+from fastfvae.train.errors import NonFiniteLossError, writing
 
 LOG_NAME = "log.jsonl"
 
@@ -26,7 +26,7 @@ class JsonlLog:
 
     def write(self, row: dict) -> None:
         if self.path:
-            with open(self.path, "a") as f:
+            with writing(self.path), open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             if self.sinks is not None:
                 self.sinks.row(row)
@@ -44,9 +44,14 @@ class JsonlLog:
                 except json.JSONDecodeError:
                     pass  # a line cut by a crash
         tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        try:
+            with writing(self.path), open(tmp, "w") as f:
+                f.writelines(keep)
+                f.flush()
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 class TermBuffer:
