@@ -224,7 +224,7 @@ def figure_curves(study: Study, rows: list[dict], colour_option: Optional[str], 
     if column:
         handles = [plt.Line2D([], [], color=cmap(k), label=f"{colour_option} = {v}") for k, v in enumerate(values)]
         fig.legend(handles=handles, loc="upper right", fontsize=8)
-    fig.suptitle(f"training curves of {len(curves)} points", fontsize=10)
+    fig.suptitle(f"training curves of {len(curves)} point{'s' if len(curves) != 1 else ''}", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
 
