@@ -11,6 +11,7 @@ from fastfvae.losses import (
 from fastfvae.ops import (
     discriminator_accuracy,
     discriminator_loss,
+    gather_color_images,
     gather_images,
     log_qz,
     log_qz_marginals,
@@ -32,6 +33,7 @@ __all__ = [
     "FactorVAELoss",
     "discriminator_accuracy",
     "discriminator_loss",
+    "gather_color_images",
     "gather_images",
     "log_qz",
     "log_qz_marginals",

@@ -1,7 +1,7 @@
 """The ``fastfvae`` command: ``train``, ``evaluate``, ``traverse``.
 
-    fastfvae train [--steps N] [--gamma G] [--out DIR] [--resume] ...
-    fastfvae evaluate CHECKPOINT|--pretrained NAME [--data PATH]
+    fastfvae train [--dataset NAME] [--data PATH] [--steps N] [--gamma G] [--out DIR] [--resume] ...
+    fastfvae evaluate CHECKPOINT|--pretrained NAME [--dataset NAME] [--data PATH]
     fastfvae traverse CHECKPOINT|--pretrained NAME [--out PNG|GIF]
     fastfvae sweep --grid KEY=V1,V2 ... --out DIR [train options]   (fastfvae/study.py)
     fastfvae aggregate DIR                                          (fastfvae/aggregate.py)
@@ -93,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--graph", action="store_true",
                    help="CUDA: capture the whole step in one CUDA graph and replay it (UNVALIDATED: no GPU has run it yet)")
     t.add_argument("--packed-data", action=argparse.BooleanOptionalAction, default=None,
-                   help="hold the data set bit-packed on the device (default: on CUDA; the first use builds a ~400 MB cache)")
+                   help="hold the data set on the device: bit-packed (dSprites and its variants) or as a uint8 table (the other sets) "
+                        "(default: on CUDA; the first use builds a cache)")
     t.add_argument("--data", default=None, metavar="PATH",
                    help="official dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz (default: procedural renderer)")
+    _add_dataset_arguments(t, default="dsprites")
     t.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/fastfvae-<time>)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint (see below for changed options)")
@@ -121,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder (or --pretrained NAME)")
     e.add_argument("--pretrained", default=None, metavar="NAME",
                    help="a model shipped with fastfvae (fastfvae.pretrained.list()) instead of a checkpoint")
-    e.add_argument("--data", default=None, metavar="PATH", help="official dSprites npz (default: procedural)")
+    e.add_argument("--data", default=None, metavar="PATH",
+                   help="the data set's file or folder (default: the checkpoint's for a file-backed set; dSprites: procedural)")
+    _add_dataset_arguments(e, default=None)
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--metrics-preset", default="auto", help="auto (fast on CPU, default on GPU), fast or default")
@@ -141,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .png grid, or a .gif animating each row's value (default: traversals-<index>.png "
                         "beside the checkpoint)")
     v.add_argument("--data", default=None, metavar="PATH")
+    _add_dataset_arguments(v, default=None)
     v.add_argument("--index", type=int, default=0, help="data set index of the image whose code is traversed")
     v.add_argument("--limit", type=_positive_finite_float, default=2.5,
                    help="each dimension goes from -limit to +limit")
@@ -151,6 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sweep", add_help=False, help="a grid of train runs on this machine or SLURM (fastfvae sweep --help)")
     sub.add_parser("aggregate", add_help=False, help="a study's table and figures (fastfvae aggregate --help)")
     return parser
+
+
+def _add_dataset_arguments(parser, default: Optional[str]) -> None:
+    """--dataset and --scream-image (train, evaluate, traverse)."""
+    from fastfvae.data import names
+    where = "(default: %(default)s)" if default else "(default: the checkpoint's; dsprites for older checkpoints)"
+    parser.add_argument("--dataset", choices=names(), default=default, metavar="NAME",
+                        help=f"the data set, disentanglement_lib's names: {', '.join(names())} {where}")
+    parser.add_argument("--scream-image", default=None, metavar="PATH",
+                        help="scream_dsprites: the painting's image file (The Scream, as disentanglement_lib)")
+
+
+def _dataset_of_run(args, state: dict):
+    """The data set evaluate/traverse read: --dataset (else the checkpoint's; checkpoints written
+    before the option existed trained on dSprites), from --data (else the checkpoint's path for a
+    file-backed set; the procedural renderer for the dSprites family)."""
+    from fastfvae.data.registry import FILE_SETS
+    from fastfvae.train import make_dataset
+    saved = state["config"]
+    name = args.dataset or saved.get("dataset", "dsprites")
+    data = args.data if args.data is not None else (saved.get("data") if name in FILE_SETS else None)
+    scream = args.scream_image or (saved.get("scream_image") if name == "scream_dsprites" else None)
+    return make_dataset(data, name, scream, args.seed if hasattr(args, "seed") else 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +195,8 @@ def _cmd_train(args) -> int:
         steps=args.steps, objective=args.objective, gamma=args.gamma, batch_size=args.batch_size,
         z_dim=args.z_dim, lr_vae=args.lr_vae, lr_d=args.lr_d, disc_depth=args.disc_depth,
         disc_width=args.disc_width, seed=args.seed, device=args.device, backend=args.backend,
-        amp=args.amp, compile=args.compile, graph=args.graph, packed_data=args.packed_data, data=args.data, out=out, resume=args.resume,
+        amp=args.amp, compile=args.compile, graph=args.graph, packed_data=args.packed_data, data=args.data,
+        dataset=args.dataset, scream_image=args.scream_image, out=out, resume=args.resume,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, eval_every=args.eval_every,
         log_tc_every=args.log_tc_every, metrics=not args.no_metrics,
         metrics_preset=args.metrics_preset, images=not args.no_images,
@@ -331,8 +360,8 @@ def _cmd_evaluate(args) -> int:
     _set_threads("auto")
     state, vae, device, torch = _load_for_inference(args)
     from fastfvae.diagnostics import decompose_kl
-    from fastfvae.train import evaluation, make_dataset
-    dataset = make_dataset(args.data)
+    from fastfvae.train import evaluation
+    dataset = _dataset_of_run(args, state)
     source = {"pretrained": args.pretrained} if args.pretrained else {"checkpoint": os.path.abspath(args.checkpoint)}
     result: dict = {**source, "step": state["step"],
                     "objective": state["config"].get("objective")}
@@ -372,8 +401,8 @@ def _json_default(value):
 
 def _cmd_traverse(args) -> int:
     state, vae, device, torch = _load_for_inference(args)
-    from fastfvae.train import artefacts, make_dataset
-    dataset = make_dataset(args.data)
+    from fastfvae.train import artefacts
+    dataset = _dataset_of_run(args, state)
     image, _ = dataset[args.index]
     with torch.no_grad():
         mu, _ = vae.encoder(image[None].to(device).float())

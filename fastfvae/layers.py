@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastfvae.backends.native import host_helpers
+from fastfvae.ops._register import without_storage
 
 FEW_CHANNELS = 4  # at most this many output channels: the GEMM path
 
@@ -59,9 +60,10 @@ _NATIVE = None
 
 
 def _gather_windows(x: Tensor, h: int, w: int) -> Tensor:
-    """_gather_windows_torch, by the CPU library when it is there (~3x faster) and no graph is
-    being recorded (a backward with create_graph=True differentiates the torch form)."""
-    if _native_windows() and not torch.is_grad_enabled():
+    """_gather_windows_torch, by the CPU library when it is there (~3x faster), no graph is
+    being recorded (a backward with create_graph=True differentiates the torch form) and x has
+    storage (batched gradients of jacobian(vectorize=True) have none)."""
+    if _native_windows() and not torch.is_grad_enabled() and not without_storage((x,)):
         return host_helpers.conv_windows_gather(x)
     return _gather_windows_torch(x, h, w)
 
@@ -69,7 +71,7 @@ def _gather_windows(x: Tensor, h: int, w: int) -> Tensor:
 def _scatter_windows(windows: Tensor, batch: int, channels: int, h: int, w: int) -> Tensor:
     """_scatter_windows_torch, by the CPU library when it is there (~10x faster) and no graph is
     being recorded."""
-    if _native_windows() and not torch.is_grad_enabled():
+    if _native_windows() and not torch.is_grad_enabled() and not without_storage((windows,)):
         return host_helpers.conv_windows_scatter(windows, batch, channels, 2 * h, 2 * w)
     return _scatter_windows_torch(windows, batch, channels, h, w)
 

@@ -94,7 +94,11 @@ def _static_reasons(name: str, op: str, device: torch.device, dtype: torch.dtype
         module = get_backend(name)
     except ImportError as error:  # e.g. triton not installed
         return [f"cannot be imported ({error})"]
-    return [r for r in (module.availability(), module.why_not(op, device, dtype)) if r]
+    found = []
+    for reason in (module.availability(), module.why_not(op, device, dtype)):
+        if reason and reason not in found:  # a missing library is both unavailable and no server
+            found.append(reason)
+    return found
 
 
 def _limit_reasons(module, op: str, dims) -> list[str]:

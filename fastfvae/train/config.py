@@ -52,7 +52,9 @@ class TrainConfig:
     compile: bool = False              # torch.compile the whole step (fastfvae/train/whole_step.py)
     graph: bool = False                # CUDA: capture the whole step in one CUDA graph (unvalidated)
     packed_data: Optional[bool] = None  # data set bit-packed on the device; None: on CUDA only
-    data: Optional[str] = None         # official dSprites npz; None = procedural
+    data: Optional[str] = None         # the data set's file or folder; dSprites: None = procedural
+    dataset: str = "dsprites"          # fastfvae.data.names(); checkpoints without it are dSprites
+    scream_image: Optional[str] = None  # scream_dsprites: the painting's image file
     out: Optional[str] = None
     resume: bool = False
     checkpoint_every: int = 500
@@ -145,6 +147,17 @@ def validate(config: TrainConfig) -> None:
         raise TrainingError(f"--logger: expected a list of names, got {config.loggers!r}")
     from fastfvae.train import loggers
     loggers.check_names(config.loggers)  # a missing package fails here, before any work
+    _check_dataset(config)
+
+
+def _check_dataset(config: TrainConfig) -> None:
+    """--dataset is one of fastfvae.data.names(); --scream-image goes with scream_dsprites only."""
+    from fastfvae.data import names
+    if config.dataset not in names():
+        raise TrainingError(f"--dataset: expected one of {names()}, got {config.dataset!r}")
+    if (config.scream_image is not None) != (config.dataset == "scream_dsprites"):
+        raise TrainingError(f"--scream-image: needed by scream_dsprites and by it only (--dataset "
+                            f"{config.dataset}, --scream-image {config.scream_image!r})")
 
 
 def _check_numbers(config: TrainConfig) -> None:
@@ -199,17 +212,23 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def make_dataset(path: Optional[str]):
-    """The data set ``--data`` names: the official dSprites npz, or the procedural renderer (None)."""
-    from fastfvae.data import DSprites
-    return DSprites(path=path)
+def make_dataset(path: Optional[str], dataset: str = "dsprites", scream_image: Optional[str] = None,
+                 seed: int = 0):
+    """The data set ``--dataset`` names (``fastfvae.data.load``), read from ``--data`` (dSprites:
+    the official npz, or the procedural renderer for None). ``seed`` fixes the per-observation
+    draws of the sets that make them (every set but dSprites)."""
+    from fastfvae.data import load
+    options = {} if dataset == "dsprites" else {"seed": seed}
+    if dataset == "scream_dsprites":
+        options["scream_image"] = scream_image
+    return load(dataset, path, **options)
 
 
 # --resume: options that define WHAT is trained must equal the checkpoint's (refused otherwise);
 # every other option is applied from the new command line, logged (a "resume" row in log.jsonl
 # and a note on stderr) and recorded (the checkpoint's and summary's config). "out" and "resume"
 # name the run rather than configure it.
-RESUME_MUST_MATCH = ("objective", "z_dim", "disc_depth", "disc_width", "seed", "data")
+RESUME_MUST_MATCH = ("objective", "z_dim", "disc_depth", "disc_width", "seed", "data", "dataset", "scream_image")
 RESUME_NOT_COMPARED = ("out", "resume")
 
 

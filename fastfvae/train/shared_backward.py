@@ -4,12 +4,56 @@ weight gradient is one GEMM over both halves. Used by fastfvae/train/steps.py's 
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _torch_module
 
 from fastfvae.models import Discriminator
+
+
+def _hooked_or_patched(module: nn.Module) -> bool:
+    """Whether ``module`` has forward, forward-pre or backward hooks of its own, or a forward
+    set on the instance (read from its __dict__: this runs for every module before every step)."""
+    state = module.__dict__
+    return bool(state["_forward_hooks"] or state["_forward_pre_hooks"] or state["_backward_hooks"]
+                or state["_backward_pre_hooks"] or "forward" in state)
+
+
+def _has_global_module_hooks() -> bool:
+    """Whether hooks registered for every module (``nn.modules.module.register_module_*_hook``)
+    are in force: ``SharedDiscriminatorBackward.run`` calls the layers, but its backward would
+    not run their backward hooks."""
+    return bool(_torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+                or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)
+
+
+def _plain_linears(disc: nn.Module) -> Optional[list]:
+    """The Linear layers of ``disc``'s net when the shared backward is exact for it as it is now
+    (``SharedDiscriminatorBackward.supports``), else None. Exact types: a parametrized Linear
+    (torch.nn.utils.parametrize) is a subclass of nn.Linear."""
+    if type(disc) is not Discriminator or _has_global_module_hooks():
+        return None
+    net = disc._modules.get("net")
+    if type(net) is not nn.Sequential or _hooked_or_patched(disc) or _hooked_or_patched(net):
+        return None
+    linears = []
+    for module in net._modules.values():
+        kind = type(module)
+        if kind is nn.Linear:
+            if "weight" not in module._parameters:  # torch.nn.utils.spectral_norm's weight_orig
+                return None
+            linears.append(module)
+        elif kind is not nn.LeakyReLU or module.inplace:
+            return None
+        if _hooked_or_patched(module):
+            return None
+    # set_grads reads the logits' gradient at the last Linear's output: it must be the last
+    # module and give the two logits.
+    if not linears or linears[-1] is not module or module.out_features != 2:
+        return None
+    return linears
 
 
 class DiscriminatorPass(NamedTuple):
@@ -45,17 +89,30 @@ class SharedDiscriminatorBackward:
 
     def __init__(self, disc: Discriminator):
         if not self.supports(disc):
-            raise ValueError("disc: expected a Discriminator whose net is Linear and LeakyReLU(inplace=False) layers")
+            raise ValueError("disc: expected a Discriminator whose net is Linear and LeakyReLU(inplace=False) layers "
+                             "with no hooks or parametrizations")
         self.net = disc.net
-        self.linears = [m for m in disc.net if isinstance(m, nn.Linear)]
+        self.linears = _plain_linears(disc)
 
     @staticmethod
     def supports(disc: nn.Module) -> bool:
-        """D's forward is its net's layers in turn, Linear or out-of-place LeakyReLU (an in-place
-        activation would overwrite the Linear outputs whose gradients are read)."""
-        net = getattr(disc, "net", None)
-        return (type(disc) is Discriminator and isinstance(net, nn.Sequential)
-                and all(isinstance(m, nn.Linear) or (isinstance(m, nn.LeakyReLU) and not m.inplace) for m in net))
+        """D's forward is its net's layers in turn, plain Linear or out-of-place LeakyReLU (an
+        in-place activation would overwrite the Linear outputs whose gradients are read), with
+        nothing that ``run`` would skip or ``set_grads`` would miss: no hooks on D, its net or
+        its layers, no global module hooks, no parametrization (spectral_norm, weight_norm: a
+        parametrized layer's weight is computed, so a gradient written into it reaches nothing).
+        Checked before every step (``exact_for``): D may change after the step is built."""
+        return _plain_linears(disc) is not None
+
+    def exact_for(self, disc: nn.Module) -> bool:
+        """Whether the shared backward is exact for ``disc`` as it is now (``supports``), taking
+        its current layers (a net whose plain layers were replaced since the last step). A few
+        microseconds for the paper's 13-module D (bench/RESULTS.md)."""
+        linears = _plain_linears(disc)
+        if linears is None:
+            return False
+        self.net, self.linears = disc.net, linears
+        return True
 
     def run(self, z: Tensor) -> DiscriminatorPass:
         inputs, outputs = [], []

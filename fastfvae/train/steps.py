@@ -170,7 +170,9 @@ class FactorVAEStep(Step):
         """x1, x2: float (B, C, 64, 64) images of two independent batches."""
         if x2 is None:
             raise ValueError("x2: FactorVAE needs a second batch for the discriminator, got None")
-        if self._reuse_d_z and self.shared is not None:
+        # D may have changed since construction (a hook, a parametrization, a new layer): the
+        # shared backward is taken only while it is exact for D as it is now.
+        if self._reuse_d_z and self.shared is not None and self.shared.exact_for(self.disc_module):
             return self._shared_step(x1, x2)
         b = x1.shape[0]
         reuse = self._reuse_d_z
@@ -199,7 +201,9 @@ class FactorVAEStep(Step):
         d_loss = self.disc_loss(d_real, d_perm)
         self.opt_d.zero_grad(set_to_none=True)
         if reuse:
-            d_loss.backward(inputs=self.disc_params)
+            # D's parameters as they are now: a parametrization added since construction (weight
+            # norm's g and v) replaces some (the optimiser steps those it was given).
+            d_loss.backward(inputs=list(self.disc_module.parameters()))
         else:
             d_loss.backward()
         self.opt_d.step()

@@ -48,7 +48,7 @@ class Trainer:
         self.world_size, self.rank, self.distributed = procs.world_size, procs.rank, procs.distributed
         self.device = resolve_device(cfg.device, procs.local_rank)
         check_device_support(cfg, self.device)
-        self.dataset = dataset if dataset is not None else make_dataset(cfg.data)
+        self.dataset = dataset if dataset is not None else make_dataset(cfg.data, cfg.dataset, cfg.scream_image, cfg.seed)
         self.dataset_size = len(self.dataset)
         self.channels = getattr(self.dataset, "num_channels", 1)
         _check_targets(self.dataset)
@@ -116,6 +116,8 @@ class Trainer:
             batches = device_batches(self.dataset, self.device, cfg.batch_size, self.objective.batches, self._say)
         if cfg.graph and batches is None:
             raise TrainingError("--graph needs a data set that can be bit-packed on the device (see the note above)")
+        if cfg.graph and batches.host:
+            raise TrainingError("--graph needs the data set's table on the device; it does not fit there (see above)")
         mode = "graph" if cfg.graph else "compile" if cfg.compile and not self.distributed else "eager"
         return WholeStep(self.objective, batches or self.sample_batches, mode,
                          update=lambda x1, x2: self.train_step(x1, x2))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from fastfvae.backends.native.elf import elf_damage
+
 ABI_VERSION = 3  # FFV_ABI_VERSION of kernels/include/fastfvae.h (tests/test_build.py checks)
 LIB_DIR_ENV = "FASTFVAE_NATIVE_LIB_DIR"
 LIBRARY_FILES = {"cpu": "libfastfvae_cpu.so", "cuda": "libfastfvae_cuda.so"}
@@ -183,6 +185,9 @@ def _load_file(path: Path) -> tuple[Library | None, str | None]:
     if not path.is_file():
         where = f"${LIB_DIR_ENV}={path.parent}" if os.environ.get(LIB_DIR_ENV) else str(path.parent)
         return None, f"{path.name} not found in {where}; build it with `pip install -e .`"
+    damage = elf_damage(path)
+    if damage is not None:
+        return None, f"{path} cannot be loaded ({damage}); rebuild it with `pip install -e .`"
     try:
         library = Library(path)
     except (OSError, AttributeError) as error:
