@@ -3,6 +3,8 @@
     fastfvae train [--dataset NAME] [--data PATH] [--steps N] [--gamma G] [--out DIR] [--resume] ...
     fastfvae evaluate CHECKPOINT|--pretrained NAME [--dataset NAME] [--data PATH]
     fastfvae traverse CHECKPOINT|--pretrained NAME [--out PNG|GIF]
+    fastfvae sweep --grid KEY=V1,V2 ... --out DIR [train options]   (fastfvae/study.py)
+    fastfvae aggregate DIR                                          (fastfvae/aggregate.py)
 
 ``python -m fastfvae ...`` is the same, and ``torchrun --nproc_per_node=2 -m fastfvae train ...``
 trains with DistributedDataParallel. Exit status: 0 done, 1 error (message on stderr),
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads for torch: a number, or auto = 1 when the machine is already busy "
                         "(load average >= cores), else torch's default (default: %(default)s)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--logger", action="append", choices=("tensorboard", "wandb"), default=[],
+                   help="also log to TensorBoard (<out>/tensorboard) or W&B (offline, <out>/wandb); "
+                        "repeatable; log.jsonl stays the record")
 
     e = sub.add_parser("evaluate", help="disentanglement metrics and KL decomposition of a checkpoint")
     e.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder (or --pretrained NAME)")
@@ -146,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each dimension goes from -limit to +limit")
     v.add_argument("--values", type=_positive_int, default=9, help="images per row")
     v.add_argument("--device", default="auto")
+
+    # Studies: their own parsers (fastfvae/study.py, fastfvae/aggregate.py); listed here for --help.
+    sub.add_parser("sweep", add_help=False, help="a grid of train runs on this machine or SLURM (fastfvae sweep --help)")
+    sub.add_parser("aggregate", add_help=False, help="a study's table and figures (fastfvae aggregate --help)")
     return parser
 
 
@@ -193,6 +202,7 @@ def _cmd_train(args) -> int:
         metrics_preset=args.metrics_preset, images=not args.no_images,
         progress=not args.quiet, lambda_od=args.lambda_od, lambda_d=args.lambda_d,
         anneal_gamma=args.anneal_gamma, c_max=args.c_max, iteration_threshold=args.iteration_threshold,
+        loggers=args.logger,
     )
     threads_choice = args.threads
     if args.resume and threads_choice == "auto":
@@ -408,6 +418,9 @@ def _cmd_traverse(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("sweep", "aggregate"):
+        return _cmd_study(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     retain_freed_memory()  # no page-fault churn between steps and encoder batches (memory.py)
@@ -425,6 +438,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   else "interrupted; nothing was written")
         print(f"fastfvae {args.command}: {detail}", file=sys.stderr)
         return 130
+
+
+def _cmd_study(command: str, argv: list) -> int:
+    """``sweep`` and ``aggregate`` parse their own arguments (the sweep passes the options it does
+    not know to every point's train command)."""
+    if command == "sweep":
+        from fastfvae import study
+        return study.main(argv)
+    from fastfvae import aggregate
+    return aggregate.main(argv)
 
 
 def _one_line(error: BaseException) -> str:
