@@ -3,6 +3,8 @@
     fastfvae train [--dataset NAME] [--data PATH] [--steps N] [--gamma G] [--out DIR] [--resume] ...
     fastfvae evaluate CHECKPOINT|--pretrained NAME [--dataset NAME] [--data PATH] [--json]
     fastfvae traverse CHECKPOINT|--pretrained NAME [--out PNG|JPG|GIF]
+    fastfvae sweep --grid KEY=V1,V2 ... --out DIR [train options]   (fastfvae/study.py)
+    fastfvae aggregate DIR                                          (fastfvae/aggregate.py)
 
 ``python -m fastfvae ...`` is the same, and ``torchrun --nproc_per_node=2 -m fastfvae train ...``
 trains with DistributedDataParallel. Exit status: 0 done, 1 error (message on stderr),
@@ -60,6 +62,7 @@ def _cmd_train(args) -> int:
         metrics_preset=args.metrics_preset, images=not args.no_images,
         progress=not args.quiet, lambda_od=args.lambda_od, lambda_d=args.lambda_d,
         anneal_gamma=args.anneal_gamma, c_max=args.c_max, iteration_threshold=args.iteration_threshold,
+        loggers=args.logger,
     )
     threads_choice = args.threads
     if args.resume and threads_choice == "auto":
@@ -293,6 +296,8 @@ def _cmd_traverse(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("sweep", "aggregate"):
+        return _cmd_study(argv[0], argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0].startswith("-") and argv[0] not in COMMANDS:
         command_help_parser().parse_args(argv)  # `fastfvae --help` and usage errors: no torch import
     args = build_parser().parse_args(argv)
@@ -312,6 +317,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   else "interrupted; nothing was written")
         print(f"fastfvae {args.command}: {detail}", file=sys.stderr)
         return 130
+
+
+def _cmd_study(command: str, argv: list) -> int:
+    """``sweep`` and ``aggregate`` parse their own arguments (the sweep passes the options it does
+    not know to every point's train command)."""
+    if command == "sweep":
+        from fastfvae import study
+        return study.main(argv)
+    from fastfvae import aggregate
+    return aggregate.main(argv)
 
 
 def _one_line(error: BaseException) -> str:

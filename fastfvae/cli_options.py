@@ -20,6 +20,8 @@ COMMANDS = {
     "evaluate": "disentanglement metrics and KL decomposition of a checkpoint: a table on stdout, the "
                 "JSON in a file (--json also prints it)",
     "traverse": "latent traversals of a checkpoint, written as a PNG or JPEG grid or an animated GIF",
+    "sweep": "a grid of train runs on this machine or SLURM (fastfvae sweep --help)",
+    "aggregate": "a study's table and figures (fastfvae aggregate --help)",
 }
 
 
@@ -123,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads for torch: a number, or auto = 1 when the machine is already busy "
                         "(load average >= cores), else torch's default (default: %(default)s)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--logger", action="append", choices=("tensorboard", "wandb"), default=[],
+                   help="also log to TensorBoard (<out>/tensorboard) or W&B (offline, <out>/wandb); "
+                        "repeatable; log.jsonl stays the record")
 
     e = sub.add_parser("evaluate", help=COMMANDS["evaluate"], description=COMMANDS["evaluate"] + ".")
     e.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder (or --pretrained NAME)")
@@ -159,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each dimension goes from -limit to +limit")
     v.add_argument("--values", type=_positive_int, default=9, help="images per row")
     v.add_argument("--device", default="auto")
+    # Studies: their own parsers (fastfvae/study.py, fastfvae/aggregate.py); listed here for --help.
+    sub.add_parser("sweep", add_help=False, help=COMMANDS["sweep"])
+    sub.add_parser("aggregate", add_help=False, help=COMMANDS["aggregate"])
     return parser
 
 

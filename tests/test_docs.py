@@ -52,9 +52,9 @@ def test_sections_are_numbered_in_order_and_the_readme_links_the_design():
 
 
 def test_the_check_finds_a_missing_section_and_a_missing_item():
-    sections = {1: "1. Math\n", 17: "17. Examples\n1. Liger\n2. xformers\n"}
-    assert broken_citations("DESIGN.md §1 and DESIGN.md §17.2", sections) == []
-    assert broken_citations("DESIGN.md §3, DESIGN.md §17.5", sections) == ["DESIGN.md §3", "DESIGN.md §17.5"]
+    sections = {1: "1. Math\n", 18: "18. Examples\n1. Liger\n2. xformers\n"}
+    assert broken_citations("DESIGN.md §1 and DESIGN.md §18.2", sections) == []
+    assert broken_citations("DESIGN.md §3, DESIGN.md §18.5", sections) == ["DESIGN.md §3", "DESIGN.md §18.5"]
 
 
 # ---------------------------------------------------------------------------------------------

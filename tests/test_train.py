@@ -477,10 +477,10 @@ def test_traversal_gif_and_curves(tmp_path):
                    '"tc_minibatch": 0.7}\n{"step": 30, "loss"')  # the last line was cut by a crash
     series = artefacts.read_series(str(log))
     assert series == {"loss": ([10, 20], [3.0, 2.0]), "tc": ([10, 20], [0.5, 0.25]), "tc_minibatch": ([20], [0.7])}
-    artefacts.write_curves(str(tmp_path / "curves.png"), series, columns=2, panel=(300, 170))
+    artefacts.write_curves(str(tmp_path / "curves.png"), series, columns=2)
     with Image.open(tmp_path / "curves.png") as png:
-        pixels = np.asarray(png.convert("RGB"))
-    assert pixels.shape == (2 * 170, 2 * 300, 3)
-    navy = (pixels == [0, 0, 128]).all(axis=2)
-    assert navy[:170, :300].any() and navy[:170, 300:].any() and navy[170:, :300].any()
-    assert not navy[170:, 300:].any()  # three series, three panels
+        pixels = np.asarray(png.convert("RGB")).astype(int)
+    assert pixels.shape == (520, 800, 3)  # matplotlib: 2 x 2 panels of 4 x 2.6 inches at 100 dpi
+    navy = (pixels[..., 2] > 90) & (pixels[..., 0] < 60) & (pixels[..., 1] < 60)  # the lines, antialiased
+    assert navy[:260, :400].any() and navy[:260, 400:].any() and navy[260:, :400].any()
+    assert not navy[260:, 400:].any()  # three series, three panels

@@ -1,4 +1,4 @@
-"""Files a run leaves besides its checkpoint and log: images (Pillow) and summary.json.
+"""Files a run leaves besides its checkpoint and log: images (Pillow), curves (matplotlib) and summary.json.
 
 reconstructions.png  8 inputs (top row) over their reconstructions (bottom row)
 traversals.png       one row per latent dimension: the first input's mean code with that
@@ -8,7 +8,7 @@ traversals.gif       animated: one row per latent dimension, one column per inpu
                      +limit -> -limit (as 1Konny/FactorVAE's and disentangling-vae's GIFs)
 curves.png           one panel per logged series over steps: the step's loss terms (loss, recon,
                      KL, TC estimate, discriminator loss and accuracy for FactorVAE) and the
-                     minibatch TC estimate when --log-tc-every is set; drawn with PIL.ImageDraw
+                     minibatch TC estimate when --log-tc-every is set; drawn with matplotlib
 summary.json         the run's result (written atomically: temp file + os.replace): final
                      terms; rates (steps_per_s, session_steps, session_time_s: this session;
                      train_time_s, run_steps_per_s: every session); metrics (evaluated at this
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from fastfvae.models import VAE
 from fastfvae.train.errors import writing
@@ -204,35 +204,25 @@ def earlier_records(out: str, log_path: Optional[str], summary: dict, earlier_su
     return kept
 
 
-def write_curves(path: str, series: dict[str, tuple[list[int], list[float]]], columns: int = 3,
-                 panel: tuple[int, int] = (300, 170)) -> None:
-    """curves.png: one line plot per series (a grid of ``columns`` panels per row), atomically."""
-    width, height = panel
+def write_curves(path: str, series: dict[str, tuple[list[int], list[float]]], columns: int = 3) -> None:
+    """curves.png: one matplotlib line plot per series over steps (``columns`` panels per row), atomically."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
     rows = max(1, -(-len(series) // columns))
-    image = Image.new("RGB", (columns * width, rows * height), "white")
-    draw = ImageDraw.Draw(image)
-    for k, (name, (steps, values)) in enumerate(series.items()):
-        top, left = (k // columns) * height, (k % columns) * width
-        _draw_panel(draw, (left, top, left + width, top + height), name, steps, values)
-    with atomic_write(path) as tmp:
-        image.save(tmp, format="PNG")
-
-
-def _draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], name: str,
-                steps: list[int], values: list[float]) -> None:
-    """Title, frame, y range labels, step range labels and the polyline of one series."""
-    x0, y0, x1, y1 = box[0] + 50, box[1] + 18, box[2] - 10, box[3] - 22   # plotting area
-    draw.rectangle((x0, y0, x1, y1), outline="grey")
-    draw.text((box[0] + 50, box[1] + 3), name, fill="black")
-    low, high = min(values), max(values)
-    span, step_span = (high - low) or 1.0, (steps[-1] - steps[0]) or 1
-    draw.text((box[0] + 2, y0), f"{high:.4g}", fill="black")
-    draw.text((box[0] + 2, y1 - 10), f"{low:.4g}", fill="black")
-    draw.text((x0, y1 + 4), str(steps[0]), fill="black")
-    draw.text((x1 - 40, y1 + 4), str(steps[-1]), fill="black")
-    points = [(x0 + (s - steps[0]) / step_span * (x1 - x0), y1 - (v - low) / span * (y1 - y0))
-              for s, v in zip(steps, values)]
-    if len(points) == 1:
-        draw.ellipse((points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2), fill="navy")
-    else:
-        draw.line(points, fill="navy", width=2)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 2.6 * rows), squeeze=False)
+    for ax, (name, (steps, values)) in zip(axes.flat, series.items()):
+        ax.plot(steps, values, color="navy", linewidth=1.0, marker="." if len(steps) == 1 else None)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
+    fig.tight_layout()
+    try:
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)

@@ -75,6 +75,8 @@ class TrainConfig:
     anneal_gamma: float = 1000.0
     c_max: float = 25.0
     iteration_threshold: int = 100_000
+    # Viewers that mirror log.jsonl: "tensorboard", "wandb" (fastfvae/train/loggers.py).
+    loggers: list = dataclasses.field(default_factory=list)
 
 
 POSITIVE_INTS = ("steps", "batch_size", "z_dim", "disc_depth", "disc_width", "checkpoint_every", "log_every",
@@ -141,6 +143,10 @@ def validate(config: TrainConfig) -> None:
         raise TrainingError(f"--out: expected a folder path, got {config.out!r}")
     if config.threads is not None and (not _is_int(config.threads) or config.threads < 1):
         raise TrainingError(f"--threads: expected a positive integer, got {config.threads!r}")
+    if not isinstance(config.loggers, (list, tuple)):
+        raise TrainingError(f"--logger: expected a list of names, got {config.loggers!r}")
+    from fastfvae.train import loggers
+    loggers.check_names(config.loggers)  # a missing package fails here, before any work
     _check_dataset(config)
 
 

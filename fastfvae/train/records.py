@@ -22,11 +22,14 @@ class JsonlLog:
 
     def __init__(self, out: Optional[str], rank: int = 0):
         self.path = os.path.join(out, LOG_NAME) if out and rank == 0 else None
+        self.sinks = None  # loggers.Loggers: TensorBoard / W&B receive every row written here
 
     def write(self, row: dict) -> None:
         if self.path:
             with writing(self.path), open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.sinks is not None:
+                self.sinks.row(row)
 
     def truncate_after(self, step: int) -> None:
         """Drop rows of steps past ``step`` (after a resume: the run died after its checkpoint)."""

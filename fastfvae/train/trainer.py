@@ -26,6 +26,7 @@ from fastfvae.train.config import (
     TrainConfig, check_device_support, make_dataset, resolve_device, resume_changes, validate,
 )
 from fastfvae.train.errors import DiskFullError, TrainingError
+from fastfvae.train.loggers import Loggers
 from fastfvae.train.processes import Processes, StopRequested, StopSignals
 from fastfvae.train.records import JsonlLog, Progress, TermBuffer
 from fastfvae.train.steps import STEPS, Forwards
@@ -63,6 +64,7 @@ class Trainer:
         self.checkpoint_path = os.path.join(cfg.out, CHECKPOINT_NAME) if cfg.out else None
         self.last_checkpoint_step: Optional[int] = None
         self.log = JsonlLog(cfg.out, self.rank)
+        self.loggers = Loggers([])  # opened with the output folder (--logger)
         self.stop = StopSignals()
         self.resumed_changes: dict = {}
         self.finished_summary: Optional[dict] = None
@@ -199,6 +201,8 @@ class Trainer:
             rundir.prepare(self.out)
         if self.config.resume:
             self._resume()
+        if self.rank == 0 and self.finished_summary is None:
+            self.loggers = self.log.sinks = Loggers.open(self.config.loggers, self.out, self.config, self.step)
         self.processes.barrier()
 
     def _resume(self) -> None:
@@ -274,7 +278,13 @@ class Trainer:
                 self._note(f"{self.out} holds a finished run (step {self.step}); nothing to do, nothing rewritten")
                 return self.finished_summary
             with self.stop.installed():
-                return self._loop()
+                try:
+                    summary = self._loop()
+                except BaseException:
+                    self.loggers.close(finished=False)
+                    raise
+                self.loggers.close(finished="interrupted" not in summary)
+                return summary
         finally:
             if self.folder_lock is not None:
                 self.folder_lock.release()
@@ -397,6 +407,7 @@ class Trainer:
         # The step these images show, for a later session that does not redraw them.
         self.log.write({"step": self.step, "event": "images",
                         "files": {name: os.path.basename(p) for name, p in paths.items()}})
+        self.loggers.images(self.step, paths)
         return paths
 
 

@@ -1,4 +1,4 @@
-/* fastfvae native ABI: flat extern "C" entry points, no torch headers (DESIGN.md §3, §17.5).
+/* fastfvae native ABI: flat extern "C" entry points, no torch headers (DESIGN.md §3, §18.5).
  *
  * Conventions
  * - Every entry returns an ffv_status; on failure ffv_last_error() gives a message for the
