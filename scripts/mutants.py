@@ -3,8 +3,8 @@
 
 Each mutant is a small patch (a file, an exact text that must occur in it once, its replacement)
 and the few tests that must catch it. For each mutant the script applies the patch, rebuilds
-what the patch needs (the native library, through scripts/rebuild_native.sh, when a C++/CUDA
-source changes), runs those tests and restores the file (always: on success, failure, Ctrl-C or
+what the patch needs (the CPU library when a C++ source changes: ``Library``; the installed
+library is left alone), runs those tests and restores the file (always: on success, failure, Ctrl-C or
 SIGTERM; a run killed outright leaves build/mutants/pending.json, which the next run restores
 first). A mutant is CAUGHT when its tests fail, SURVIVED when they pass, and an ERROR when it
 could not be judged: its target text is missing or not unique (the code moved: update the
@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PENDING = ROOT / "build" / "mutants" / "pending.json"  # {path: original text} while a patch is applied
-NATIVE_SUFFIXES = (".cpp", ".h", ".cu", ".cuh")
+NATIVE_SUFFIXES = (".cpp", ".h")  # sources of the CPU library (CUDA mutants would need a GPU)
+MUTANT_LIB = ROOT / "build" / "mutants" / "lib"  # the mutated CPU library, loaded by the tests
 TRITON_ENV = {"TRITON_INTERPRET": "1"}  # Triton kernels run on the CPU under the interpreter
 
 
@@ -64,7 +67,7 @@ MUTANTS = (
     # ----------------------------------------------------------------- CPU kernels (C++)
     Mutant("cpu.log_qz.no_max_shift", "kernels/cpu/log_qz.cpp",
            "const C new_max = tile_max > max ? tile_max : max;", "const C new_max = C(0);",
-           _k("tests/test_log_qz.py", "native and cpu and (far_outside or matches_reference)"),
+           _k("tests/test_log_qz.py", "native and cpu and far_outside"),
            "log-sum-exp without its max shift: exp underflows/overflows beyond +-88"),
     Mutant("cpu.log_qz.grad_z_sign", "kernels/cpu/log_qz.cpp",
            "gz[r * D + d] -= gz_sum;", "gz[r * D + d] += gz_sum;",
@@ -113,9 +116,8 @@ MUTANTS = (
            "pixels unpacked most significant bit first (the table is little-endian bit order)"),
     # ----------------------------------------------------------------- Triton kernels (interpreter)
     Mutant("triton.log_qz.no_max_shift", "fastfvae/backends/triton/log_qz.py",
-           'safe = tl.where(new_max == float("-inf"), 0.0, new_max)',
-           'safe = tl.where(new_max == float("-inf"), 0.0, 0.0 * new_max)',
-           _k("tests/test_log_qz.py", "triton and cpu and (far_outside or small_tiles)"),
+           "new_max = tl.maximum(max_joint, tl.max(s, axis=1))", "new_max = tl.zeros_like(max_joint)",
+           _k("tests/test_log_qz.py", "triton and cpu and far_outside"),
            "log-sum-exp of the joint without its max shift", env=tuple(TRITON_ENV.items())),
     Mutant("triton.reparameterize_kl.kl_half", "fastfvae/backends/triton/reparameterize_kl.py",
            "kl_row = 0.5 * kl_row", "kl_row = kl_row",
@@ -158,7 +160,7 @@ MUTANTS = (
     Mutant("metrics.mig_normaliser", "fastfvae/metrics/mig.py",
            "gaps.append((float(ordered.values[0]) - second) / h)",
            "gaps.append((float(ordered.values[0]) - second) / math.log(size))",
-           _k("tests/test_metrics.py", "mig"),
+           _k("tests/test_metrics.py", "skewed"),
            "MIG normalised by log(factor size) instead of the factor's sample entropy"),
     Mutant("metrics.factor_vae_argmax", "fastfvae/metrics/factor_vae.py",
            "chosen.append(active_index[(local_var / scale).argmin(dim=1)].cpu())",
@@ -278,20 +280,32 @@ class Applied:
 
 
 class Library:
-    """The native library as built from the working tree. A native mutant leaves it built from
-    the mutated source ("stale"); it is rebuilt from the restored sources before any other
-    mutant's tests run and at the end (the next native mutant's own build does it otherwise,
-    which halves the rebuilds when native mutants run in a row)."""
+    """The CPU library built from the mutated source, on the side: CMake rebuilds it in the build
+    folder of scripts/rebuild_native.sh (incrementally, without that script's machine-wide lock
+    and pip install) and the tests load it from MUTANT_LIB via $FASTFVAE_NATIVE_LIB_DIR. The
+    installed library is never touched; the build folder is rebuilt from the restored sources
+    at the end, so that the next rebuild_native.sh starts from them."""
 
     def __init__(self):
         self.stale = False
 
     @staticmethod
-    def build() -> tuple[bool, str]:
-        result = subprocess.run(["bash", str(ROOT / "scripts" / "rebuild_native.sh")], cwd=ROOT,
+    def build_dir() -> Path:
+        found = sorted((ROOT / "build").glob("*/build.ninja")) + sorted((ROOT / "build").glob("*/Makefile"))
+        if not found:  # never built here: let the project's script configure and build it once
+            subprocess.run(["bash", str(ROOT / "scripts" / "rebuild_native.sh")], cwd=ROOT, check=True)
+            return Library.build_dir()
+        return found[0].parent
+
+    def build(self) -> tuple[bool, str]:
+        folder = self.build_dir()
+        result = subprocess.run(["cmake", "--build", str(folder), "--target", "fastfvae_cpu"], cwd=ROOT,
                                 capture_output=True, text=True)
         output = result.stdout + result.stderr
-        return result.returncode == 0 and "rebuild_native: ok" in output, output
+        if result.returncode == 0:
+            MUTANT_LIB.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / "libfastfvae_cpu.so", MUTANT_LIB / "libfastfvae_cpu.so")
+        return result.returncode == 0, output
 
     def build_mutated(self) -> tuple[bool, str]:
         self.stale = True
@@ -300,7 +314,7 @@ class Library:
     def ensure_fresh(self) -> None:
         if not self.stale:
             return
-        print("mutants: rebuilding the native library from the restored sources", flush=True)
+        print("mutants: rebuilding the build folder's library from the restored sources", flush=True)
         ok, log = self.build()
         if not ok:
             raise SystemExit("mutants: the RESTORED library did not build; stopping:\n" + log[-3000:])
@@ -331,14 +345,13 @@ def judge(mutant: Mutant, library: Library, timeout: float, verbose: bool) -> tu
     problem = check_target(mutant)
     if problem:
         return "ERROR", problem
-    if not mutant.native:
-        library.ensure_fresh()
     with Applied(mutant):  # the file is restored on any exit, Ctrl-C included
         if mutant.native:
             ok, log = library.build_mutated()
             if not ok:
                 return "ERROR", "the mutated library did not build:\n" + log[-1500:]
-        code, output = run_tests(mutant.tests, mutant.env, timeout)
+        env = mutant.env + ((("FASTFVAE_NATIVE_LIB_DIR", str(MUTANT_LIB)),) if mutant.native else ())
+        code, output = run_tests(mutant.tests, env, timeout)
     if verbose:
         print(output)
     if code is None:
@@ -369,6 +382,18 @@ def baseline(mutants, timeout: float) -> bool:
     return ok
 
 
+def _hold_run_lock():
+    """One run at a time per checkout (a second would restore the first one's patched file):
+    an exclusive lock, released when the process ends however it ends."""
+    PENDING.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(PENDING.parent / "run.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit("mutants: another scripts/mutants.py run is in progress in this checkout") from None
+    return handle
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -393,6 +418,7 @@ def main(argv=None) -> int:
         for m in chosen:
             print(f"{m.name:45s} {m.path}\n    {m.bug}\n    tests: {' '.join(m.tests)}")
         return 0
+    _lock = _hold_run_lock()  # held until the process exits  # noqa: F841
     restore_pending()
     problems = [(m, check_target(m)) for m in chosen]
     for m, problem in problems:
@@ -409,7 +435,7 @@ def main(argv=None) -> int:
 
     rows, library = [], Library()
     try:
-        for m in sorted(chosen, key=lambda m: m.native):  # native ones together, last: fewer rebuilds
+        for m in sorted(chosen, key=lambda m: m.native):  # the C++ ones together, last
             start = time.perf_counter()
             status, detail = judge(m, library, args.timeout, args.verbose)
             took = time.perf_counter() - start
