@@ -263,6 +263,10 @@ def target_rows(rows: list[dict], comps: list[dict]) -> list[list[str]]:
     for batch in sorted({c["B"] for c in find(comps, op="data", device="cpu")}):
         ratio_check(f"a gather_images batch ≥ 10× rendering it at B={batch} (cpu)", 10.0,
                     find(comps, op="data", device="cpu", B=batch, baseline="render-procedural"))
+    for device in ("cpu", "cuda"):  # the colour sets' uint8 table (bench/test_gather_color_images.py)
+        for batch in sorted({c["B"] for c in find(comps, op="color_data", device=device)}):
+            ratio_check(f"a gather_color_images batch ≥ 10× indexing a float table on the CPU at B={batch} ({device})",
+                        10.0, find(comps, op="color_data", device=device, B=batch, baseline="index-float-cpu"))
     # issue 7: log_qz at B=2048, D=10 on the CPU, forward + backward.
     lq = find(comps, op="log_qz", device="cpu", direction="full", B=2048, D=10, baseline="eager-reference-materialised")
     ratio_check("log_qz fwd+bwd ≥ 3× the materialised reference at B=2048, D=10 (cpu)", 3.0, lq)

@@ -8,16 +8,17 @@ from fastfvae.losses import (
     DiscriminatorLoss,
     FactorVAELoss,
 )
-from fastfvae.functional import (
+from fastfvae.ops import (
     discriminator_accuracy,
     discriminator_loss,
+    gather_color_images,
+    gather_images,
     log_qz,
     log_qz_marginals,
     permute_dims,
     reparameterize_kl,
     tc_loss,
 )
-from fastfvae.ops.gather_images import gather_images
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "FactorVAELoss",
     "discriminator_accuracy",
     "discriminator_loss",
+    "gather_color_images",
     "gather_images",
     "log_qz",
     "log_qz_marginals",

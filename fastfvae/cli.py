@@ -1,8 +1,8 @@
 """The ``fastfvae`` command: ``train``, ``evaluate``, ``traverse``.
 
-    fastfvae train [--steps N] [--gamma G] [--out DIR] [--resume] ...
-    fastfvae evaluate CHECKPOINT [--data PATH]
-    fastfvae traverse CHECKPOINT [--out PNG]
+    fastfvae train [--dataset NAME] [--data PATH] [--steps N] [--gamma G] [--out DIR] [--resume] ...
+    fastfvae evaluate CHECKPOINT|--pretrained NAME [--dataset NAME] [--data PATH]
+    fastfvae traverse CHECKPOINT|--pretrained NAME [--out PNG|GIF]
 
 ``python -m fastfvae ...`` is the same, and ``torchrun --nproc_per_node=2 -m fastfvae train ...``
 trains with DistributedDataParallel. Exit status: 0 done, 1 error (message on stderr),
@@ -91,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--graph", action="store_true",
                    help="CUDA: capture the whole step in one CUDA graph and replay it (UNVALIDATED: no GPU has run it yet)")
     t.add_argument("--packed-data", action=argparse.BooleanOptionalAction, default=None,
-                   help="hold the data set bit-packed on the device (default: on CUDA; the first use builds a ~400 MB cache)")
+                   help="hold the data set on the device: bit-packed (dSprites and its variants) or as a uint8 table (the other sets) "
+                        "(default: on CUDA; the first use builds a cache)")
     t.add_argument("--data", default=None, metavar="PATH",
                    help="official dsprites_ndarray_co1sh3sc6or40x32x32_64x64.npz (default: procedural renderer)")
+    _add_dataset_arguments(t, default="dsprites")
     t.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/fastfvae-<time>)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint (see below for changed options)")
@@ -113,8 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("evaluate", help="disentanglement metrics and KL decomposition of a checkpoint")
-    e.add_argument("checkpoint", help="checkpoint file or run folder")
-    e.add_argument("--data", default=None, metavar="PATH", help="official dSprites npz (default: procedural)")
+    e.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder (or --pretrained NAME)")
+    e.add_argument("--pretrained", default=None, metavar="NAME",
+                   help="a model shipped with fastfvae (fastfvae.pretrained.list()) instead of a checkpoint")
+    e.add_argument("--data", default=None, metavar="PATH",
+                   help="the data set's file or folder (default: the checkpoint's for a file-backed set; dSprites: procedural)")
+    _add_dataset_arguments(e, default=None)
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--metrics-preset", default="auto", help="auto (fast on CPU, default on GPU), fast or default")
@@ -127,17 +133,43 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, metavar="FILE", help="JSON output (default: metrics.json beside the checkpoint)")
 
     v = sub.add_parser("traverse", help="latent traversal grid of a checkpoint as PNG")
-    v.add_argument("checkpoint", help="checkpoint file or run folder")
+    v.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder (or --pretrained NAME)")
+    v.add_argument("--pretrained", default=None, metavar="NAME",
+                   help="a model shipped with fastfvae (fastfvae.pretrained.list()) instead of a checkpoint")
     v.add_argument("--out", default=None, metavar="PNG|GIF",
                    help="a .png grid, or a .gif animating each row's value (default: traversals-<index>.png "
                         "beside the checkpoint)")
     v.add_argument("--data", default=None, metavar="PATH")
+    _add_dataset_arguments(v, default=None)
     v.add_argument("--index", type=int, default=0, help="data set index of the image whose code is traversed")
     v.add_argument("--limit", type=_positive_finite_float, default=2.5,
                    help="each dimension goes from -limit to +limit")
     v.add_argument("--values", type=_positive_int, default=9, help="images per row")
     v.add_argument("--device", default="auto")
     return parser
+
+
+def _add_dataset_arguments(parser, default: Optional[str]) -> None:
+    """--dataset and --scream-image (train, evaluate, traverse)."""
+    from fastfvae.data import names
+    where = "(default: %(default)s)" if default else "(default: the checkpoint's; dsprites for older checkpoints)"
+    parser.add_argument("--dataset", choices=names(), default=default, metavar="NAME",
+                        help=f"the data set, disentanglement_lib's names: {', '.join(names())} {where}")
+    parser.add_argument("--scream-image", default=None, metavar="PATH",
+                        help="scream_dsprites: the painting's image file (The Scream, as disentanglement_lib)")
+
+
+def _dataset_of_run(args, state: dict):
+    """The data set evaluate/traverse read: --dataset (else the checkpoint's; checkpoints written
+    before the option existed trained on dSprites), from --data (else the checkpoint's path for a
+    file-backed set; the procedural renderer for the dSprites family)."""
+    from fastfvae.data.registry import FILE_SETS
+    from fastfvae.train import make_dataset
+    saved = state["config"]
+    name = args.dataset or saved.get("dataset", "dsprites")
+    data = args.data if args.data is not None else (saved.get("data") if name in FILE_SETS else None)
+    scream = args.scream_image or (saved.get("scream_image") if name == "scream_dsprites" else None)
+    return make_dataset(data, name, scream, args.seed if hasattr(args, "seed") else 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +186,8 @@ def _cmd_train(args) -> int:
         steps=args.steps, objective=args.objective, gamma=args.gamma, batch_size=args.batch_size,
         z_dim=args.z_dim, lr_vae=args.lr_vae, lr_d=args.lr_d, disc_depth=args.disc_depth,
         disc_width=args.disc_width, seed=args.seed, device=args.device, backend=args.backend,
-        amp=args.amp, compile=args.compile, graph=args.graph, packed_data=args.packed_data, data=args.data, out=out, resume=args.resume,
+        amp=args.amp, compile=args.compile, graph=args.graph, packed_data=args.packed_data, data=args.data,
+        dataset=args.dataset, scream_image=args.scream_image, out=out, resume=args.resume,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, eval_every=args.eval_every,
         log_tc_every=args.log_tc_every, metrics=not args.no_metrics,
         metrics_preset=args.metrics_preset, images=not args.no_images,
@@ -235,15 +268,27 @@ def _signal_number(name: str) -> int:
 def _print_train_result(summary: dict, out: str) -> None:
     final = summary.get("final", {})
     losses = ", ".join(f"{k} {v:.4g}" for k, v in final.items())
-    print(f"done: step {summary['step']} in {summary['train_time_s']:.0f} s "
-          f"({summary['steps_per_s']:.2f} steps/s): {losses}")
+    print(f"done: step {summary['step']} {_rates(summary)}: {losses}")
     metrics = summary.get("metrics")
     if isinstance(metrics, dict):
         print("metrics: " + _metrics_line(metrics))
         print(_metrics_table(metrics))
     images = summary.get("images") or {}
+    shown = summary.get("images_step", summary["step"])
+    stale = f" (images of step {shown})" if images and shown != summary["step"] else ""
     print(f"outputs in {out}/: " + ", ".join(["summary.json", "log.jsonl", "checkpoint.pt"]
-                                             + [os.path.basename(p) for p in images.values()]))
+                                             + [os.path.basename(p) for p in images.values()]) + stale)
+
+
+def _rates(summary: dict) -> str:
+    """What the rates cover: the whole run when this session trained it all; else this session's
+    steps and rate, then the whole run's training time (summaries of older versions lack them)."""
+    session = summary.get("session_steps")
+    whole = f"in {summary['train_time_s']:.0f} s of training"
+    if session is None or session == summary["step"]:
+        return f"{whole} ({summary['steps_per_s']:.2f} steps/s)"
+    return (f"(this session: {session} steps in {summary['session_time_s']:.0f} s, {summary['steps_per_s']:.2f} "
+            f"steps/s; the whole run: {summary['step']} steps {whole}, {summary['run_steps_per_s']:.2f} steps/s)")
 
 
 def _metrics_line(metrics: dict) -> str:
@@ -274,26 +319,41 @@ def _metric_names(text: str):
     return names
 
 
-def _load_for_inference(path: str, device_name: str):
+def _load_for_inference(args):
+    """(state, vae, device, torch) for evaluate/traverse: the checkpoint named by ``args.checkpoint``
+    or the shipped model named by ``args.pretrained`` (its card stands in for the checkpoint's
+    step and config)."""
     import torch
     from fastfvae.train import build_vae_from_checkpoint, load_checkpoint, resolve_device
-    state = load_checkpoint(path)
-    device = resolve_device(device_name)
-    vae = build_vae_from_checkpoint(state, device)
-    return state, vae, device, torch
+    if (args.checkpoint is None) == (args.pretrained is None):
+        raise TrainingError("give a checkpoint (file or run folder) or --pretrained NAME, not both or neither")
+    device = resolve_device(args.device)
+    if args.pretrained is not None:
+        from fastfvae import pretrained
+        card = pretrained.card(args.pretrained)
+        state = {"step": card["training"]["steps"], "config": card["training"]["options"]}
+        return state, pretrained.load(args.pretrained, device), device, torch
+    state = load_checkpoint(args.checkpoint)
+    return state, build_vae_from_checkpoint(state, device), device, torch
 
 
-def _checkpoint_dir(path: str) -> str:
+def _output_dir(args) -> str:
+    """Where evaluate/traverse write by default: beside the checkpoint, or the current folder for
+    a shipped model (the package's folder is not the user's)."""
+    if args.checkpoint is None:
+        return "."
+    path = args.checkpoint
     return path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
 
 
 def _cmd_evaluate(args) -> int:
     _set_threads("auto")
-    state, vae, device, torch = _load_for_inference(args.checkpoint, args.device)
+    state, vae, device, torch = _load_for_inference(args)
     from fastfvae.diagnostics import decompose_kl
-    from fastfvae.train import evaluation, make_dataset
-    dataset = make_dataset(args.data)
-    result: dict = {"checkpoint": os.path.abspath(args.checkpoint), "step": state["step"],
+    from fastfvae.train import evaluation
+    dataset = _dataset_of_run(args, state)
+    source = {"pretrained": args.pretrained} if args.pretrained else {"checkpoint": os.path.abspath(args.checkpoint)}
+    result: dict = {**source, "step": state["step"],
                     "objective": state["config"].get("objective")}
     t0 = time.perf_counter()
     result["metrics"] = evaluation.evaluate_metrics(vae, dataset, device, args.seed, args.metrics_preset, args.metrics)
@@ -310,7 +370,7 @@ def _cmd_evaluate(args) -> int:
         result["decomposition_time_s"] = round(time.perf_counter() - t0, 2)
     result = json.loads(json.dumps(result, default=_json_default))
     print(json.dumps(result, indent=2))
-    out = args.out or os.path.join(_checkpoint_dir(args.checkpoint), "metrics.json")
+    out = args.out or os.path.join(_output_dir(args), "metrics.json")
     from fastfvae.train.artefacts import write_json
     write_json(out, result)  # through "metrics.json.tmp-<pid>", which a run's clean-up matches
     print(f"written to {out}", file=sys.stderr)
@@ -330,13 +390,13 @@ def _json_default(value):
 
 
 def _cmd_traverse(args) -> int:
-    state, vae, device, torch = _load_for_inference(args.checkpoint, args.device)
-    from fastfvae.train import artefacts, make_dataset
-    dataset = make_dataset(args.data)
+    state, vae, device, torch = _load_for_inference(args)
+    from fastfvae.train import artefacts
+    dataset = _dataset_of_run(args, state)
     image, _ = dataset[args.index]
     with torch.no_grad():
         mu, _ = vae.encoder(image[None].to(device).float())
-    out = args.out or os.path.join(_checkpoint_dir(args.checkpoint), f"traversals-{args.index}.png")
+    out = args.out or os.path.join(_output_dir(args), f"traversals-{args.index}.png")
     if out.lower().endswith(".gif"):
         artefacts.write_gif(out, artefacts.traversal_gif_frames(vae, mu, args.values, args.limit))
     else:

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from fastfvae import functional
+from fastfvae import ops
 from fastfvae._checks import check_float_tensor, check_like, check_positive_int
 from fastfvae.reference import compute_dtype
 from fastfvae.reference import gaussian_log_density as _gaussian_log_density
@@ -137,7 +137,7 @@ def decompose_kl(
     z = mu_s + torch.exp(0.5 * logvar_s) * eps
     with torch.no_grad():
         # The mixture (1/N) sum_n q(z|x_n) is the "mws" form with dataset_size = 1: w = -log(1 * N).
-        log_qz, log_qzj = functional.log_qz_marginals(
+        log_qz, log_qzj = ops.log_qz_marginals(
             z.to(kernel_dtype), mu, logvar, dataset_size=1, method="mws", backend=backend
         )
     log_qz, log_qzj = log_qz.double(), log_qzj.double()
@@ -180,7 +180,7 @@ def minibatch_tc(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, *, ba
     mean_i (log q(z_i) - sum_j log q(z_ij)) with z (B, D) drawn from N(mu, exp(logvar)) (B, D)."""
     dtype = torch.float64 if torch.float64 in (z.dtype, mu.dtype, logvar.dtype) else torch.float32
     with torch.no_grad():
-        log_qz, log_prod = functional.log_qz(
+        log_qz, log_prod = ops.log_qz(
             z.detach().to(dtype), mu.detach().to(dtype), logvar.detach().to(dtype), dataset_size=dataset_size,
             method="mws", backend=backend,
         )

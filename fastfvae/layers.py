@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastfvae.backends import native
+from fastfvae.backends.native import host_helpers
+from fastfvae.ops._register import without_storage
 
 FEW_CHANNELS = 4  # at most this many output channels: the GEMM path
 
@@ -51,7 +52,7 @@ def _native_windows() -> bool:
     """The CPU library's conv_windows helpers are there (kernels/cpu/conv_windows.cpp)."""
     global _NATIVE
     if _NATIVE is None:
-        _NATIVE = native.conv_windows_available() is None
+        _NATIVE = host_helpers.conv_windows_available() is None
     return _NATIVE
 
 
@@ -59,18 +60,19 @@ _NATIVE = None
 
 
 def _gather_windows(x: Tensor, h: int, w: int) -> Tensor:
-    """_gather_windows_torch, by the CPU library when it is there (~3x faster) and no graph is
-    being recorded (a backward with create_graph=True differentiates the torch form)."""
-    if _native_windows() and not torch.is_grad_enabled():
-        return native.conv_windows_gather(x)
+    """_gather_windows_torch, by the CPU library when it is there (~3x faster), no graph is
+    being recorded (a backward with create_graph=True differentiates the torch form) and x has
+    storage (batched gradients of jacobian(vectorize=True) have none)."""
+    if _native_windows() and not torch.is_grad_enabled() and not without_storage((x,)):
+        return host_helpers.conv_windows_gather(x)
     return _gather_windows_torch(x, h, w)
 
 
 def _scatter_windows(windows: Tensor, batch: int, channels: int, h: int, w: int) -> Tensor:
     """_scatter_windows_torch, by the CPU library when it is there (~10x faster) and no graph is
     being recorded."""
-    if _native_windows() and not torch.is_grad_enabled():
-        return native.conv_windows_scatter(windows, batch, channels, 2 * h, 2 * w)
+    if _native_windows() and not torch.is_grad_enabled() and not without_storage((windows,)):
+        return host_helpers.conv_windows_scatter(windows, batch, channels, 2 * h, 2 * w)
     return _scatter_windows_torch(windows, batch, channels, h, w)
 
 

@@ -6,18 +6,34 @@ with ``DiscriminatorLoss`` (README.md shows the two loops side by side).
 """
 from __future__ import annotations
 
-import operator
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastfvae import functional
-from fastfvae._checks import check_choice, check_float_tensor, check_positive_int
+from fastfvae import ops
+from fastfvae._checks import check_choice, check_float_tensor, check_positive_int, check_real, integer_value
 from fastfvae.reference import gaussian_log_density
 
 RECONSTRUCTIONS = ("bernoulli", "gaussian")
+
+
+def _reduction_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype the loss modules reduce in: the promoted input dtype, at least float32.
+    16-bit inputs are reduced in float32 and their loss terms returned in float32, as the ops
+    and autocast's float32 list do (DESIGN.md §2): a float16 sum over a batch of images
+    overflows (65504), and a bfloat16 one keeps 8 bits."""
+    dtype = torch.float32
+    for d in dtypes:
+        dtype = torch.promote_types(dtype, d)
+    return dtype
+
+
+def _in_reduction_dtype(*tensors: Tensor) -> tuple:
+    """The tensors converted to ``_reduction_dtype`` of theirs (a no-op for float32/float64)."""
+    dtype = _reduction_dtype(*(t.dtype for t in tensors))
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
 
 def _check_same_batch(name: str, value: Tensor, x_recon: Tensor) -> None:
@@ -36,7 +52,8 @@ class FactorVAELossOutput(NamedTuple):
 
 
 def reconstruction_loss(x_recon: Tensor, x: Tensor, distribution: str = "bernoulli") -> Tensor:
-    """Negative log-likelihood summed over pixels, averaged over the batch.
+    """Negative log-likelihood summed over pixels, averaged over the batch; computed and returned
+    in float32 for 16-bit x_recon (its own dtype for float32/float64).
 
     bernoulli: x_recon are logits, BCE-with-logits against x in [0, 1].
     gaussian: x_recon is the mean (unit variance, constants dropped): sum of squared errors.
@@ -54,6 +71,7 @@ def reconstruction_loss(x_recon: Tensor, x: Tensor, distribution: str = "bernoul
         low, high = torch.aminmax(x.detach())
         if low < 0 or high > 1:
             raise ValueError(f"x: Bernoulli targets must lie in [0, 1], got values in [{float(low)}, {float(high)}]")
+    (x_recon,) = _in_reduction_dtype(x_recon)  # 16-bit: float32 sums (DESIGN.md §2)
     x = x.to(x_recon.dtype)
     if distribution == "bernoulli":
         total = F.binary_cross_entropy_with_logits(x_recon, x, reduction="sum")
@@ -77,7 +95,7 @@ class FactorVAELoss(nn.Module):
     def __init__(self, gamma: float = 35.0, reconstruction: str = "bernoulli", backend: str = "auto"):
         super().__init__()
         check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
-        self.gamma = float(gamma)
+        self.gamma = check_real("gamma", gamma)
         self.reconstruction = reconstruction
         self.backend = backend
 
@@ -87,7 +105,8 @@ class FactorVAELoss(nn.Module):
             raise ValueError(f"kl: expected a scalar tensor (reparameterize_kl with reduction='mean'), got {got}")
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
         _check_same_batch("d_z", d_z, x_recon)
-        tc = functional.tc_loss(d_z, backend=self.backend)
+        tc = ops.tc_loss(d_z, backend=self.backend)
+        (kl,) = _in_reduction_dtype(kl)
         return FactorVAELossOutput(recon + kl + self.gamma * tc, recon, kl, tc)
 
     def extra_repr(self) -> str:
@@ -107,7 +126,7 @@ class DiscriminatorLoss(nn.Module):
         self.backend = backend
 
     def forward(self, d_real: Tensor, d_perm: Tensor) -> Tensor:
-        return functional.discriminator_loss(d_real, d_perm, backend=self.backend)
+        return ops.discriminator_loss(d_real, d_perm, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"
@@ -153,7 +172,7 @@ class BetaTCVAELoss(nn.Module):
         super().__init__()
         check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
         check_choice("method", method, ("mws", "mss"))
-        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        self.alpha, self.beta, self.gamma = check_real("alpha", alpha), check_real("beta", beta), check_real("gamma", gamma)
         self.dataset_size = check_positive_int("dataset_size", dataset_size)  # numpy ints too
         self.method = method
         self.reconstruction = reconstruction
@@ -162,13 +181,14 @@ class BetaTCVAELoss(nn.Module):
     def forward(self, x_recon: Tensor, x: Tensor, z: Tensor, mu: Tensor, logvar: Tensor) -> BetaTCVAELossOutput:
         for name, value in (("z", z), ("mu", mu), ("logvar", logvar)):
             check_float_tensor(name, value, (2,))
-        dtype = torch.promote_types(torch.promote_types(z.dtype, mu.dtype), logvar.dtype)
-        z, mu, logvar = z.to(dtype), mu.to(dtype), logvar.to(dtype)
+        # 16-bit codes: every term in float32 (log_qz computes in float32 for 16-bit inputs
+        # anyway; the upcast is exact), as the ops reduce (DESIGN.md §2).
+        z, mu, logvar = _in_reduction_dtype(z, mu, logvar)
         if z.shape != mu.shape:
             raise ValueError(f"z: expected the shape of mu {tuple(mu.shape)}, got {tuple(z.shape)}")
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
         _check_same_batch("z", z, x_recon)
-        log_qz, log_prod_qzj = functional.log_qz(
+        log_qz, log_prod_qzj = ops.log_qz(
             z, mu, logvar, dataset_size=self.dataset_size, method=self.method, backend=self.backend
         )
         log_q_z_given_x = gaussian_log_density(z, mu, logvar).sum(dim=1)
@@ -201,7 +221,7 @@ class BetaVAELoss(nn.Module):
     def __init__(self, beta: float = 4.0, reconstruction: str = "bernoulli"):
         super().__init__()
         check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
-        self.beta = float(beta)
+        self.beta = check_real("beta", beta)
         self.reconstruction = reconstruction
 
     def forward(self, x_recon: Tensor, x: Tensor, kl: Tensor) -> BetaVAELossOutput:
@@ -209,6 +229,7 @@ class BetaVAELoss(nn.Module):
             got = tuple(kl.shape) if isinstance(kl, Tensor) else type(kl).__name__
             raise ValueError(f"kl: expected a scalar tensor (reparameterize_kl with reduction='mean'), got {got}")
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
+        (kl,) = _in_reduction_dtype(kl)
         return BetaVAELossOutput(recon + self.beta * kl, recon, kl)
 
     def extra_repr(self) -> str:
@@ -263,12 +284,8 @@ def _check_scalar_kl(kl) -> None:
 
 
 def _check_weight(name: str, value) -> float:
-    """A finite, non-negative loss weight given as a real number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    if not (0.0 <= float(value) < float("inf")):
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    return float(value)
+    """A finite, non-negative loss weight given as a real number (NumPy's and 0-d tensors too)."""
+    return check_real(name, value, minimum=0.0)
 
 
 class DIPVAELoss(nn.Module):
@@ -322,9 +339,10 @@ class DIPVAELoss(nn.Module):
             raise ValueError(f"mu: expected a batch of B >= 2 rows (a batch covariance), got shape {tuple(mu.shape)}")
         if isinstance(x_recon, Tensor) and x_recon.dim() > 0 and x_recon.shape[0] != mu.shape[0]:
             raise ValueError(f"mu: expected x_recon's batch size {x_recon.shape[0]} rows, got shape {tuple(mu.shape)}")
-        dtype = torch.promote_types(mu.dtype, logvar.dtype)
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
-        cov = dip_covariance(mu.to(dtype), logvar.to(dtype), self.variant)
+        (kl,) = _in_reduction_dtype(kl)
+        mu, logvar = _in_reduction_dtype(mu, logvar)  # 16-bit: the covariance in float32
+        cov = dip_covariance(mu, logvar, self.variant)
         dip = dip_regulariser(cov, self.lambda_od, self.lambda_d)
         return DIPVAELossOutput(recon + kl + dip, recon, kl, dip)
 
@@ -337,7 +355,7 @@ class AnnealedVAELossOutput(NamedTuple):
     total: Tensor  # recon + gamma * |kl - capacity|, the loss to minimise
     recon: Tensor
     kl: Tensor
-    capacity: Tensor  # C(step) in nats, a scalar in kl's dtype on kl's device
+    capacity: Tensor  # C(step) in nats, a scalar on kl's device in kl's dtype (float32 for 16-bit kl)
 
 
 def annealed_capacity(step: int, c_max: float, iteration_threshold: int) -> float:
@@ -354,13 +372,10 @@ def _check_step(step):
             raise TypeError(f"step: expected an int or a 0-d real tensor, got a {step.dtype} tensor "
                             f"of shape {tuple(step.shape)}")
         return step
-    if not isinstance(step, int) or isinstance(step, bool):
-        if isinstance(step, (bool, float)):
-            raise TypeError(f"step: expected an int (steps taken so far), got {type(step).__name__}")
-        try:
-            step = operator.index(step)  # NumPy integers
-        except TypeError:
-            raise TypeError(f"step: expected an int (steps taken so far), got {type(step).__name__}") from None
+    number = integer_value(step)  # Python and NumPy integers; not bools or floats
+    if number is None:
+        raise TypeError(f"step: expected an int (steps taken so far), got {type(step).__name__}")
+    step = number
     if step < 0:
         raise ValueError(f"step: expected an int >= 0, got {step}")
     return step
@@ -397,6 +412,7 @@ class AnnealedVAELoss(nn.Module):
         _check_scalar_kl(kl)
         step = _check_step(step)
         recon = reconstruction_loss(x_recon, x, self.reconstruction)
+        (kl,) = _in_reduction_dtype(kl)
         if isinstance(step, Tensor):
             # On the device, so a captured CUDA graph whose step tensor counts up replays the
             # schedule; a negative value counts as 0 (it cannot be checked without a host sync).

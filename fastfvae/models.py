@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from fastfvae import functional, layers
+from fastfvae import layers, ops
 from fastfvae._checks import check_positive_int
 
 
@@ -104,13 +104,13 @@ class VAE(nn.Module):
         mu, logvar = self.encoder(x)
         # The fused op runs in float32 even under bf16 autocast (it is not an autocast op);
         # a float64 model stays float64.
-        z, kl = functional.reparameterize_kl(_at_least_float32(mu), _at_least_float32(logvar), backend=self.backend)
+        z, kl = ops.reparameterize_kl(_at_least_float32(mu), _at_least_float32(logvar), backend=self.backend)
         return VAEOutput(self.decoder(z), mu, logvar, z, kl)
 
     def sample_z(self, x: Tensor) -> Tensor:
         """A reparameterised sample of q(z|x) (used for the discriminator's second batch)."""
         mu, logvar = self.encoder(x)
-        z, _ = functional.reparameterize_kl(_at_least_float32(mu), _at_least_float32(logvar), backend=self.backend)
+        z, _ = ops.reparameterize_kl(_at_least_float32(mu), _at_least_float32(logvar), backend=self.backend)
         return z
 
 

@@ -149,3 +149,20 @@ def test_reductions_of_16_bit_inputs_are_float32_and_accurate():
     tc = fastfvae.tc_loss(logits)
     assert tc.dtype == torch.float32
     torch.testing.assert_close(tc.double(), fastfvae.reference.tc_loss(logits.double()), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("requested", ["auto", "reference"])
+def test_an_empty_dimension_is_named(requested):
+    """The message names the dimension that is empty, not always B."""
+    _raises(ValueError, r"mu: expected a non-empty tensor \(D >= 1\), got shape \(4, 0\)",
+            fastfvae.reparameterize_kl, torch.zeros(4, 0), torch.zeros(4, 0), backend=requested)
+    _raises(ValueError, r"z: expected a non-empty tensor \(D >= 1\), got shape \(2, 3, 0\)",
+            fastfvae.permute_dims, torch.zeros(2, 3, 0), backend=requested)
+    _raises(ValueError, r"z: expected a non-empty tensor \(G >= 1\), got shape \(0, 3, 2\)",
+            fastfvae.permute_dims, torch.zeros(0, 3, 2), backend=requested)
+    _raises(ValueError, r"d_logits: expected a non-empty tensor \(K >= 1\), got shape \(5, 0\)",
+            fastfvae.tc_loss, torch.zeros(5, 0), backend=requested)
+    _raises(ValueError, r"mu: expected a non-empty tensor \(K >= 1\), got shape \(0, 3\)",
+            fastfvae.log_qz, GOOD, torch.zeros(0, 3), torch.zeros(0, 3), dataset_size=10, backend=requested)
+    _raises(ValueError, r"z: expected a non-empty tensor \(M >= 1\), got shape \(0, 3\)",
+            fastfvae.log_qz, torch.zeros(0, 3), GOOD, GOOD, dataset_size=10, backend=requested)

@@ -33,7 +33,7 @@ def test_cuda_sources_compiled():
 
 
 # ---------------------------------------------------------------------------------------------
-# The C header is the one definition of the ABI's numbers; native.py restates them for ctypes,
+# The C header is the one definition of the ABI's numbers; native/library.py restates them for ctypes,
 # and these tests fail when the two drift apart (issue 15: "C and Python restate each other").
 # ---------------------------------------------------------------------------------------------
 HEADER = Path(__file__).resolve().parents[1] / "kernels" / "include" / "fastfvae.h"

@@ -18,7 +18,7 @@ import torch
 
 import fastfvae
 from fastfvae import reference
-from fastfvae.data import DSprites, packed
+from fastfvae.data import DSprites, dsprites, packed
 from fastfvae.data.dsprites import render_dsprites
 from conftest import FLOAT_DTYPES, require
 
@@ -309,11 +309,10 @@ def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
 
 
 def test_procedural_key_tracks_the_renderer(monkeypatch):
-    from fastfvae.data import dsprites
-    key = packed.dsprites_source_key(DSprites())
-    assert key == packed.dsprites_source_key(DSprites())
+    key = dsprites.dsprites_source_key(DSprites())
+    assert key == dsprites.dsprites_source_key(DSprites())
     monkeypatch.setattr(dsprites, "_SQUARE_SIDE", dsprites._SQUARE_SIDE + 0.1)
-    assert packed.dsprites_source_key(DSprites()) != key
+    assert dsprites.dsprites_source_key(DSprites()) != key
 
 
 def _write_npz(path, imgs, classes):
@@ -375,14 +374,14 @@ def test_render_device_and_key_follow_the_device(tmp_path):
     """A procedural table wanted on a GPU is rendered there, under its own key; an npz is never
     rendered (CPU key whatever the device)."""
     procedural = DSprites()
-    assert packed.render_device(procedural, "cuda:0") == torch.device("cuda:0")
-    assert packed.render_device(procedural, None) == torch.device("cpu")
-    cpu_key = packed.dsprites_source_key(procedural, torch.device("cpu"))
-    assert packed.dsprites_source_key(procedural, torch.device("cuda")) != cpu_key
+    assert dsprites.render_device(procedural, "cuda:0") == torch.device("cuda:0")
+    assert dsprites.render_device(procedural, None) == torch.device("cpu")
+    cpu_key = dsprites.dsprites_source_key(procedural, torch.device("cpu"))
+    assert dsprites.dsprites_source_key(procedural, torch.device("cuda")) != cpu_key
     classes = np.zeros((1, 6), np.int64)
     path = tmp_path / "one.npz"
     _write_npz(path, np.zeros((1, 64, 64), np.uint8), classes)
-    assert packed.render_device(DSprites(path=str(path)), "cuda") == torch.device("cpu")
+    assert dsprites.render_device(DSprites(path=str(path)), "cuda") == torch.device("cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

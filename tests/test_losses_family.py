@@ -245,7 +245,8 @@ def test_annealed_defaults_and_dtype_device():
     x = torch.rand(2, 4)
     kl = torch.tensor(1.0, dtype=torch.bfloat16)
     out = loss(torch.randn(2, 4), x, kl, 3)
-    assert out.capacity.dtype == torch.bfloat16 and out.capacity.device == kl.device
+    # a 16-bit kl: the terms in float32, as the ops' reductions (DESIGN.md §2)
+    assert out.capacity.dtype == torch.float32 and out.kl.dtype == torch.float32 and out.capacity.device == kl.device
     assert out.total.dtype == torch.float32  # recon in float32, promoted like FactorVAELoss's sum
 
 

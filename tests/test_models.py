@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastfvae import functional, layers, reference
+from fastfvae import layers, ops, reference
 from fastfvae.models import VAE, Discriminator, Decoder, Encoder
 
 
@@ -45,13 +45,13 @@ def test_discriminator_depth_width_and_activation(depth):
 
 def test_vae_forward_uses_the_fused_reparameterize_kl(monkeypatch):
     calls = []
-    original = functional.reparameterize_kl
+    original = ops.reparameterize_kl
 
     def spy(mu, logvar, **kwargs):
         calls.append(kwargs)
         return original(mu, logvar, **kwargs)
 
-    monkeypatch.setattr(functional, "reparameterize_kl", spy)
+    monkeypatch.setattr(ops, "reparameterize_kl", spy)
     vae = VAE(z_dim=5, backend="reference")
     x = torch.rand(6, 1, 64, 64)
     out = vae(x)

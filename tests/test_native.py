@@ -1,4 +1,4 @@
-"""What is specific to the native backend (fastfvae/backends/native.py over kernels/).
+"""What is specific to the native backend (fastfvae/backends/native/ over kernels/).
 
 The op-by-op comparisons with the reference live in tests/test_<op>.py (parametrized over every
 backend); here: the C ABI's errors reaching Python with the library's message, the package
@@ -100,6 +100,7 @@ _FALLBACK_SCRIPT = textwrap.dedent(
         fastfvae.tc_loss(x, backend="native")
     except ValueError as error:
         assert "native: " in str(error) and EXPECTED in str(error), error
+        assert str(error).count(EXPECTED) == 1, f"the reason is given more than once: {error}"
     else:
         raise AssertionError("backend='native' without its library did not raise")
     print("fallback ok")
@@ -107,13 +108,19 @@ _FALLBACK_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("library_state", ["missing", "corrupt"])
+@pytest.mark.parametrize("library_state", ["missing", "corrupt", "truncated_1k", "truncated_half"])
 def test_package_works_without_the_library(tmp_path, library_state):
-    """FASTFVAE_NATIVE_LIB_DIR pointing at an empty folder (or at a broken .so): the package
+    """FASTFVAE_NATIVE_LIB_DIR pointing at an empty folder (or at a broken .so, or at a copy of
+    the library cut short, which dlopen would map and die of SIGBUS reading): the package
     imports, native says why it is unavailable, auto falls back to the reference."""
+    target = tmp_path / native.LIBRARY_FILES["cpu"]
     if library_state == "corrupt":
-        (tmp_path / native.LIBRARY_FILES["cpu"]).write_bytes(b"not a shared library")
+        target.write_bytes(b"not a shared library")
         expected = "cannot be loaded"
+    elif library_state.startswith("truncated"):
+        whole = (native.library_dir() / native.LIBRARY_FILES["cpu"]).read_bytes()
+        target.write_bytes(whole[:1024] if library_state == "truncated_1k" else whole[:len(whole) // 2])
+        expected = "truncated"
     else:
         expected = "libfastfvae_cpu.so not found"
     env = dict(os.environ, FASTFVAE_NATIVE_LIB_DIR=str(tmp_path))

@@ -229,3 +229,167 @@ def test_special_values_propagate_like_the_reference(backend, batch, dim, dtype,
         _compare(lambda m, lv, e: fastfvae.reparameterize_kl(m, lv, eps=e, reduction="none", backend=backend),
                  lambda m, lv, e: reference.reparameterize_kl(m, lv, e, "none"),
                  [mu, logvar, eps], dtype, lambda ts: ts, gradients=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched autograd: jacobian(vectorize=True), autograd.grad(is_grads_batched=True) and
+# torch.func.vmap over every op on the default backend. Batched tensors have no storage, so the
+# kernels must never see them (the reference's torch ops run instead); the results are compared
+# with the unbatched reference: float64 jacobians row by row and per-sample calls.
+# ---------------------------------------------------------------------------------------------
+def _batched_case(op: str, batch: int, dim: int, generator):
+    """(function of float64 tensors returning one flat tensor, its reference twin, inputs)."""
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64) * scale
+
+    if op == "reparameterize_kl":
+        eps = rand(batch, dim)
+
+        def make(backend):
+            def f(mu, logvar):
+                z, kl = fastfvae.reparameterize_kl(mu, logvar, eps=eps, reduction="none", backend=backend)
+                return torch.cat([z.reshape(-1), kl])
+            return f
+        return make, (rand(batch, dim), rand(batch, dim, scale=0.5))
+    if op == "tc_loss":
+        return (lambda backend: lambda l: fastfvae.tc_loss(l, backend=backend).reshape(1)), (rand(batch, 2),)
+    if op == "discriminator_loss":
+        return (lambda backend: lambda r, p: fastfvae.discriminator_loss(r, p, backend=backend).reshape(1)), (
+            rand(batch, 2), rand(batch, 2))
+    if op in ("log_qz", "log_qz_marginals"):
+        def make(backend):
+            def f(z, mu, logvar):
+                outs = getattr(fastfvae, op)(z, mu, logvar, dataset_size=batch + 5, backend=backend)
+                return torch.cat([o.reshape(-1) for o in outs])
+            return f
+        return make, (rand(batch, dim), rand(batch, dim), rand(batch, dim, scale=0.5))
+    if op == "permute_dims":
+        def make(backend):
+            def f(z):
+                torch.manual_seed(7)  # the same permutation on both sides
+                return fastfvae.permute_dims(z, backend=backend).reshape(-1)
+            return f
+        return make, (rand(batch, dim),)
+    raise AssertionError(op)
+
+
+BATCHED_OPS = ["reparameterize_kl", "tc_loss", "discriminator_loss", "log_qz", "log_qz_marginals", "permute_dims"]
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(op=st.sampled_from(BATCHED_OPS), batch=st.integers(1, 4), dim=st.integers(1, 3), seed=seeds)
+def test_batched_backward_of_every_op_matches_the_reference(op, batch, dim, seed):
+    """jacobian(vectorize=True) and autograd.grad(is_grads_batched=True) on the default backend
+    (the kernels' forward, a batched backward) equal the reference's row-by-row jacobian."""
+    make, inputs = _batched_case(op, batch, dim, torch.Generator().manual_seed(seed))
+    f, f_ref = make("auto"), make("reference")
+    want = torch.autograd.functional.jacobian(f_ref, inputs, vectorize=False)
+    got = torch.autograd.functional.jacobian(f, inputs, vectorize=True)
+    for i, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g, w, **TOLERANCES[torch.float64], msg=lambda m, i=i: f"{op} jacobian {i}: {m}")
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = f(*leaves)
+    basis = torch.eye(out.numel(), dtype=out.dtype)
+    rows = torch.autograd.grad(out, leaves, basis, is_grads_batched=True, allow_unused=True)
+    for i, (g, w) in enumerate(zip(rows, want)):
+        g = torch.zeros_like(w) if g is None else g
+        torch.testing.assert_close(g, w, **TOLERANCES[torch.float64], msg=lambda m, i=i: f"{op} is_grads_batched {i}: {m}")
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(op=st.sampled_from([o for o in BATCHED_OPS if o != "permute_dims"] + ["discriminator_accuracy"]),
+       groups=st.integers(1, 3), batch=st.integers(1, 4), dim=st.integers(1, 3), seed=seeds)
+def test_vmap_of_every_op_matches_per_sample_calls(op, groups, batch, dim, seed):
+    """torch.func.vmap over a leading group dimension on the default backend equals the
+    reference called on each group (permute_dims draws: see the test below)."""
+    g = torch.Generator().manual_seed(seed)
+    if op == "discriminator_accuracy":
+        f = f_ref = lambda r, p: fastfvae.discriminator_accuracy(r, p).reshape(1)
+        inputs = (torch.randn(batch, 2, generator=g, dtype=torch.float64),) * 2
+        inputs = (inputs[0], -inputs[1])
+    else:
+        make, inputs = _batched_case(op, batch, dim, g)
+        f, f_ref = make("auto"), make("reference")
+    stacked = [torch.stack([t * (1 + 0.1 * k) for k in range(groups)]) for t in inputs]
+    got = torch.func.vmap(f)(*stacked)
+    want = torch.stack([f_ref(*[s[k] for s in stacked]) for k in range(groups)])
+    torch.testing.assert_close(got, want, **TOLERANCES[torch.float64])
+
+
+def test_vmap_of_permute_dims_and_gather_images_on_the_default_backend():
+    """permute_dims under vmap (fresh draws per group: randomness="different") permutes every
+    column of every group; gather_images under vmap equals the unbatched reference."""
+    z = torch.randn(3, 5, 4, dtype=torch.float64)
+    out = torch.func.vmap(lambda t: fastfvae.permute_dims(t), randomness="different")(z)
+    torch.testing.assert_close(out.sort(dim=1).values, z.sort(dim=1).values, rtol=0, atol=0)
+    packed = torch.randint(0, 256, (6, 512), dtype=torch.uint8)
+    index = torch.randint(0, 6, (2, 3))
+    got = torch.func.vmap(lambda i: fastfvae.gather_images(packed, i))(index)
+    want = torch.stack([reference.gather_images(packed, i, torch.float32) for i in index])
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("out_channels", [1, 3, 4, 8])
+def test_batched_backward_of_the_decoder_layer(out_channels):
+    """fastfvae.layers.ConvTranspose2d (the window GEMM path at <= 4 output channels, the
+    adjoint-convolution backward above): jacobian(vectorize=True) and is_grads_batched equal
+    torch's layer's."""
+    from fastfvae.layers import ConvTranspose2d
+
+    torch.manual_seed(0)
+    layer = ConvTranspose2d(2, out_channels, 4, 2, 1).double()
+    stock = torch.nn.ConvTranspose2d(2, out_channels, 4, 2, 1).double()
+    stock.load_state_dict(layer.state_dict())
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    want = torch.autograd.functional.jacobian(stock, x)
+    got = torch.autograd.functional.jacobian(layer, x, vectorize=True)
+    torch.testing.assert_close(got, want, **TOLERANCES[torch.float64])
+    leaf = x.clone().requires_grad_()
+    out = layer(leaf)
+    basis = torch.eye(out.numel(), dtype=out.dtype).view(-1, *out.shape)
+    (rows,) = torch.autograd.grad(out, leaf, basis, is_grads_batched=True)
+    torch.testing.assert_close(rows.view(want.shape), want, **TOLERANCES[torch.float64])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss modules over dtypes: every term against the same module on float64 copies of the
+# inputs as rounded to the dtype, within the tolerance of the dtype the terms are reduced in
+# (float32 for 16-bit inputs and float32, float64 for float64; DESIGN.md §2).
+# ---------------------------------------------------------------------------------------------
+LOSS_MODULES = ["factorvae", "betavae", "betatcvae_mws", "betatcvae_mss", "dipvae_i", "dipvae_ii", "annealedvae"]
+
+
+def _loss_call(name: str, x_recon, x, mu, logvar, z, d_z):
+    from fastfvae import losses
+
+    kl = fastfvae.reparameterize_kl(mu, logvar)[1]
+    if name == "factorvae":
+        return losses.FactorVAELoss(gamma=35.0)(x_recon, x, kl, d_z)
+    if name == "betavae":
+        return losses.BetaVAELoss(beta=4.0)(x_recon, x, kl)
+    if name.startswith("betatcvae"):
+        return losses.BetaTCVAELoss(dataset_size=500, method=name[-3:])(x_recon, x, z, mu, logvar)
+    if name.startswith("dipvae"):
+        return losses.DIPVAELoss(name.split("_")[1], lambda_od=2.0, lambda_d=5.0)(x_recon, x, kl, mu, logvar)
+    return losses.AnnealedVAELoss(gamma=100.0, c_max=25.0, iteration_threshold=50)(x_recon, x, kl, 20)
+
+
+@BUDGET
+@given(name=st.sampled_from(LOSS_MODULES), dtype=dtypes, batch=st.integers(2, 9), dim=st.integers(1, 6),
+       seed=seeds, scale=st.sampled_from([1.0, 4.0]))
+def test_loss_modules_reduce_16_bit_inputs_in_float32(name, dtype, batch, dim, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(batch, 1, 8, 8, generator=g, dtype=torch.float64) * 3,
+              (torch.rand(batch, 1, 8, 8, generator=g, dtype=torch.float64) > 0.5).double(),
+              torch.randn(batch, dim, generator=g, dtype=torch.float64) * scale + scale,
+              torch.randn(batch, dim, generator=g, dtype=torch.float64) * 0.5,
+              torch.randn(batch, dim, generator=g, dtype=torch.float64) * scale,
+              torch.randn(batch, 2, generator=g, dtype=torch.float64)]
+    rounded = [t.to(dtype) for t in inputs]
+    got = _loss_call(name, *rounded)
+    want = _loss_call(name, *[t.double() for t in rounded])
+    reduced = torch.float64 if dtype == torch.float64 else torch.float32
+    for term, g_value, w_value in zip(got._fields, got, want):
+        assert g_value.dtype == reduced, f"{name}.{term}: {g_value.dtype} for {dtype} inputs"
+        torch.testing.assert_close(g_value.double(), w_value, **TOLERANCES[reduced],
+                                   msg=lambda m, term=term: f"{name}.{term} ({dtype}): {m}")

@@ -81,11 +81,12 @@ def test_encoder_gradient_is_the_vae_loss_gradient_alone():
 def test_factorvae_step_gradients_are_float64_autograd_of_the_textbook_losses(monkeypatch, gamma):
     """Both networks' gradients of one FactorVAE step, in float64, against autograd of the
     textbook losses (reference.py) on copies of the networks: the default path shares D's
-    backward (steps.SharedDiscriminatorBackward: the real half's layer gradients scaled from the
+    backward (shared_backward.SharedDiscriminatorBackward: the real half's layer gradients scaled from the
     VAE backward's, one GEMM per layer), gamma = 0 takes autograd's path (nothing to scale)."""
     from fastfvae import reference
     from fastfvae.models import VAE
-    from fastfvae.train.steps import FactorVAEStep, SharedDiscriminatorBackward
+    from fastfvae.train.shared_backward import SharedDiscriminatorBackward
+    from fastfvae.train.steps import FactorVAEStep
 
     shared_calls = []
     original = SharedDiscriminatorBackward.set_grads
@@ -165,10 +166,138 @@ def test_sample_batches_draws_two_batches_of_independent_factors():
     assert not torch.equal(x1, x2)
 
 
+def _scale_output(module, args, output):
+    return output * 1.5
+
+
+def _scale_input(module, args):
+    return (args[0] * 0.5,)
+
+
+def _scale_grad_input(module, grad_input, grad_output):
+    return tuple(None if g is None else g * 3.0 for g in grad_input)
+
+
+def _change_discriminator(disc, change: str):
+    """One change a user may make to D after FactorVAEStep is built; returns an undo function
+    (global hooks must not outlive the test)."""
+    from torch.nn.utils import parametrizations
+
+    if change == "weight_norm":
+        parametrizations.weight_norm(disc.net[2])
+    elif change == "spectral_norm":
+        parametrizations.spectral_norm(disc.net[0])
+        disc.eval()  # no power iteration: every forward sees the same normalised weight
+    elif change == "old_spectral_norm":
+        torch.nn.utils.spectral_norm(disc.net[2])
+        disc.eval()
+    elif change == "forward_hook":
+        disc.register_forward_hook(_scale_output)
+    elif change == "layer_pre_hook":
+        disc.net[2].register_forward_pre_hook(_scale_input)
+    elif change == "layer_backward_hook":
+        disc.net[2].register_full_backward_hook(_scale_grad_input)  # its input's gradient reaches net[0]
+    elif change == "batchnorm":
+        disc.net.insert(1, torch.nn.BatchNorm1d(disc.net[0].out_features, dtype=torch.float64))
+    elif change == "global_forward_hook":
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda m, a, o: o * 1.25 if isinstance(m, torch.nn.Linear) and o.shape[-1] == 2 else None)
+        return handle.remove
+    return lambda: None
+
+
+@pytest.mark.parametrize("change", ["weight_norm", "spectral_norm", "old_spectral_norm", "forward_hook",
+                                    "layer_pre_hook", "layer_backward_hook", "batchnorm", "global_forward_hook"])
+def test_factorvae_step_stays_exact_when_the_discriminator_changes_after_construction(change):
+    """The shared discriminator backward is exact only for a plain Linear/LeakyReLU stack with no
+    hooks or parametrizations; a change made after FactorVAEStep is built must send the step to
+    autograd's path (checked at every step): float64 gradients of both networks against autograd
+    of the textbook losses on a copy of the changed networks."""
+    from fastfvae import reference
+    from fastfvae.models import VAE
+    from fastfvae.train.steps import FactorVAEStep
+
+    torch.manual_seed(3)
+    cfg = tiny(batch_size=6, disc_depth=3, disc_width=16, gamma=35.0)
+    step = FactorVAEStep(cfg, VAE(cfg.z_dim).double(), 100)
+    step.disc_module.double()
+    assert step.shared is not None  # built with the shared backward
+    undo = _change_discriminator(step.disc_module, change)
+    try:
+        vae0, disc0 = copy.deepcopy(step.vae_module), copy.deepcopy(step.disc_module)
+        x1, x2 = (torch.rand(2, 6, 1, 64, 64) < 0.3).double()
+        torch.manual_seed(11)
+        step(x1, x2)
+
+        torch.manual_seed(11)  # the same reparameterisation noise
+        out = vae0(x1)
+        recon = torch.nn.functional.binary_cross_entropy_with_logits(out.x_recon, x1, reduction="sum") / 6
+        vae_loss = recon + reference.gaussian_kl(out.mu, out.logvar) + 35.0 * reference.tc_loss(disc0(out.z))
+        want_vae = torch.autograd.grad(vae_loss, list(vae0.parameters()))
+        z, z_perm = step.last["z"], step.last["z_perm"]
+        d_loss = reference.discriminator_loss(disc0(z), disc0(z_perm))
+        disc_params = list(disc0.parameters())
+        want_disc = torch.autograd.grad(d_loss, disc_params, allow_unused=True)
+    finally:
+        undo()
+    for name, params, wants in (("vae", step.vae_module.parameters(), want_vae),
+                                ("disc", step.disc_module.parameters(), want_disc)):
+        # one scale per network: a bias before a BatchNorm has a gradient of zero up to rounding
+        scale = max(float(w.abs().max()) for w in wants if w is not None)
+        for p, want in zip(params, wants):
+            if want is None:
+                assert p.grad is None or not p.grad.any(), name
+                continue
+            assert p.grad is not None, f"{name}: a parameter got no gradient"
+            assert float((p.grad - want).abs().max()) <= 1e-10 * scale, name
+
+
+@pytest.mark.parametrize("change", ["weight_norm", "spectral_norm", "old_spectral_norm", "forward_hook",
+                                    "layer_pre_hook", "layer_backward_hook", "batchnorm", "global_forward_hook",
+                                    "one_logit", "instance_forward"])
+def test_shared_discriminator_backward_refuses_each_change(change):
+    from fastfvae.models import Discriminator
+    from fastfvae.train.steps import SharedDiscriminatorBackward
+
+    disc = Discriminator(4, depth=2, width=8).double()
+    assert SharedDiscriminatorBackward.supports(disc)
+    if change == "one_logit":  # set_grads reads the two logits' gradient at the last layer
+        disc.net[-1] = torch.nn.Linear(8, 1).double()
+        undo = lambda: None  # noqa: E731
+    elif change == "instance_forward":
+        disc.forward = lambda z: disc.net(z) * 2
+        undo = lambda: None  # noqa: E731
+    else:
+        undo = _change_discriminator(disc, change)
+    try:
+        assert not SharedDiscriminatorBackward.supports(disc)
+    finally:
+        undo()
+
+
+def test_shared_discriminator_backward_returns_after_a_change_is_undone():
+    """The per-step check follows D both ways: a removed hook brings the shared path back."""
+    from fastfvae.models import VAE
+    from fastfvae.train.steps import FactorVAEStep, SharedDiscriminatorBackward
+
+    cfg = tiny(batch_size=4, disc_depth=2, disc_width=8)
+    step = FactorVAEStep(cfg, VAE(cfg.z_dim), 100)
+    calls = []
+    original = SharedDiscriminatorBackward.set_grads
+    step.shared.set_grads = lambda *a: calls.append(1) or original(step.shared, *a)
+    x1, x2 = (torch.rand(2, 4, 1, 64, 64) < 0.3).float()
+    handle = step.disc_module.register_forward_hook(_scale_output)
+    step(x1, x2)
+    assert calls == []
+    handle.remove()
+    step(x1, x2)
+    assert calls == [1]
+
+
 def test_shared_discriminator_backward_takes_only_plain_discriminators():
     """An in-place activation would overwrite the Linear outputs whose gradients it reads."""
     from fastfvae.models import Discriminator
-    from fastfvae.train.steps import SharedDiscriminatorBackward
+    from fastfvae.train.shared_backward import SharedDiscriminatorBackward
 
     disc = Discriminator(4, depth=2, width=8)
     assert SharedDiscriminatorBackward.supports(disc)

@@ -94,7 +94,11 @@ def _static_reasons(name: str, op: str, device: torch.device, dtype: torch.dtype
         module = get_backend(name)
     except ImportError as error:  # e.g. triton not installed
         return [f"cannot be imported ({error})"]
-    return [r for r in (module.availability(), module.why_not(op, device, dtype)) if r]
+    found = []
+    for reason in (module.availability(), module.why_not(op, device, dtype)):
+        if reason and reason not in found:  # a missing library is both unavailable and no server
+            found.append(reason)
+    return found
 
 
 def _limit_reasons(module, op: str, dims) -> list[str]:
@@ -133,7 +137,7 @@ def reasons(op: str, device, dtype: torch.dtype, dims=None) -> dict[str, str | N
     return {name: reason_not_served(name, op, device, dtype, dims) for name in BACKEND_NAMES}
 
 
-def _requested_from_environment() -> str:
+def requested_from_environment() -> str:
     """FASTFVAE_BACKEND's backend name, or "auto" when unset or empty."""
     return _checked_request(os.environ.get(ENVIRONMENT_VARIABLE) or "auto")
 

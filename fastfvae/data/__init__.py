@@ -12,9 +12,16 @@ any combination of them. The interface, which ``fastfvae.train`` and ``fastfvae.
     __len__() -> prod(factor_sizes)
     __getitem__(i) -> (uint8 image (C, 64, 64), factors LongTensor (K,)), i indexing the full
                       factor grid in row-major order of ``factor_sizes`` (the official dSprites order)
+
+``names()`` lists the data sets by disentanglement_lib's names and ``load(name, path=None,
+**options)`` builds one (registry.py: the files and options of each; the file-backed sets return
+float images in [0, 1], see table.py).
 """
 from fastfvae.data.base import GroundTruthDataset
 from fastfvae.data.dsprites import DSprites, render_dsprites
 from fastfvae.data.protocol import Encode, GroundTruthData, TrainingData
+from fastfvae.data.registry import load, names
+from fastfvae.data.table import DataFileError
 
-__all__ = ["DSprites", "Encode", "GroundTruthData", "GroundTruthDataset", "TrainingData", "render_dsprites"]
+__all__ = ["DSprites", "DataFileError", "Encode", "GroundTruthData", "GroundTruthDataset", "TrainingData", "load",
+           "names", "render_dsprites"]

@@ -28,6 +28,8 @@ On the four shared real samples the renders reach a mean IoU of 0.98 (tests/test
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 import os
 import zipfile
@@ -36,6 +38,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from fastfvae.data import packed
 from fastfvae.data.base import GroundTruthDataset
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
@@ -274,10 +277,56 @@ class DSprites(GroundTruthDataset):
         image of index i (``factors_of_index`` order), bit order "little" (pixel 64*row + col is
         bit p % 8 of byte p // 8). Built once and cached on disk (fastfvae/data/packed.py: where,
         and when it is rebuilt); unpack a batch with ``fastfvae.gather_images``."""
-        from fastfvae.data.packed import dsprites_packed_images
-
         return dsprites_packed_images(self, device, cache_dir)
 
     def __repr__(self) -> str:
         source = "procedural" if self._imgs is None else repr(self.path)
         return f"DSprites({source}, factor_sizes={self.factor_sizes})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The packed table's source key and builder (the cache itself: fastfvae/data/packed.py)
+# ---------------------------------------------------------------------------------------------
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# The renderer's constants: a change to any of them is a new table.
+_DSPRITES_GEOMETRY = ("_ORIGIN", "_TRAVEL", "_SQUARE_SIDE", "_ELLIPSE_AXES", "_HEART_SIDE", "_HEART_LOBE_RATIO",
+                      "_WINDOW", "_WINDOW_BEFORE")
+
+
+def render_device(dataset, device) -> torch.device:
+    """Where a DSprites table is rendered: on the GPU when the table is wanted there (seconds
+    instead of the CPU's minutes), else on the CPU; a file-backed set is not rendered (CPU)."""
+    device = torch.device(device if device is not None else "cpu")
+    return device if dataset.procedural and device.type == "cuda" else torch.device("cpu")
+
+
+def dsprites_source_key(dataset, render_on: torch.device = torch.device("cpu")) -> str:
+    """A hash of what a DSprites table is built from: the renderer's code and geometry and the
+    device type it renders on (a GPU's sin/cos may round a boundary pixel differently) for the
+    procedural set, the npz's bytes for a file; with the factor sizes either way."""
+    digest = hashlib.sha256(repr(tuple(dataset.factor_sizes)).encode())
+    if dataset.procedural:
+        digest.update(f"rendered on {render_on.type}".encode())
+        for function in (render_dsprites, _inside, factor_values):
+            digest.update(inspect.getsource(function).encode())
+        geometry = {name: globals()[name] for name in _DSPRITES_GEOMETRY}
+        digest.update(repr(sorted(geometry.items())).encode())
+    else:
+        digest.update(b"npz:" + _file_digest(dataset.path).encode())
+    return digest.hexdigest()
+
+
+def dsprites_packed_images(dataset, device=None, directory: Optional[os.PathLike] = None) -> torch.Tensor:
+    """uint8 (len(dataset), 512) on ``device`` (default CPU): row i = packed image of index i."""
+    render_on = render_device(dataset, device)
+    key = dsprites_source_key(dataset, render_on)
+    name = "dsprites-procedural" if dataset.procedural else "dsprites-npz"
+    table = packed.load_or_build(name, key, len(dataset), lambda: packed.build_table(dataset, device=render_on), directory)
+    return torch.from_numpy(table).to(device if device is not None else "cpu")

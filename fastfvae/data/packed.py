@@ -5,13 +5,15 @@ all, small enough to live on the training device, where ``fastfvae.gather_images
 batch in one pass (DESIGN.md §15). Bit order "little": pixel p = 64 * row + col of an image is
 bit p % 8 of byte p // 8 (``numpy.packbits(bitorder="little")``; fastfvae/reference.py).
 
-The table is built once (rendering the procedural set, or reading the official npz), written to
-the user's cache directory ($XDG_CACHE_HOME/fastfvae, else ~/.cache/fastfvae) and read from
-there afterwards. The file name carries the format version and a key of the source (a hash of
-the renderer's code and geometry, or of the npz file's bytes), so a changed renderer or file
-gets a new table; the header records the SHA-256 of the payload, checked on every load. A file
+The cache is generic: a data set's module gives it a name, a key of its source and a builder
+(dSprites: fastfvae/data/dsprites.py, whose key hashes the renderer's code and geometry, or the
+npz file's bytes). The table is built once, written to the user's cache directory
+($XDG_CACHE_HOME/fastfvae, else ~/.cache/fastfvae) and read from there afterwards. The file name
+carries the format version and the key, so a changed renderer or file gets a new table; the header records the SHA-256 of the payload, checked on every load. A file
 that is missing, truncated, corrupt or written for another source is rebuilt; it is written to a
 temporary file in the same folder and renamed into place, so a reader never sees half a table.
+When the cache cannot be written (a read-only or full disk, a file where the folder should be),
+a warning says so once and the built table is used from memory.
 
 File layout: MAGIC (8 bytes), header length (8 bytes, little-endian), a JSON header
 {format, key, rows, row_bytes, bitorder, sha256}, then rows * row_bytes payload bytes.
@@ -19,7 +21,6 @@ File layout: MAGIC (8 bytes), header length (8 bytes, little-endian), a JSON hea
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import tempfile
@@ -155,62 +156,21 @@ def load_or_build(name: str, key: str, rows: int, build: Callable[[], np.ndarray
     path = cache_path(name, key, directory)
     try:
         return read_table(path, key, rows)
-    except FileNotFoundError:
-        pass
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        pass  # no readable file there: built below; a failed write then says why
     except (OSError, ValueError) as error:
         warnings.warn(f"rebuilding the packed image table {path}: {error}", stacklevel=3)
     table = build()
     if table.dtype != np.uint8 or table.shape != (rows, ROW_BYTES):
         raise ValueError(f"build() returned {table.dtype} {table.shape}, expected uint8 ({rows}, {ROW_BYTES})")
-    write_table(path, table, key)
+    try:
+        write_table(path, table, key)
+    except OSError as error:
+        # An unwritable cache folder (read-only home, a file in the way, a full disk) must not
+        # throw away a table that took minutes to build: use it from memory, say so once.
+        reason = error.strerror or str(error)
+        where = f"{error.filename}: " if error.filename else ""
+        warnings.warn(f"could not write the packed image cache {path} ({where}{reason}); using the table "
+                      f"from memory, it is built again next time (set XDG_CACHE_HOME to a writable folder "
+                      f"to keep it)", stacklevel=3)
     return table
-
-
-# ---------------------------------------------------------------------------------------------
-# dSprites
-# ---------------------------------------------------------------------------------------------
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# The renderer's constants (fastfvae/data/dsprites.py): a change to any of them is a new table.
-_DSPRITES_GEOMETRY = ("_ORIGIN", "_TRAVEL", "_SQUARE_SIDE", "_ELLIPSE_AXES", "_HEART_SIDE", "_HEART_LOBE_RATIO",
-                      "_WINDOW", "_WINDOW_BEFORE")
-
-
-def render_device(dataset, device) -> torch.device:
-    """Where a DSprites table is rendered: on the GPU when the table is wanted there (seconds
-    instead of the CPU's minutes), else on the CPU; a file-backed set is not rendered (CPU)."""
-    device = torch.device(device if device is not None else "cpu")
-    return device if dataset.procedural and device.type == "cuda" else torch.device("cpu")
-
-
-def dsprites_source_key(dataset, render_on: torch.device = torch.device("cpu")) -> str:
-    """A hash of what a DSprites table is built from: the renderer's code and geometry and the
-    device type it renders on (a GPU's sin/cos may round a boundary pixel differently) for the
-    procedural set, the npz's bytes for a file; with the factor sizes either way."""
-    from fastfvae.data import dsprites
-
-    digest = hashlib.sha256(repr(tuple(dataset.factor_sizes)).encode())
-    if dataset.procedural:
-        digest.update(f"rendered on {render_on.type}".encode())
-        for function in (dsprites.render_dsprites, dsprites._inside, dsprites.factor_values):
-            digest.update(inspect.getsource(function).encode())
-        geometry = {name: getattr(dsprites, name) for name in _DSPRITES_GEOMETRY}
-        digest.update(repr(sorted(geometry.items())).encode())
-    else:
-        digest.update(b"npz:" + _file_digest(dataset.path).encode())
-    return digest.hexdigest()
-
-
-def dsprites_packed_images(dataset, device=None, directory: Optional[os.PathLike] = None) -> torch.Tensor:
-    """uint8 (len(dataset), 512) on ``device`` (default CPU): row i = packed image of index i."""
-    render_on = render_device(dataset, device)
-    key = dsprites_source_key(dataset, render_on)
-    name = "dsprites-procedural" if dataset.procedural else "dsprites-npz"
-    table = load_or_build(name, key, len(dataset), lambda: build_table(dataset, device=render_on), directory)
-    return torch.from_numpy(table).to(device if device is not None else "cpu")

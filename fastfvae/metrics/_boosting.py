@@ -160,9 +160,9 @@ class _TreeGrower:
         counter_base = stage * trees * (2 ** self.max_depth - 1) * self.x_t.shape[0]
         fixed = torch.round(residual * 2.0 ** self.fixed_bits).long()   # exact split sums (module docstring)
         if self.native:
-            from fastfvae.backends import native
+            from fastfvae.backends.native import host_helpers
 
-            leaf, importance, test_leaf = native.boosting_trees_grow(
+            leaf, importance, test_leaf = host_helpers.boosting_trees_grow(
                 self.x_t, self.order, residual, fixed, self.fixed_bits, self.max_depth, self.x_test_t, self.seed,
                 counter_base)
             return leaf, test_leaf, importance
@@ -319,9 +319,9 @@ def native_grower_available(device: torch.device) -> bool:
     """Whether trees on ``device`` grow in the CPU library (else as torch operations)."""
     if device.type != "cpu":
         return False
-    from fastfvae.backends import native
+    from fastfvae.backends.native import host_helpers
 
-    return native.boosting_trees_available() is None
+    return host_helpers.boosting_trees_available() is None
 
 
 def fit_factors(x_train: torch.Tensor, labels_train: torch.Tensor, x_test: torch.Tensor, *,
@@ -338,9 +338,9 @@ def fit_factors(x_train: torch.Tensor, labels_train: torch.Tensor, x_test: torch
         raise ValueError(f"grower: expected 'auto', 'native' or 'torch', got {grower!r}")
     use_native = native_grower_available(x_train.device) if grower == "auto" else grower == "native"
     if grower == "auto" and x_train.device.type == "cpu" and not use_native:
-        from fastfvae.backends import native
+        from fastfvae.backends.native import host_helpers
 
-        warnings.warn(f"DCI estimator='batched': {native.boosting_trees_available()}; growing the trees as "
+        warnings.warn(f"DCI estimator='batched': {host_helpers.boosting_trees_available()}; growing the trees as "
                       "torch operations instead (the same trees, ~20x slower on a CPU)", RuntimeWarning, stacklevel=3)
     if use_native and x_train.device.type != "cpu":
         raise ValueError(f"grower='native' runs on CPU tensors, got x_train on {x_train.device}")

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 
 import torch
 
+from fastfvae._checks import integer_value, real_value
+
 # Images per call to dataset.images + encode. On this 2-core CPU the paper's dSprites encoder is
 # fastest at batches of 256-1024 (measured 4.4k img/s at 256, 2.2k img/s at 4096); a GPU
 # prefers larger chunks, so every metric takes ``encode_batch_size``.
@@ -24,20 +26,24 @@ DEFAULT_ENCODE_BATCH_SIZE = 1024
 
 
 def check_positive_int(name: str, value, minimum: int = 1) -> int:
-    """``value`` is an int (not a bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` is an integer >= ``minimum`` (``fastfvae._checks.integer_value``: Python and
+    NumPy integers; not bools, floats or tensors); returns it as a Python int."""
+    number = integer_value(value)
+    if number is None:
         raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
+    if number < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return value
+    return number
 
 
 def check_nonnegative_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A finite real >= 0 (``fastfvae._checks.real_value``); returns it as a Python float."""
+    number = real_value(value)
+    if number is None:
         raise TypeError(f"{name}: expected a float >= 0, got {type(value).__name__} {value!r}")
-    if not value >= 0.0:  # also rejects NaN
-        raise ValueError(f"{name}: expected a float >= 0, got {value}")
-    return float(value)
+    if not 0.0 <= number < float("inf"):  # also rejects NaN
+        raise ValueError(f"{name}: expected a float >= 0 (finite), got {value}")
+    return number
 
 
 def check_dataset(dataset) -> tuple[int, ...]:
@@ -56,8 +62,10 @@ def check_dataset(dataset) -> tuple[int, ...]:
         sizes = tuple(raw)
     except TypeError:
         raise TypeError(f"dataset.factor_sizes: expected a tuple of ints, got {raw!r}") from None
-    if any(isinstance(s, bool) or not isinstance(s, int) for s in sizes):
+    numbers = tuple(integer_value(s) for s in sizes)  # NumPy integers too (an npz's latents_sizes)
+    if any(n is None for n in numbers):
         raise TypeError(f"dataset.factor_sizes: expected a tuple of ints, got {raw!r}")
+    sizes = numbers
     if len(sizes) == 0:
         raise ValueError("dataset.factor_sizes: expected at least one factor, got an empty tuple")
     if any(s < 1 for s in sizes):
@@ -99,10 +107,10 @@ def make_generator(seed: int | None, generator: torch.Generator | None) -> tuple
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
         return generator, None
-    seed = 0 if seed is None else seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    number = 0 if seed is None else integer_value(seed)
+    if number is None:
         raise TypeError(f"seed: expected an int, got {type(seed).__name__} {seed!r}")
-    return torch.Generator().manual_seed(seed), seed
+    return torch.Generator().manual_seed(number), number
 
 
 def sample_factors(dataset, sizes: tuple[int, ...], n: int, generator: torch.Generator) -> torch.Tensor:

@@ -150,7 +150,7 @@ def encode_code_table(
     start_time = time.perf_counter()
     sizes = _common.check_dataset(dataset)
     dataset = _common.images_on(dataset, data_device)
-    _common.check_positive_int("encode_batch_size", encode_batch_size)
+    encode_batch_size = _common.check_positive_int("encode_batch_size", encode_batch_size)
     num_points = math.prod(sizes)
     means, logvars, num_dims = [], [], None
     with torch.no_grad():

@@ -249,13 +249,13 @@ def dci(
     start_time = time.perf_counter()
     sizes = _common.check_dataset(dataset)
     dataset = _common.images_on(dataset, data_device)
-    _common.check_positive_int("num_train", num_train)
-    _common.check_positive_int("num_test", num_test)
+    num_train = _common.check_positive_int("num_train", num_train)
+    num_test = _common.check_positive_int("num_test", num_test)
     _common.check_enough_points("num_train", num_train, sizes)
     _common.check_choice("estimator", estimator, ESTIMATORS)
     if n_jobs is not None:
-        _common.check_positive_int("n_jobs", n_jobs)
-    _common.check_positive_int("encode_batch_size", encode_batch_size)
+        n_jobs = _common.check_positive_int("n_jobs", n_jobs)
+    encode_batch_size = _common.check_positive_int("encode_batch_size", encode_batch_size)
     gen, used_seed = _common.make_generator(seed, generator)
 
     codes_train, factors_train = _common.sample_codes(encode, dataset, sizes, num_train, gen, encode_batch_size)

@@ -154,12 +154,12 @@ def factor_vae_metric(
     start_time = time.perf_counter()
     sizes = _common.check_dataset(dataset)
     dataset = _common.images_on(dataset, data_device)
-    _common.check_positive_int("batch_size", batch_size, minimum=2)
-    _common.check_positive_int("num_train", num_train)
-    _common.check_positive_int("num_eval", num_eval)
-    _common.check_positive_int("num_variance_estimate", num_variance_estimate, minimum=2)
-    _common.check_nonnegative_float("prune_threshold", prune_threshold)
-    _common.check_positive_int("encode_batch_size", encode_batch_size)
+    batch_size = _common.check_positive_int("batch_size", batch_size, minimum=2)
+    num_train = _common.check_positive_int("num_train", num_train)
+    num_eval = _common.check_positive_int("num_eval", num_eval)
+    num_variance_estimate = _common.check_positive_int("num_variance_estimate", num_variance_estimate, minimum=2)
+    prune_threshold = _common.check_nonnegative_float("prune_threshold", prune_threshold)
+    encode_batch_size = _common.check_positive_int("encode_batch_size", encode_batch_size)
     gen, used_seed = _common.make_generator(seed, generator)
 
     # Draw order (fixed, so a seed names one result): variance sample, training votes, eval votes.

@@ -121,8 +121,10 @@ def _check_overrides(overrides: dict) -> None:
             raise ValueError(f"{name}: pass the seed to evaluate, not in the overrides, got {sorted(extra)}")
 
 
-def _choose_table(code_table, sizes, needed: int, grid_limit: int) -> tuple[bool, str]:
-    """(build or use the table?, why) for code_table = "auto" | True | False | CodeTable."""
+def _choose_table(code_table, sizes, needed: int, grid_limit: int, random_observations: bool = False) -> tuple[bool, str]:
+    """(build or use the table?, why) for code_table = "auto" | True | False | CodeTable.
+    ``random_observations``: the data set draws each observation at random given its factors
+    (the dSprites variants' colours and noise, a hidden factor), so "auto" never builds a table."""
     grid = math.prod(sizes)
     if isinstance(code_table, CodeTable):
         return True, "a code table was passed"
@@ -130,6 +132,8 @@ def _choose_table(code_table, sizes, needed: int, grid_limit: int) -> tuple[bool
         return True, "code_table=True"
     if code_table is False:
         return False, "code_table=False"
+    if random_observations:
+        return False, "the data set draws each observation at random given its factors: one code per grid point would not stand for them"
     if grid > grid_limit:
         return False, f"the factor grid has {grid} points, more than the table limit {grid_limit}"
     if grid < needed:
@@ -180,13 +184,14 @@ def evaluate(
     _check_overrides(overrides)
     if not (code_table in ("auto", True, False) or isinstance(code_table, CodeTable)):
         raise ValueError(f"code_table: expected 'auto', True, False or a CodeTable, got {code_table!r}")
-    _common.check_positive_int("table_batch_size", table_batch_size)
-    _common.check_positive_int("table_grid_limit", table_grid_limit)
+    table_batch_size = _common.check_positive_int("table_batch_size", table_batch_size)
+    table_grid_limit = _common.check_positive_int("table_grid_limit", table_grid_limit)
     sizes = _common.check_dataset(dataset)
 
     params = {name: {**PRESETS[preset][name], **(overrides.get(name) or {})} for name in names}
     needed = sum(protocol_images(name, params[name]) for name in names)
-    use_table, reason = _choose_table(code_table, sizes, needed, table_grid_limit)
+    use_table, reason = _choose_table(code_table, sizes, needed, table_grid_limit,
+                                      bool(getattr(dataset, "random_observations", False)))
     result: dict = {"preset": preset, "metrics": list(names), "seed": seed, "protocol_images": needed}
     if use_table:
         cpu_start = time.process_time()

@@ -112,9 +112,9 @@ def unsupervised_scores(
     start_time = time.perf_counter()
     sizes = _common.check_dataset(dataset)
     dataset = _common.images_on(dataset, data_device)
-    _common.check_positive_int("num_train", num_train, minimum=2)
-    _common.check_positive_int("num_bins", num_bins, minimum=2)
-    _common.check_positive_int("encode_batch_size", encode_batch_size)
+    num_train = _common.check_positive_int("num_train", num_train, minimum=2)
+    num_bins = _common.check_positive_int("num_bins", num_bins, minimum=2)
+    encode_batch_size = _common.check_positive_int("encode_batch_size", encode_batch_size)
     gen, used_seed = _common.make_generator(seed, generator)
 
     codes, _ = _common.sample_codes(encode, dataset, sizes, num_train, gen, encode_batch_size)

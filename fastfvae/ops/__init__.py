@@ -5,6 +5,7 @@ The same stem names the op everywhere: ``fastfvae/ops/<op>.py``, ``fastfvae/back
 ``kernels/cpu/<op>.cpp``, ``kernels/cuda/<op>.cu``, ``tests/test_<op>.py``, ``bench/test_<op>.py``.
 """
 from fastfvae.ops.discriminator_loss import discriminator_accuracy, discriminator_loss
+from fastfvae.ops.gather_color_images import gather_color_images
 from fastfvae.ops.gather_images import gather_images
 from fastfvae.ops.log_qz import log_qz, log_qz_marginals
 from fastfvae.ops.permute_dims import permute_dims
@@ -14,6 +15,7 @@ from fastfvae.ops.tc_loss import tc_loss
 __all__ = [
     "discriminator_accuracy",
     "discriminator_loss",
+    "gather_color_images",
     "gather_images",
     "log_qz",
     "log_qz_marginals",

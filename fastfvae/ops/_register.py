@@ -130,10 +130,10 @@ class RegisteredOp:
         """torch.func transforms see through plain torch ops only (the kernels read raw data
         pointers, which batched and functional tensors do not have): the op runs the reference
         backend's launcher, written in torch ops, and autograd/vmap go through it directly."""
-        from fastfvae.backends import BACKEND_NAMES, ENVIRONMENT_VARIABLE, _requested_from_environment
+        from fastfvae.backends import BACKEND_NAMES, ENVIRONMENT_VARIABLE, requested_from_environment
 
         if requested == "auto":
-            requested = _requested_from_environment()
+            requested = requested_from_environment()
         if requested not in ("auto", "reference"):
             raise ValueError(
                 f"backend: torch.func transforms (vmap, grad, jacrev, ...) run {self.declaration.name} with the "
@@ -214,8 +214,10 @@ class _EagerFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         op = ctx.op
         grads = grads[: op.declaration.num_grads]
-        # Grad mode is on in a backward only under create_graph=True.
-        impl = reference_backend() if torch.is_grad_enabled() else ctx.impl
+        # Grad mode is on in a backward only under create_graph=True. Batched gradients
+        # (jacobian(vectorize=True), autograd.grad(is_grads_batched=True), a vmapped vjp) have
+        # no storage for a kernel to read: the reference's torch ops batch them.
+        impl = reference_backend() if torch.is_grad_enabled() or without_storage(grads) else ctx.impl
         outputs = op.declaration.backward(impl, *grads, *_unstash(ctx))
         return (None, None, *op.input_grads(outputs, ctx.needs_input_grad[2:]))
 
@@ -225,6 +227,20 @@ def reference_backend():
     from fastfvae.backends import get_backend
 
     return get_backend("reference")
+
+
+def without_storage(tensors) -> bool:
+    """Whether any of ``tensors`` is a functorch wrapper (a batched tensor of vmap or of
+    jacobian(vectorize=True), a grad/functionalize wrapper) or a legacy batched tensor
+    (is_grads_batched): such a tensor
+    has no storage, so a kernel that reads its data pointer would fail; the reference runs it."""
+    functorch = torch._C._functorch
+    for t in tensors:
+        # autograd.grad(is_grads_batched=True) batches with the legacy vmap's BatchedTensor
+        if isinstance(t, torch.Tensor) and (functorch.is_functorch_wrapped_tensor(t)
+                                            or functorch.is_legacy_batchedtensor(t)):
+            return True
+    return False
 
 
 def _functorch_active() -> bool:

@@ -6,9 +6,8 @@ import torch
 from torch import Tensor
 
 from fastfvae import backends, reference
-from fastfvae._checks import check_like, check_logits, promoted
+from fastfvae._checks import WIDE_DTYPES, as_columns, check_like, check_logits, promoted, to_compute_dtype
 from fastfvae.ops._register import OpDeclaration, register
-from fastfvae.ops.tc_loss import WIDE_DTYPES, as_columns, to_compute_dtype
 
 
 def _select(requested, d_real, d_perm):

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from fastfvae import reference
 from fastfvae._checks import FLOAT_DTYPES, check_choice
-from fastfvae.backends import BACKEND_NAMES, select
+from fastfvae.backends import BACKEND_NAMES, ENVIRONMENT_VARIABLE, get_backend, requested_from_environment, select
+from fastfvae.ops._register import _functorch_active
 
 ROW_BYTES = reference.PACKED_ROW_BYTES
 SIDE = reference.PACKED_IMAGE_SIDE
@@ -75,4 +76,19 @@ def gather_images(packed: Tensor, index: Tensor, dtype: torch.dtype = torch.floa
     check_choice("backend", backend, ("auto",) + BACKEND_NAMES)
     if torch.compiler.is_compiling():
         return _gather_images_op(packed, index, dtype, backend)
+    if _functorch_active():  # vmap: batched tensors have no data pointer
+        return _under_functorch(packed, index, dtype, backend)
     return select("gather_images", backend, packed.device, dtype).gather_images_forward(packed, index, dtype)
+
+
+def _under_functorch(packed: Tensor, index: Tensor, dtype: torch.dtype, backend: str) -> Tensor:
+    """Under torch.func transforms (vmap, ...) the reference's torch ops run: batched tensors have
+    no data pointer for a kernel to read (as the other ops, fastfvae/ops/_register.py)."""
+    requested = requested_from_environment() if backend == "auto" else backend
+    if requested not in ("auto", "reference"):
+        raise ValueError(
+            f"backend: torch.func transforms (vmap, grad, jacrev, ...) run gather_images with the reference "
+            f"backend only; got backend={requested!r} (pass backend='auto' or 'reference', and leave "
+            f"{ENVIRONMENT_VARIABLE} unset or 'reference'; backends: {BACKEND_NAMES})"
+        )
+    return get_backend("reference").gather_images_forward(packed, index, dtype)

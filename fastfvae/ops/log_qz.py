@@ -53,9 +53,9 @@ _op = register(OpDeclaration(
 
 def _check_args(z, mu, logvar, dataset_size, method) -> int:
     """Validate log_qz's arguments; returns dataset_size as a Python int."""
-    check_float_tensor("z", z, (2,))
-    check_float_tensor("mu", mu, (2,))
-    check_float_tensor("logvar", logvar, (2,))
+    check_float_tensor("z", z, (2,), dim_names=("M", "D"))
+    check_float_tensor("mu", mu, (2,), dim_names=("K", "D"))
+    check_float_tensor("logvar", logvar, (2,), dim_names=("K", "D"))
     check_like("logvar", logvar, "mu", mu, same_dtype=False)
     if z.shape[1] != mu.shape[1]:
         raise ValueError(f"z: expected (M, D) with mu's D = {mu.shape[1]}, got shape {tuple(z.shape)}")

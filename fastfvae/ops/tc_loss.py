@@ -1,27 +1,11 @@
 """tc_loss: the VAE's total-correlation estimate from discriminator logits (DESIGN.md §1, §2)."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from fastfvae import backends
-from fastfvae._checks import check_logits
+from fastfvae._checks import as_columns, check_logits, to_compute_dtype
 from fastfvae.ops._register import OpDeclaration, register
-
-
-WIDE_DTYPES = (torch.float32, torch.float64)  # the dtypes the ops compute in (no widening needed)
-
-
-def to_compute_dtype(t: Tensor) -> Tensor:
-    """16-bit logits widened to float32 before a reducing op, so the reduction is returned in
-    float32 (issue 17.3): exactly what the kernels would compute (they widen on load), and
-    B x K elements are cheap to copy."""
-    return t if t.dtype in WIDE_DTYPES else t.float()
-
-
-def as_columns(logits: Tensor) -> Tensor:
-    """(B,) -> (B, 1); (B, K) unchanged (the launchers take (B, K))."""
-    return logits if logits.dim() == 2 else logits.unsqueeze(1)
 
 
 def _select(requested, logits):

@@ -9,15 +9,24 @@ traversals.gif       animated: one row per latent dimension, one column per inpu
 curves.png           one panel per logged series over steps: the step's loss terms (loss, recon,
                      KL, TC estimate, discriminator loss and accuracy for FactorVAE) and the
                      minibatch TC estimate when --log-tc-every is set; drawn with PIL.ImageDraw
-summary.json         the run's result (written atomically: temp file + os.replace)
+summary.json         the run's result (written atomically: temp file + os.replace): final
+                     terms; rates (steps_per_s, session_steps, session_time_s: this session;
+                     train_time_s, run_steps_per_s: every session); metrics (evaluated at this
+                     step); metrics_history (every evaluation of every session, from the log's
+                     "eval" rows: [{"step", "metrics"}], latest first); images and images_step
+                     (the step the images on disk show; older than step when a resumed session
+                     did not redraw them)
 
 Every write goes to ``<name>.tmp-<pid>`` first and is renamed over the real file, so a crash
-leaves the previous file intact; the trainer removes stale ``*.tmp-*`` files when it starts.
+leaves the previous file intact (a full disk is a DiskFullError naming the file, and the temp
+file is removed); the trainer removes stale ``*.tmp-*`` files when it starts.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -26,6 +35,7 @@ from einops import rearrange
 from PIL import Image, ImageDraw
 
 from fastfvae.models import VAE
+from fastfvae.train.errors import writing
 
 
 def temp_path(path: str) -> str:
@@ -33,13 +43,27 @@ def temp_path(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}"
 
 
+@contextlib.contextmanager
+def atomic_write(path: str) -> Iterator[str]:
+    """Yields the temp path to write; renames it over ``path`` after the block. A full disk
+    becomes a DiskFullError naming ``path``; on any failure the temp file is removed (it would
+    hold space) and ``path`` keeps its previous content."""
+    tmp = temp_path(path)
+    try:
+        with writing(path):
+            yield tmp
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_json(path: str, value: dict) -> None:
     """``value`` as indented JSON in ``path``, atomically."""
-    tmp = temp_path(path)
-    with open(tmp, "w") as f:
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
         json.dump(value, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
+        f.flush()  # a full disk fails here, inside the block, not when the file is closed
 
 
 def image_grid(images: torch.Tensor, ncol: int, pad: int = 2, background: float = 0.5) -> np.ndarray:
@@ -61,9 +85,8 @@ def write_png(path: str, pixels: np.ndarray) -> None:
     """Write uint8 ``pixels`` (H, W) grey or (H, W, 3) RGB to ``path`` as PNG, atomically."""
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
         raise ValueError(f"pixels: expected uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}")
-    tmp = temp_path(path)
-    Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
 
 
 def traversal_images(vae: VAE, mu: torch.Tensor, n_values: int = 9, limit: float = 2.5) -> torch.Tensor:
@@ -112,9 +135,8 @@ def traversal_gif_frames(vae: VAE, mu: torch.Tensor, n_values: int = 9, limit: f
 def write_gif(path: str, frames: list[np.ndarray], frame_ms: int = 120) -> None:
     """An endlessly looping animated GIF of uint8 (H, W) or (H, W, 3) ``frames``, atomically."""
     images = [Image.fromarray(np.ascontiguousarray(frame)) for frame in frames]
-    tmp = temp_path(path)
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
 
 
 def read_series(log_path: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -138,6 +160,48 @@ def read_series(log_path: str) -> dict[str, tuple[list[int], list[float]]]:
     return series
 
 
+def read_events(log_path: str) -> dict[str, list[dict]]:
+    """{event: [rows]} of log.jsonl's event rows ("eval", "tc", "images", "resume"), in log
+    order (rows cut by a crash are skipped)."""
+    events: dict[str, list[dict]] = {}
+    with open(log_path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("event"), str) and isinstance(row.get("step"), int):
+                events.setdefault(row["event"], []).append(row)
+    return events
+
+
+def earlier_records(out: str, log_path: Optional[str], summary: dict, earlier_summary: Optional[dict]) -> dict:
+    """What summary.json keeps of every session of a run: ``metrics_history``, each evaluation
+    with its step, latest first (the log's "eval" rows); and, when ``summary`` (this session's)
+    has no images, the images on disk with the step they show (``images_step``: from the log's
+    last "images" row, else from ``earlier_summary``, summary.json as an earlier version left it)."""
+    log = read_events(log_path) if log_path and os.path.exists(log_path) else {}
+    kept: dict = {}
+    history = {row["step"]: row["metrics"] for row in log.get("eval", []) if "metrics" in row}
+    if history:
+        kept["metrics_history"] = [{"step": step, "metrics": history[step]} for step in sorted(history, reverse=True)]
+    if "images" in summary:
+        return kept
+    earlier = earlier_summary or {}
+    if log.get("images"):
+        names, step = log["images"][-1].get("files", {}), log["images"][-1]["step"]
+    elif isinstance(earlier.get("images"), dict):
+        names = {name: os.path.basename(path) for name, path in earlier["images"].items()}
+        step = earlier.get("images_step", earlier.get("step"))
+    else:
+        names, step = {}, None
+    paths = {name: os.path.join(out, file) for name, file in names.items()}
+    paths = {name: path for name, path in paths.items() if os.path.exists(path)}
+    if paths:
+        kept["images"], kept["images_step"] = paths, step
+    return kept
+
+
 def write_curves(path: str, series: dict[str, tuple[list[int], list[float]]], columns: int = 3,
                  panel: tuple[int, int] = (300, 170)) -> None:
     """curves.png: one line plot per series (a grid of ``columns`` panels per row), atomically."""
@@ -148,9 +212,8 @@ def write_curves(path: str, series: dict[str, tuple[list[int], list[float]]], co
     for k, (name, (steps, values)) in enumerate(series.items()):
         top, left = (k // columns) * height, (k % columns) * width
         _draw_panel(draw, (left, top, left + width, top + height), name, steps, values)
-    tmp = temp_path(path)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def _draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], name: str,

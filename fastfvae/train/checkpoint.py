@@ -18,7 +18,7 @@ import os
 import torch
 
 from fastfvae.models import VAE
-from fastfvae.train.errors import TrainingError
+from fastfvae.train.errors import DiskFullError, TrainingError, writing
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "fastfvae-checkpoint-1"
@@ -31,11 +31,15 @@ def save_checkpoint(state: dict, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        with writing(path), open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except DiskFullError as error:
+        kept = (f"{path} still holds the previous checkpoint (step {_step_of(path)}); free some space and "
+                f"continue with --resume") if os.path.exists(path) else "no checkpoint was written"
+        raise DiskFullError(path, error.reason, kept) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -45,6 +49,14 @@ def save_checkpoint(state: dict, path: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _step_of(path: str):
+    """The step a checkpoint file holds, or "unknown" (read only when a write failed)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except Exception:  # any unreadable file: the message says so
+        return "unknown"
 
 
 def load_checkpoint(path: str) -> dict:

@@ -52,7 +52,9 @@ class TrainConfig:
     compile: bool = False              # torch.compile the whole step (fastfvae/train/whole_step.py)
     graph: bool = False                # CUDA: capture the whole step in one CUDA graph (unvalidated)
     packed_data: Optional[bool] = None  # data set bit-packed on the device; None: on CUDA only
-    data: Optional[str] = None         # official dSprites npz; None = procedural
+    data: Optional[str] = None         # the data set's file or folder; dSprites: None = procedural
+    dataset: str = "dsprites"          # fastfvae.data.names(); checkpoints without it are dSprites
+    scream_image: Optional[str] = None  # scream_dsprites: the painting's image file
     out: Optional[str] = None
     resume: bool = False
     checkpoint_every: int = 500
@@ -84,6 +86,15 @@ SEED_LIMIT = 2 ** 63  # torch seeds are 64-bit; the per-rank seeds derived from 
 # kill the process when the pages are touched.
 DISC_BYTES_PER_PARAMETER = 16
 NON_NEGATIVE_FLOATS = ("lambda_od", "anneal_gamma", "c_max")  # and lambda_d unless None
+# The smallest --batch-size (per process) each objective can learn from, and why; the others need 1.
+MIN_BATCH = {
+    "factorvae": (2, "permute_dims of one row is that row, so the discriminator would compare q(z) with "
+                     "itself and its TC estimate would be meaningless"),
+    "betatcvae": (2, "its estimate of q(z) from one code makes the TC and MI terms constants, with no "
+                     "gradient"),
+    "dipvae1": (2, "its penalty is on the covariance of the codes over the batch"),
+    "dipvae2": (2, "its penalty is on the covariance of the codes over the batch"),
+}
 
 
 def _flag(name: str) -> str:
@@ -109,6 +120,10 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if not _is_int(value) or value < 0:
             raise TrainingError(f"{_flag(name)}: expected a non-negative integer, got {value!r}")
+    minimum, why = MIN_BATCH.get(config.objective, (1, ""))
+    if config.batch_size < minimum:
+        raise TrainingError(f"--batch-size: --objective {config.objective} needs a batch of at least {minimum} "
+                            f"images per process ({why}), got {config.batch_size}")
     if not _is_int(config.seed) or not 0 <= config.seed < SEED_LIMIT:
         raise TrainingError(f"--seed: expected an integer in [0, 2**63 - 1], got {config.seed!r}")
     _check_numbers(config)
@@ -126,6 +141,17 @@ def validate(config: TrainConfig) -> None:
         raise TrainingError(f"--out: expected a folder path, got {config.out!r}")
     if config.threads is not None and (not _is_int(config.threads) or config.threads < 1):
         raise TrainingError(f"--threads: expected a positive integer, got {config.threads!r}")
+    _check_dataset(config)
+
+
+def _check_dataset(config: TrainConfig) -> None:
+    """--dataset is one of fastfvae.data.names(); --scream-image goes with scream_dsprites only."""
+    from fastfvae.data import names
+    if config.dataset not in names():
+        raise TrainingError(f"--dataset: expected one of {names()}, got {config.dataset!r}")
+    if (config.scream_image is not None) != (config.dataset == "scream_dsprites"):
+        raise TrainingError(f"--scream-image: needed by scream_dsprites and by it only (--dataset "
+                            f"{config.dataset}, --scream-image {config.scream_image!r})")
 
 
 def _check_numbers(config: TrainConfig) -> None:
@@ -180,17 +206,23 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def make_dataset(path: Optional[str]):
-    """The data set ``--data`` names: the official dSprites npz, or the procedural renderer (None)."""
-    from fastfvae.data import DSprites
-    return DSprites(path=path)
+def make_dataset(path: Optional[str], dataset: str = "dsprites", scream_image: Optional[str] = None,
+                 seed: int = 0):
+    """The data set ``--dataset`` names (``fastfvae.data.load``), read from ``--data`` (dSprites:
+    the official npz, or the procedural renderer for None). ``seed`` fixes the per-observation
+    draws of the sets that make them (every set but dSprites)."""
+    from fastfvae.data import load
+    options = {} if dataset == "dsprites" else {"seed": seed}
+    if dataset == "scream_dsprites":
+        options["scream_image"] = scream_image
+    return load(dataset, path, **options)
 
 
 # --resume: options that define WHAT is trained must equal the checkpoint's (refused otherwise);
 # every other option is applied from the new command line, logged (a "resume" row in log.jsonl
 # and a note on stderr) and recorded (the checkpoint's and summary's config). "out" and "resume"
 # name the run rather than configure it.
-RESUME_MUST_MATCH = ("objective", "z_dim", "disc_depth", "disc_width", "seed", "data")
+RESUME_MUST_MATCH = ("objective", "z_dim", "disc_depth", "disc_width", "seed", "data", "dataset", "scream_image")
 RESUME_NOT_COMPARED = ("out", "resume")
 
 

@@ -12,7 +12,7 @@ from typing import Optional, TextIO
 
 import torch
 
-from fastfvae.train.errors import NonFiniteLossError
+from fastfvae.train.errors import NonFiniteLossError, writing
 
 LOG_NAME = "log.jsonl"
 
@@ -25,7 +25,7 @@ class JsonlLog:
 
     def write(self, row: dict) -> None:
         if self.path:
-            with open(self.path, "a") as f:
+            with writing(self.path), open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
     def truncate_after(self, step: int) -> None:
@@ -41,9 +41,14 @@ class JsonlLog:
                 except json.JSONDecodeError:
                     pass  # a line cut by a crash
         tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        try:
+            with writing(self.path), open(tmp, "w") as f:
+                f.writelines(keep)
+                f.flush()
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 class TermBuffer:

@@ -36,14 +36,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from fastfvae import functional, losses
+from fastfvae import losses
+from fastfvae.ops import discriminator_accuracy, permute_dims
 from fastfvae.models import VAE, Discriminator
 from fastfvae.train.errors import TrainingError
+from fastfvae.train.shared_backward import SharedDiscriminatorBackward
 
 
 def _f32(t: Tensor) -> Tensor:
@@ -129,82 +131,6 @@ class Step:
             group["lr"] = config.lr_vae
 
 
-class DiscriminatorPass(NamedTuple):
-    """One forward of the discriminator's MLP with what its backward needs: the logits (B, 2),
-    each Linear layer's input (B, in) and output (B, out, still in the autograd graph)."""
-
-    logits: Tensor
-    inputs: list
-    outputs: list
-
-
-class SharedDiscriminatorBackward:
-    """D's update without a second backward through D for the real half, and with one GEMM per
-    layer over both halves (DESIGN.md §13).
-
-    D's logits on z enter the VAE loss only through tc = mean_i (l_i0 - l_i1): the VAE's
-    backward sends t_i * (1, -1) into row i's logits (t_i = gamma / B) and leaves
-    t_i * dDelta_i/d(output of layer l) at each Linear layer's output, Delta = l0 - l1. The
-    discriminator loss on the same logits (its real half: D's weights have not changed since) is
-    a function of Delta too: its logit gradient is s_i * (1, -1) (softmax minus one-hot,
-    p0 - 1 = -p1, up to rounding), so its gradient at layer l's output is (s_i / t_i) times the
-    VAE backward's, with s_i = (g_i0 - g_i1) / 2 and t_i likewise. The permuted half's layer
-    gradients come from one input-gradient pass (``autograd.grad``, no weight gradients). Each
-    layer's weight gradient is then one GEMM over the 2B rows of both halves,
-    grad_W = delta^T [x_real; x_perm], grad_b = sum of delta: GEMMs of 2B rows run ~1.6x faster
-    per FLOP than two of B rows on the CPU (B = 64; bench/RESULTS.md).
-
-    ``run(z)`` is D's forward (the VAE's backward also returns the gradients at its
-    ``outputs``), ``set_grads(real, real_deltas, perm, d_loss, d_real)`` computes D's gradients
-    into its parameters' ``.grad``. Needs gamma != 0 (t = 0 otherwise) and a D that is a plain
-    stack of Linear layers and out-of-place activations (``supports``).
-    """
-
-    def __init__(self, disc: Discriminator):
-        if not self.supports(disc):
-            raise ValueError("disc: expected a Discriminator whose net is Linear and LeakyReLU(inplace=False) layers")
-        self.net = disc.net
-        self.linears = [m for m in disc.net if isinstance(m, nn.Linear)]
-
-    @staticmethod
-    def supports(disc: nn.Module) -> bool:
-        """D's forward is its net's layers in turn, Linear or out-of-place LeakyReLU (an in-place
-        activation would overwrite the Linear outputs whose gradients are read)."""
-        net = getattr(disc, "net", None)
-        return (type(disc) is Discriminator and isinstance(net, nn.Sequential)
-                and all(isinstance(m, nn.Linear) or (isinstance(m, nn.LeakyReLU) and not m.inplace) for m in net))
-
-    def run(self, z: Tensor) -> DiscriminatorPass:
-        inputs, outputs = [], []
-        h = z
-        for module in self.net:
-            if isinstance(module, nn.Linear):
-                inputs.append(h.detach())
-                h = module(h)
-                outputs.append(h)
-            else:
-                h = module(h)
-        return DiscriminatorPass(h, inputs, outputs)
-
-    @torch.no_grad()
-    def set_grads(self, real: DiscriminatorPass, real_deltas: list, perm: DiscriminatorPass, d_loss: Tensor,
-                  d_real: Tensor) -> None:
-        """real: D's pass on z and real_deltas the VAE backward's gradients at its outputs; perm:
-        D's pass on the permuted batch; d_loss: the discriminator loss of (d_real, perm.logits),
-        d_real the detached real logits (requires_grad)."""
-        with torch.enable_grad():
-            g_real, *perm_deltas = torch.autograd.grad(d_loss, [d_real] + perm.outputs)
-        g_tc = real_deltas[-1]  # t_i * (1, -1)
-        scale = ((g_real[:, 0] - g_real[:, 1]) / (g_tc[:, 0] - g_tc[:, 1])).unsqueeze(1)  # s_i / t_i
-        last = len(self.linears) - 1
-        for index, layer in enumerate(self.linears):
-            real_delta = g_real if index == last else real_deltas[index] * scale
-            delta = torch.cat([real_delta, perm_deltas[index]])
-            layer.weight.grad = delta.t() @ torch.cat([real.inputs[index], perm.inputs[index]])
-            if layer.bias is not None:
-                layer.bias.grad = delta.sum(0)
-
-
 class FactorVAEStep(Step):
     """FactorVAE: recon + kl + gamma * TC, TC from a discriminator trained alongside (module docstring)."""
 
@@ -244,7 +170,9 @@ class FactorVAEStep(Step):
         """x1, x2: float (B, C, 64, 64) images of two independent batches."""
         if x2 is None:
             raise ValueError("x2: FactorVAE needs a second batch for the discriminator, got None")
-        if self._reuse_d_z and self.shared is not None:
+        # D may have changed since construction (a hook, a parametrization, a new layer): the
+        # shared backward is taken only while it is exact for D as it is now.
+        if self._reuse_d_z and self.shared is not None and self.shared.exact_for(self.disc_module):
             return self._shared_step(x1, x2)
         b = x1.shape[0]
         reuse = self._reuse_d_z
@@ -273,7 +201,9 @@ class FactorVAEStep(Step):
         d_loss = self.disc_loss(d_real, d_perm)
         self.opt_d.zero_grad(set_to_none=True)
         if reuse:
-            d_loss.backward(inputs=self.disc_params)
+            # D's parameters as they are now: a parametrization added since construction (weight
+            # norm's g and v) replaces some (the optimiser steps those it was given).
+            d_loss.backward(inputs=list(self.disc_module.parameters()))
         else:
             d_loss.backward()
         self.opt_d.step()
@@ -306,11 +236,11 @@ class FactorVAEStep(Step):
         """permute_dims(z'), z' ~ q(z|x2) under no_grad (the encoder as the VAE update left it)."""
         with torch.no_grad(), self.autocast():
             z_prime = self.vae_module.sample_z(x2)
-        return functional.permute_dims(_f32(z_prime), backend=self.config.backend)
+        return permute_dims(_f32(z_prime), backend=self.config.backend)
 
     def _finish(self, out, terms, z_perm: Tensor, d_real: Tensor, d_perm: Tensor, d_loss: Tensor) -> Tensor:
         """Keep ``last`` for diagnostics; the terms as one float32 tensor (len(terms),)."""
-        d_acc = functional.discriminator_accuracy(d_real.detach(), d_perm.detach())
+        d_acc = discriminator_accuracy(d_real.detach(), d_perm.detach())
         self.last = {"z": out.z.detach(), "z_perm": z_perm, "mu": out.mu.detach().float(),
                      "logvar": out.logvar.detach().float(), "tc": terms.tc.detach()}
         return torch.stack([terms.total.detach(), terms.recon.detach(), terms.kl.detach(),

@@ -25,7 +25,7 @@ from fastfvae.train.checkpoint import (
 from fastfvae.train.config import (
     TrainConfig, check_device_support, make_dataset, resolve_device, resume_changes, validate,
 )
-from fastfvae.train.errors import TrainingError
+from fastfvae.train.errors import DiskFullError, TrainingError
 from fastfvae.train.processes import Processes, StopRequested, StopSignals
 from fastfvae.train.records import JsonlLog, Progress, TermBuffer
 from fastfvae.train.steps import STEPS, Forwards
@@ -47,7 +47,7 @@ class Trainer:
         self.world_size, self.rank, self.distributed = procs.world_size, procs.rank, procs.distributed
         self.device = resolve_device(cfg.device, procs.local_rank)
         check_device_support(cfg, self.device)
-        self.dataset = dataset if dataset is not None else make_dataset(cfg.data)
+        self.dataset = dataset if dataset is not None else make_dataset(cfg.data, cfg.dataset, cfg.scream_image, cfg.seed)
         self.dataset_size = len(self.dataset)
         self.channels = getattr(self.dataset, "num_channels", 1)
         _check_targets(self.dataset)
@@ -66,6 +66,8 @@ class Trainer:
         self.stop = StopSignals()
         self.resumed_changes: dict = {}
         self.finished_summary: Optional[dict] = None
+        self.folder_lock: Optional[rundir.FolderLock] = None
+        self.earlier_summary: Optional[dict] = None  # summary.json before a resumed session
 
     def _build_networks(self) -> None:
         """The VAE and the objective's step (its networks and optimisers), seeded; an allocation
@@ -112,6 +114,8 @@ class Trainer:
             batches = device_batches(self.dataset, self.device, cfg.batch_size, self.objective.batches, self._say)
         if cfg.graph and batches is None:
             raise TrainingError("--graph needs a data set that can be bit-packed on the device (see the note above)")
+        if cfg.graph and batches.host:
+            raise TrainingError("--graph needs the data set's table on the device; it does not fit there (see above)")
         mode = "graph" if cfg.graph else "compile" if cfg.compile and not self.distributed else "eager"
         return WholeStep(self.objective, batches or self.sample_batches, mode,
                          update=lambda x1, x2: self.train_step(x1, x2))
@@ -188,8 +192,10 @@ class Trainer:
         self.buffer.flush(note)
 
     def _prepare_out(self) -> None:
-        """Create and probe the output folder (rank 0), then resume from its checkpoint."""
+        """Lock, create and probe the output folder (rank 0, the process that writes), then
+        resume from its checkpoint."""
         if self.out and self.rank == 0:
+            self.folder_lock = rundir.claim(self.out, self.config.resume)
             rundir.prepare(self.out)
         if self.config.resume:
             self._resume()
@@ -200,6 +206,7 @@ class Trainer:
         checkpoint past --steps is refused; changed options are logged."""
         source = self.checkpoint_path
         state = load_checkpoint(source)
+        self.earlier_summary = _read_summary(self.out)
         if int(state["step"]) > self.config.steps:
             raise TrainingError(f"--steps {self.config.steps}: {source} is at step {state['step']}; pass "
                                 f"--steps {state['step']} or more (a run is never shortened)")
@@ -259,13 +266,19 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict:
         """Train to ``config.steps``; returns the summary (also written to summary.json).
-        On SIGINT/SIGTERM: checkpoint, summary["interrupted"] = signal name."""
-        self._prepare_out()
-        if self.finished_summary is not None:
-            self._note(f"{self.out} holds a finished run (step {self.step}); nothing to do, nothing rewritten")
-            return self.finished_summary
-        with self.stop.installed():
-            return self._loop()
+        On SIGINT/SIGTERM: checkpoint, summary["interrupted"] = signal name. The output folder
+        is locked from the first write to the return (rundir.FolderLock)."""
+        try:
+            self._prepare_out()
+            if self.finished_summary is not None:
+                self._note(f"{self.out} holds a finished run (step {self.step}); nothing to do, nothing rewritten")
+                return self.finished_summary
+            with self.stop.installed():
+                return self._loop()
+        finally:
+            if self.folder_lock is not None:
+                self.folder_lock.release()
+                self.folder_lock = None
 
     def _loop(self) -> dict:
         cfg, start_step, session_time, t_start = self.config, self.step, 0.0, time.perf_counter()
@@ -304,16 +317,26 @@ class Trainer:
             self._say(f"stopped at step {self.step} ({self.stop.name}); checkpoint {self.checkpoint_path}")
             return summary
         if self.rank == 0:
-            summary.update(self._finish(evals))
-            summary["wall_time_s"] = round(time.perf_counter() - t_start, 2)
-            if self.out:
-                artefacts.write_json(os.path.join(self.out, rundir.SUMMARY_NAME), summary)
+            try:
+                summary.update(self._finish(evals))
+                summary["wall_time_s"] = round(time.perf_counter() - t_start, 2)
+                if self.out:
+                    summary.update(artefacts.earlier_records(self.out, self.log.path, summary, self.earlier_summary))
+                    artefacts.write_json(os.path.join(self.out, rundir.SUMMARY_NAME), summary)
+            except DiskFullError as error:
+                raise DiskFullError(error.path, error.reason, (
+                    f"training is complete and {self.checkpoint_path} holds step {self.step}; free some space "
+                    f"and run the same command with --resume to finish the images and summary.json")) from None
         return summary
 
     def _summary(self, start_step: int, session_time: float) -> dict:
+        # steps_per_s and session_*: this session (a resumed run's segment); train_time_s and
+        # run_steps_per_s: every session of the run (training only, no evaluation).
         summary = {"step": self.step, "steps": self.config.steps, "objective": self.config.objective,
                    "final": self.buffer.latest_values, "train_time_s": round(self.train_time, 2),
                    "steps_per_s": round((self.step - start_step) / max(session_time, 1e-9), 3),
+                   "session_steps": self.step - start_step, "session_time_s": round(session_time, 2),
+                   "run_steps_per_s": round(self.step / max(self.train_time, 1e-9), 3),
                    "device": str(self.device), "world_size": self.world_size, "checkpoint": self.checkpoint_path}
         if self.resumed_changes:
             summary["changed_on_resume"] = self.resumed_changes
@@ -340,6 +363,7 @@ class Trainer:
                 extra["metrics_time_s"] = round(time.perf_counter() - t0, 2)
             if cfg.images and self.out:
                 extra["images"] = self._write_images(vae)
+                extra["images_step"] = self.step
         except StopRequested:
             extra["interrupted"] = self.stop.name
             extra["interrupted_during"] = "end-of-run evaluation"
@@ -356,6 +380,9 @@ class Trainer:
         if series:
             paths["curves"] = os.path.join(self.out, "curves.png")
             artefacts.write_curves(paths["curves"], series)
+        # The step these images show, for a later session that does not redraw them.
+        self.log.write({"step": self.step, "event": "images",
+                        "files": {name: os.path.basename(p) for name, p in paths.items()}})
         return paths
 
 
@@ -372,15 +399,21 @@ def _check_targets(dataset) -> None:
                             f"in [{low}, {high}] (a 0/255 data set? divide it by 255)")
 
 
-def _finished_summary(out: Optional[str], step: int) -> Optional[dict]:
-    """The summary of a run that completed (training and end-of-run evaluation) at ``step``, or None."""
+def _read_summary(out: Optional[str]) -> Optional[dict]:
+    """The run folder's summary.json, or None when there is none (or it is unreadable)."""
     path = os.path.join(out, rundir.SUMMARY_NAME) if out else None
     try:
         with open(path) as f:
             summary = json.load(f)
     except (TypeError, OSError, ValueError):
         return None
-    complete = isinstance(summary, dict) and summary.get("step") == step and "interrupted" not in summary
+    return summary if isinstance(summary, dict) else None
+
+
+def _finished_summary(out: Optional[str], step: int) -> Optional[dict]:
+    """The summary of a run that completed (training and end-of-run evaluation) at ``step``, or None."""
+    summary = _read_summary(out)
+    complete = summary is not None and summary.get("step") == step and "interrupted" not in summary
     return summary if complete else None
 
 

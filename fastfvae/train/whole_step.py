@@ -29,11 +29,13 @@ Three ways to run it (``mode``):
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
 import torch._inductor.config  # noqa: F401 - fallback_random is patched under --compile
 
+from fastfvae.ops.gather_color_images import gather_color_images
 from fastfvae.ops.gather_images import gather_images
 
 MODES = ("eager", "compile", "graph")
@@ -44,32 +46,97 @@ GRAPH_WARMUP = 3  # eager steps on a side stream before the capture (PyTorch's w
 # Data on the device
 # ---------------------------------------------------------------------------------------------
 class DeviceBatches:
-    """``count`` batches of ``batch_size`` images per call, float32 (B, 1, 64, 64) channels_last on
-    the device, from the data set's bit-packed table held there.
+    """``count`` batches of ``batch_size`` images per call, float32 (B, C, 64, 64) channels_last on
+    the device, from the data set's table held there: bit-packed (binary sets, unpacked by
+    ``gather_images``) or uint8 (colour and grey-level sets, ``gather_color_images``).
+    ``transform`` (the procedural dSprites variants' ``device_transform``) turns the gathered
+    sprites into the variant's images on the device.
 
     Indices are ``torch.randint`` on the device's default generator (``torch.manual_seed`` /
     ``torch.cuda.manual_seed`` govern them, the checkpoint's RNG state restores them): uniform
-    over the factor grid, like ``sample_factors``, but without leaving the device.
+    over the grid, like ``sample_factors``, but without leaving the device.
     """
 
-    def __init__(self, table: torch.Tensor, batch_size: int, count: int):
-        self.table = table
+    host = False  # no host work per batch (--graph can capture it)
+
+    def __init__(self, table: torch.Tensor, batch_size: int, count: int,
+                 gather: Callable = gather_images, transform: Optional[Callable] = None):
+        self.table, self.gather, self.transform = table, gather, transform
         self.batch_size, self.count = batch_size, count
 
     def __call__(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         b = self.batch_size
         index = torch.randint(self.table.shape[0], (self.count * b,), device=self.table.device)
-        x = gather_images(self.table, index).contiguous(memory_format=torch.channels_last)
+        x = self.gather(self.table, index)
+        if self.transform is not None:
+            x = self.transform(x)
+        x = x.contiguous(memory_format=torch.channels_last)
         return (x[:b], x[b:]) if self.count == 2 else (x, None)
 
 
+class HostTableBatches:
+    """The fallback when a uint8 table does not fit the device's memory: the table stays in the
+    host's pinned memory, each call draws the indices on the host (torch's default CPU
+    generator), gathers the rows into one of two pinned buffers and copies it to the device
+    asynchronously (the buffer is reused only after its copy has finished: an event per buffer),
+    where the images are converted. Host work per batch, so --graph refuses it."""
+
+    host = True
+
+    def __init__(self, table: torch.Tensor, device: torch.device, batch_size: int, count: int):
+        pin = device.type == "cuda"
+        self.table = table.pin_memory() if pin else table
+        self.device, self.batch_size, self.count = device, batch_size, count
+        shape = (count * batch_size,) + tuple(table.shape[1:])
+        self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
+        self.events = [torch.cuda.Event() if pin else None for _ in range(2)]
+        self.turn = 0
+
+    def __call__(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        b, k = self.batch_size, self.turn
+        self.turn = 1 - k
+        if self.events[k] is not None:
+            self.events[k].synchronize()  # the copy that last read this buffer is done
+        index = torch.randint(self.table.shape[0], (self.count * b,))
+        torch.index_select(self.table, 0, index, out=self.buffers[k])
+        rows = self.buffers[k].to(self.device, non_blocking=True)
+        if self.events[k] is not None:
+            self.events[k].record()
+        x = rows.float().div_(255).contiguous(memory_format=torch.channels_last)
+        return (x[:b], x[b:]) if self.count == 2 else (x, None)
+
+
+def _fits_device(table_bytes: int, device: torch.device) -> bool:
+    """Whether a table of ``table_bytes`` leaves a quarter of the device's free memory for the step."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return table_bytes <= 0.75 * free
+
+
 def device_batches(dataset, device: torch.device, batch_size: int, count: int,
-                   say: Callable[[str], None]) -> Optional[DeviceBatches]:
-    """DeviceBatches over ``dataset``'s packed table on ``device``, or None (with a note) when
-    the data set cannot be packed (no ``packed_images``, or images that are not binary 64x64):
-    the trainer then renders/looks up batches as before."""
+                   say: Callable[[str], None]):
+    """Batches drawn from a table of ``dataset`` held on ``device``: its uint8 image table
+    (``image_table``: the file-backed sets) or its bit-packed table (``packed_images``: dSprites
+    and its variants, with their ``device_transform``); HostTableBatches when a uint8 table does
+    not fit the device (said in the log); None (with a note) when the data set has neither or
+    cannot be packed: the trainer then renders/looks up batches as before."""
     from fastfvae.data.packed import NotPackable
 
+    image_table = getattr(dataset, "image_table", None)
+    if image_table is not None:
+        shape = (len(dataset), getattr(dataset, "num_channels", 1), 64, 64)
+        size = math.prod(shape)
+        fits = _fits_device(size, device)
+        table = image_table(device if fits else None)
+        if tuple(table.shape) != shape:
+            raise ValueError(f"image_table(): expected shape {shape}, got {tuple(table.shape)}")
+        if fits:
+            say(f"data: the {shape} uint8 table ({size / 2**20:.0f} MiB) is held on {device}")
+            return DeviceBatches(table, batch_size, count, gather=gather_color_images)
+        say(f"data: the {shape} uint8 table ({size / 2**20:.0f} MiB) does not fit {device}'s free "
+            f"memory; it stays in pinned host memory and each batch is copied asynchronously")
+        return HostTableBatches(table, device, batch_size, count)
     packed_images = getattr(dataset, "packed_images", None)
     if packed_images is None:
         say(f"note: {type(dataset).__name__} has no packed_images(); batches are built on the host")
@@ -81,7 +148,7 @@ def device_batches(dataset, device: torch.device, batch_size: int, count: int,
         return None
     if len(table) != len(dataset):
         raise ValueError(f"packed_images(): expected {len(dataset)} rows, got {len(table)}")
-    return DeviceBatches(table, batch_size, count)
+    return DeviceBatches(table, batch_size, count, transform=getattr(dataset, "device_transform", None))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@
  *   names; `stream` is a cudaStream_t for CUDA and ignored (pass NULL) on the CPU.
  * - Workspaces (ABI 3): the libraries never allocate device memory. A forward that needs scratch
  *   memory takes (workspace, workspace_bytes): a caller-allocated byte buffer on the tensors'
- *   device (fastfvae/backends/native.py: torch.empty(bytes, dtype=torch.uint8), so it comes
+ *   device (fastfvae/backends/native/library.py: torch.empty(bytes, dtype=torch.uint8), so it comes
  *   from torch's caching allocator, is stream-ordered on `stream` and graph-capture safe),
  *   256-byte aligned, at least ffv_<op>_workspace_bytes(...) bytes for the same arguments
  *   (NULL and 0 when that is 0). Its contents on entry do not matter; it is only used by work
@@ -60,7 +60,7 @@ typedef enum ffv_dtype {
 FFV_API const char* ffv_last_error(void);
 /* ABI version: bumped whenever an entry point's signature changes. The one definition:
  * the libraries return it from ffv_abi_version(), and tests/test_build.py checks that
- * fastfvae/backends/native.py's ABI_VERSION equals it.
+ * fastfvae/backends/native/library.py's ABI_VERSION equals it.
  * 2: reparameterize_kl backward takes (eps, seed) instead of z.
  * 3: the forwards of reparameterize_kl, permute_dims, tc_loss and discriminator_loss take
  *    (workspace, workspace_bytes) before `stream`; ffv_<op>_workspace_bytes size queries. */

@@ -1,0 +1,62 @@
+"""gather_color_images: a batch of 8-bit images gathered from a uint8 table and converted to
+[0, 1] floats in one pass (the data path of a training step with a colour or grey-level data set
+resident on the device: Shapes3D, MPI3D, SmallNORB, Cars3D; DESIGN.md §15).
+
+The table is ``TableDataset.image_table()``: uint8 (N, C, 64, 64), row i the image of grid index
+i. The conventions are ``gather_images``': index in, float images out, an index outside [0, N)
+gives a NaN image (never an out-of-bounds read, and the index is never read on the host, so a
+CUDA step does not synchronise). Written in torch operations (one gather of the uint8 rows,
+one division that converts them), so it runs on every device and ``torch.compile`` / CUDA graphs capture it as it is. No
+backward: neither the table nor the index has a gradient.
+
+    out[b] = table[index[b]] / 255      if 0 <= index[b] < N
+           = NaN                         otherwise
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastfvae._checks import FLOAT_DTYPES
+
+INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+def _check_inputs(table, index, dtype) -> None:
+    """Metadata only (the index values stay on the device)."""
+    if not isinstance(table, torch.Tensor):
+        raise TypeError(f"table: expected a torch.Tensor, got {type(table).__name__}")
+    if table.dtype != torch.uint8:
+        raise TypeError(f"table: expected dtype torch.uint8 (8-bit images), got {table.dtype}")
+    if table.dim() != 4 or table.shape[0] == 0:
+        raise ValueError(f"table: expected shape (N, C, H, W) with N >= 1, got {tuple(table.shape)}")
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"index: expected a torch.Tensor, got {type(index).__name__}")
+    if index.dtype not in INDEX_DTYPES:
+        raise TypeError(f"index: expected dtype torch.int64 or torch.int32, got {index.dtype}")
+    if index.dim() != 1 or index.shape[0] == 0:
+        raise ValueError(f"index: expected a 1-D tensor of B >= 1 row indices, got shape {tuple(index.shape)}")
+    if index.device != table.device:
+        raise ValueError(f"index: expected a tensor on table's device {table.device}, got {index.device}")
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"dtype: expected one of torch.float32, torch.float64, torch.float16, torch.bfloat16, got {dtype!r}"
+        )
+
+
+def gather_color_images(table: Tensor, index: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """out[b] = table[index[b]] / 255 as ``dtype``; NaN where index[b] is outside [0, N).
+
+    table: uint8 (N, C, H, W) (the data sets' (N, C, 64, 64)). index: int64 or int32 (B,) on
+    table's device. Returns (B, C, H, W) of ``dtype`` (float32, float64, float16 or bfloat16),
+    contiguous.
+    """
+    _check_inputs(table, index, dtype)
+    index = index.long()
+    valid = (index >= 0) & (index < table.shape[0])
+    rows = table.index_select(0, torch.where(valid, index, torch.zeros_like(index)))
+    # One pass converts and marks: each row is divided by 255, or by NaN for a bad index
+    # (u / NaN = NaN); uint8 / float promotes inside the division kernel, no float copy first.
+    # (B values, made by kernels: no host-to-device copy, so a CUDA graph can capture it)
+    divisor = torch.full(valid.shape, 255.0, dtype=dtype, device=table.device).masked_fill_(~valid, float("nan"))
+    return torch.div(rows, divisor[:, None, None, None])
