@@ -18,7 +18,7 @@ import torch
 import fastfvae
 from fastfvae import reference
 from fastfvae.reference import compute_dtype
-from conftest import FLOAT_DTYPES, assert_close, non_contiguous, require
+from conftest import FLOAT_DTYPES, TOLERANCES, assert_close, non_contiguous, require
 
 # (M queries, K components, D): square minibatch forms and M != K forms, odd sizes; the larger
 # ones cross the native kernel's tiles (128 components, 8 query rows) with remainders.
@@ -122,6 +122,69 @@ def test_extreme_logvar(backend, device, dtype):
             # Gradients reach ~1e4 here (1/std); compare relative to the largest one.
             scale = max(1.0, want.abs().max().item())
             assert_close(actual / scale, want / scale, dtype, f"{name} {method}")
+
+
+def _far_outside_inputs(regime: str, queries: int, seed: int):
+    """float64 inputs (M = K = queries, D = 10) whose log-densities lie far outside exp's range,
+    where a logsumexp without its max shift gives -inf or +inf:
+
+    "below": z around +15 and mu around -15 (spread 2), variances about 1: every joint
+    log-density below -3000 (about -3800 after the logsumexp; exp underflows below -88 in
+    float32, -745 in float64), every per-dimension one below -88.
+    "above": every logvar -25 (std 3.7e-6) and each query on its own component: the own joint
+    log-density about +100 (exp overflows above +88 in float32)."""
+    g = torch.Generator().manual_seed(seed)
+    dim = 10
+    if regime == "below":
+        mu = 2 * torch.randn(queries, dim, generator=g, dtype=torch.float64) - 15
+        logvar = 0.3 * torch.randn(queries, dim, generator=g, dtype=torch.float64)
+        z = 2 * torch.randn(queries, dim, generator=g, dtype=torch.float64) + 15
+    else:
+        mu = torch.randn(queries, dim, generator=g, dtype=torch.float64)
+        logvar = torch.full((queries, dim), -25.0, dtype=torch.float64)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(queries, dim, generator=g, dtype=torch.float64)
+    return z, mu, logvar
+
+
+@pytest.mark.parametrize("regime, dtype", [("below", torch.float32), ("below", torch.float64),
+                                           ("above", torch.float32)], ids=str)
+def test_log_densities_far_outside_exp_range(backend, device, regime, dtype):
+    """Every joint log-density far below -88 (or the largest far above +88): the streaming
+    logsumexp must shift by its running maximum. Forward and backward against float64 autograd
+    of the materialised reference, both estimators."""
+    require(backend, "log_qz", device, dtype)
+    queries = 16 if backend == "triton" and device == "cpu" else 64  # the interpreter is slow
+    z, mu, logvar = _far_outside_inputs(regime, queries, seed=3)
+    z, mu, logvar = (t.to(dtype) for t in (z, mu, logvar))  # the case as the kernel sees it
+    m = reference.gaussian_log_density_matrix(z.double(), mu.double(), logvar.double())  # (M, K, D)
+    if regime == "below":  # the premise: no term is within exp's range
+        assert float(m.sum(-1).max()) < -800 and float(m.max()) < -88
+    else:
+        assert float(m.sum(-1).diagonal().min()) > 95
+    z, mu, logvar = (t.to(device).requires_grad_() for t in (z, mu, logvar))
+    for method in ("mws", "mss"):
+        joint, dims = fastfvae.log_qz_marginals(z, mu, logvar, dataset_size=1000, method=method, backend=backend)
+        g = torch.Generator().manual_seed(4)
+        grad_joint = torch.rand(queries, generator=g, dtype=torch.float64).to(device, dtype)
+        grad_dims = torch.rand(queries, 10, generator=g, dtype=torch.float64).to(device, dtype)
+        grads = torch.autograd.grad((joint, dims), (z, mu, logvar), (grad_joint, grad_dims))
+        expected = _expected(z, mu, logvar, 1000, method, grad_joint, grad_dims)
+        # In float32 each log-density of magnitude L (~4e3 here) is rounded by ~L * 2^-24 nats,
+        # which moves the backward's softmax weights by as much, relatively (torch's own float32
+        # ops, the reference backend, do no better): gradients are held to 4 L 2^-24, values
+        # and float64 to the dtype's table.
+        conditioning = 4 * float(expected[0].detach().abs().max()) * 2.0**-24 if dtype == torch.float32 else 0.0
+        for name, actual, want in zip(("log_qz", "log_qzj", "grad z", "grad mu", "grad logvar"),
+                                      (joint, dims, *grads), expected):
+            assert torch.isfinite(actual).all(), f"{name} {method}: not finite"
+            # Values reach ~4000 (gradients ~3e5 above): compare relative to the largest.
+            scale = max(1.0, want.abs().max().item())
+            if name.startswith("grad") and conditioning > TOLERANCES[dtype]["rtol"]:
+                torch.testing.assert_close((actual / scale).double().cpu(), (want / scale).double().cpu(),
+                                           rtol=conditioning, atol=conditioning,
+                                           msg=lambda text: f"{name} {method} {regime}: {text}")
+            else:
+                assert_close(actual / scale, want / scale, dtype, f"{name} {method} {regime}")
 
 
 def test_noncontiguous_inputs_and_expanded_gradients(backend, device):

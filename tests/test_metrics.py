@@ -244,6 +244,28 @@ def test_mig_matches_naive_loop(dataset, kind):
     assert fast == pytest.approx(slow, abs=1e-12)
 
 
+def test_mig_normalises_by_the_sample_entropy_of_skewed_factors():
+    """Strongly non-uniform factors (each mostly one value): their sample entropy is far below
+    log(size), so MIG normalised by log(size) would score well below the right value. Codes that
+    copy the factors score 1 exactly (top MI = H, runner-up 0); noised codes match the loop."""
+    gen = torch.Generator().manual_seed(8)
+    n, sizes = 3000, (3, 6, 10)
+    skew = torch.tensor([0.9, 0.8, 0.85])  # probability of value 0 per factor; the rest uniform
+    common = torch.rand(n, 3, generator=gen) < skew
+    rest = torch.stack([1 + torch.randint(s - 1, (n,), generator=gen) for s in sizes], 1)
+    factors = torch.where(common, 0, rest)
+    entropies = [float(-(p * p.log()).sum()) for p in
+                 (torch.bincount(factors[:, k], minlength=s).double().div(n).clamp_min(1e-300) for k, s in
+                  enumerate(sizes))]
+    assert all(h < 0.6 * math.log(s) for h, s in zip(entropies, sizes))  # the premise: far from uniform
+    codes = torch.cat([factors.double(), torch.zeros(n, 1, dtype=torch.float64)], 1)
+    assert mig_from_codes(codes, factors, sizes, 20)["score"] > 0.95
+    noised = factors.double() + 0.3 * torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    codes = torch.cat([noised, noised[:, :1] + noised[:, 1:2]], 1)
+    fast = mig_from_codes(codes, factors, sizes, 20)["score"]
+    assert fast == pytest.approx(naive_mig(codes.numpy(), factors.numpy()), abs=1e-12)
+
+
 def test_beta_vae_features_match_naive_loop(dataset):
     gen = torch.Generator().manual_seed(9)
     idx, f1, f2 = sample_pairs(dataset, SIZES, 40, 16, gen)

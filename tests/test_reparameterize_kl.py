@@ -49,6 +49,24 @@ def test_matches_reference_with_given_eps(backend, device, dtype, shape, reducti
     assert_close(eps.grad, geps_ref, dtype, "grad eps")
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_rows_wider_than_a_tile(backend, device, reduction):
+    """D = 2100: wider than the CPU kernel's 2048-element tile, so it takes its one-row-at-a-time
+    path; given eps, against the reference in float64."""
+    dtype = torch.float64
+    require(backend, "reparameterize_kl", device, dtype)
+    mu, logvar, eps = _inputs((3, 2100), dtype, device, generator_seed=12)
+    mu.requires_grad_(), logvar.requires_grad_(), eps.requires_grad_()
+    z, kl = fastfvae.reparameterize_kl(mu, logvar, eps=eps, reduction=reduction, backend=backend)
+    grad_z = torch.randn(z.shape, device=device, dtype=dtype)
+    grad_kl = torch.randn(kl.shape, device=device, dtype=dtype)
+    torch.autograd.backward((z, kl), (grad_z, grad_kl))
+    expected = _expected(mu, logvar, eps, reduction, grad_z, grad_kl)
+    for name, actual, want in zip(("z", "kl", "grad mu", "grad logvar", "grad eps"),
+                                  (z, kl, mu.grad, logvar.grad, eps.grad), expected):
+        assert_close(actual, want, dtype, name)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_noncontiguous_and_expanded_gradients(backend, device, dtype):
     require(backend, "reparameterize_kl", device, dtype)

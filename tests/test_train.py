@@ -119,6 +119,53 @@ def test_factorvae_step_gradients_are_float64_autograd_of_the_textbook_losses(mo
             assert float((p.grad - want).abs().max()) <= 1e-10 * max(scale, 1e-12), name
 
 
+@pytest.mark.parametrize("path", ["shared", "autograd", "concatenated"])
+def test_permuted_codes_are_drawn_from_the_second_batch(monkeypatch, path):
+    """Algorithm 2 trains D on permute_dims(z'), z' ~ q(z|x2) of the SECOND batch: every column of
+    the step's z_perm is a permutation of that column of z' (sorted columns equal) and not of the
+    first batch's codes. Each FactorVAE path: the shared D backward (default), autograd's (gamma
+    0) and D on the concatenated 2B rows (a wrapped discriminator, as under DDP)."""
+    from fastfvae.models import VAE
+    from fastfvae.train.steps import FactorVAEStep, Forwards
+
+    torch.manual_seed(5)
+    cfg = tiny(batch_size=8, gamma=0.0 if path == "autograd" else 35.0)
+    step = FactorVAEStep(cfg, VAE(cfg.z_dim), 100)
+    if path == "concatenated":
+        step.wrap(Forwards(ddp=torch.nn.Sequential))  # a wrapper module: D no longer reused
+    assert (step.shared is not None and step._reuse_d_z) == (path == "shared")
+    assert step._reuse_d_z == (path != "concatenated")
+    # z' as the encoder's mean, so that it can be recomputed after the step (the discriminator's
+    # update leaves the encoder as z' saw it).
+    encoder = step.vae_module.encoder
+    monkeypatch.setattr(step.vae_module, "sample_z", lambda x: encoder(x)[0])
+    x1, x2 = (torch.rand(2, 8, 1, 64, 64) < 0.3).float()
+    step(x1, x2)
+    z_perm = step.last["z_perm"]
+    with torch.no_grad():
+        codes1, codes2 = encoder(x1)[0], encoder(x2)[0]
+
+    def sorted_columns(t):
+        return t.sort(dim=0).values
+
+    torch.testing.assert_close(sorted_columns(z_perm), sorted_columns(codes2), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(sorted_columns(z_perm), sorted_columns(codes1), rtol=1e-3, atol=1e-3)
+    assert not torch.equal(z_perm, codes2)  # permuted, not the codes as they are
+
+
+def test_sample_batches_draws_two_batches_of_independent_factors():
+    """The trainer's x1 and x2 are the images of 2B factor draws from its data generator: the
+    first B and the next B, never one batch twice."""
+    trainer = Trainer(tiny())
+    generator = torch.Generator()
+    generator.set_state(trainer.data_generator.get_state())
+    x1, x2 = trainer.sample_batches()
+    want = trainer.dataset.images(trainer.dataset.sample_factors(16, generator)).float()
+    assert x1.shape == x2.shape == (8, 1, 64, 64)
+    assert torch.equal(x1, want[:8]) and torch.equal(x2, want[8:])
+    assert not torch.equal(x1, x2)
+
+
 def _scale_output(module, args, output):
     return output * 1.5
 
