@@ -152,3 +152,23 @@ def to_compute_dtype(t: torch.Tensor) -> torch.Tensor:
 def as_columns(logits: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1); (B, K) unchanged (the launchers take (B, K))."""
     return logits if logits.dim() == 2 else logits.unsqueeze(1)
+
+
+INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+def check_gather_index(index, table_name: str, table: torch.Tensor, dtype) -> None:
+    """The gather ops' ``index`` (B,) int64/int32 rows on ``table``'s device, and their output
+    ``dtype`` (one of FLOAT_DTYPES); the errors name the argument, expected and actual values."""
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"index: expected a torch.Tensor, got {type(index).__name__}")
+    if index.dtype not in INDEX_DTYPES:
+        raise TypeError(f"index: expected dtype torch.int64 or torch.int32, got {index.dtype}")
+    if index.dim() != 1 or index.shape[0] == 0:
+        raise ValueError(f"index: expected a 1-D tensor of B >= 1 row indices, got shape {tuple(index.shape)}")
+    if index.device != table.device:
+        raise ValueError(f"index: expected a tensor on {table_name}'s device {table.device}, got {index.device}")
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"dtype: expected one of torch.float32, torch.float64, torch.float16, torch.bfloat16, got {dtype!r}"
+        )

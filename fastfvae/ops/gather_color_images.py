@@ -17,11 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastfvae._checks import FLOAT_DTYPES
+from fastfvae._checks import check_gather_index
 
 __all__ = ["gather_color_images"]  # the public functions (fastfvae/registry.py)
 
-INDEX_DTYPES = (torch.int64, torch.int32)
 
 
 def _check_inputs(table, index, dtype) -> None:
@@ -32,18 +31,7 @@ def _check_inputs(table, index, dtype) -> None:
         raise TypeError(f"table: expected dtype torch.uint8 (8-bit images), got {table.dtype}")
     if table.dim() != 4 or table.shape[0] == 0:
         raise ValueError(f"table: expected shape (N, C, H, W) with N >= 1, got {tuple(table.shape)}")
-    if not isinstance(index, torch.Tensor):
-        raise TypeError(f"index: expected a torch.Tensor, got {type(index).__name__}")
-    if index.dtype not in INDEX_DTYPES:
-        raise TypeError(f"index: expected dtype torch.int64 or torch.int32, got {index.dtype}")
-    if index.dim() != 1 or index.shape[0] == 0:
-        raise ValueError(f"index: expected a 1-D tensor of B >= 1 row indices, got shape {tuple(index.shape)}")
-    if index.device != table.device:
-        raise ValueError(f"index: expected a tensor on table's device {table.device}, got {index.device}")
-    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"dtype: expected one of torch.float32, torch.float64, torch.float16, torch.bfloat16, got {dtype!r}"
-        )
+    check_gather_index(index, "table", table, dtype)
 
 
 def gather_color_images(table: Tensor, index: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from fastfvae import reference
-from fastfvae._checks import FLOAT_DTYPES, check_choice
+from fastfvae._checks import check_choice, check_gather_index
 from fastfvae.backends import BACKEND_NAMES, ENVIRONMENT_VARIABLE, get_backend, requested_from_environment, select
 from fastfvae.ops._register import _functorch_active
 
@@ -24,7 +24,6 @@ __all__ = ["gather_images"]  # the public functions (fastfvae/registry.py)
 
 ROW_BYTES = reference.PACKED_ROW_BYTES
 SIDE = reference.PACKED_IMAGE_SIDE
-INDEX_DTYPES = (torch.int64, torch.int32)
 
 
 @torch.library.custom_op("fastfvae::gather_images", mutates_args=())
@@ -51,18 +50,7 @@ def _check_inputs(packed, index, dtype) -> None:
             f"packed: expected shape (N, {ROW_BYTES}) with N >= 1 (64x64 binary images, 8 pixels "
             f"a byte), got {tuple(packed.shape)}"
         )
-    if not isinstance(index, torch.Tensor):
-        raise TypeError(f"index: expected a torch.Tensor, got {type(index).__name__}")
-    if index.dtype not in INDEX_DTYPES:
-        raise TypeError(f"index: expected dtype torch.int64 or torch.int32, got {index.dtype}")
-    if index.dim() != 1 or index.shape[0] == 0:
-        raise ValueError(f"index: expected a 1-D tensor of B >= 1 row indices, got shape {tuple(index.shape)}")
-    if index.device != packed.device:
-        raise ValueError(f"index: expected a tensor on packed's device {packed.device}, got {index.device}")
-    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"dtype: expected one of torch.float32, torch.float64, torch.float16, torch.bfloat16, got {dtype!r}"
-        )
+    check_gather_index(index, "packed", packed, dtype)
 
 
 def gather_images(packed: Tensor, index: Tensor, dtype: torch.dtype = torch.float32, *,
