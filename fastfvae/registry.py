@@ -1,28 +1,32 @@
-"""The op registry: every op of fastfvae, once, by its stem (DESIGN.md §3, "Adding an op").
+"""The op registry: every op of fastfvae by its stem (DESIGN.md §3, "Adding an op").
 
-The stem names the op everywhere: ``fastfvae/ops/<op>.py`` (the public functions it lists in
-``__all__``), ``fastfvae/backends/native/<op>.py`` and ``fastfvae/backends/triton/<op>.py``
-(launchers), ``kernels/cpu/<op>.cpp`` and ``kernels/cuda/<op>.cu``, ``tests/test_<op>.py``,
-``bench/test_<op>.py``. Everything that lists ops reads this tuple: the package's exports
-(fastfvae/ops/__init__.py), the native and Triton backends' launcher tables, the opcheck tests,
-the benchmark report's order, and tests/test_registry.py, which fails when an op lacks any of
-those files.
+An op is a public module ``fastfvae/ops/<op>.py`` (a name without a leading underscore): this
+module reads that folder, so adding an op's files adds it here. The stem names the op
+everywhere: ``fastfvae/ops/<op>.py`` (the public functions it lists in ``__all__``),
+``fastfvae/reference/<op>.py`` (its maths and the reference backend's launchers),
+``fastfvae/backends/native/<op>.py`` and ``fastfvae/backends/triton/<op>.py`` (launchers),
+``kernels/cpu/<op>.cpp`` and ``kernels/cuda/<op>.cu``, ``tests/test_<op>.py``,
+``bench/test_<op>.py``. Everything that lists ops reads ``OPS``: the package's exports
+(fastfvae/ops/__init__.py), the reference, native and Triton backends' launcher tables, the
+opcheck tests, the benchmark report's order, and tests/test_registry.py, which fails when an op
+lacks any of those files.
 
-Standard library only (nothing imported), so bench/report.py can read it without torch.
+Standard library only (nothing imported but pathlib), so bench/report.py and the torch-free
+``fastfvae --help`` can read it.
 """
-
-# In the order the design, the tests and the benchmark report list them.
-OPS = (
-    "permute_dims",
-    "reparameterize_kl",
-    "tc_loss",
-    "discriminator_loss",
-    "log_qz",
-    "gather_images",
-)
+from pathlib import Path
 
 # Ops written in torch operations alone (no backend, no kernel, no custom op): exported as the
 # others, with their own tests and benchmarks (tests/test_<op>.py, bench/test_<op>.py).
 TORCH_OPS = (
     "gather_color_images",
 )
+
+_OPS_FOLDER = Path(__file__).resolve().parent / "ops"
+
+# Every op with a backend and kernels, by name (the order the exports, the tests and the
+# benchmark report list them in).
+OPS = tuple(sorted(
+    path.stem for path in _OPS_FOLDER.glob("*.py")
+    if not path.stem.startswith("_") and path.stem not in TORCH_OPS
+))
