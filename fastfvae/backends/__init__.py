@@ -79,6 +79,22 @@ def get_backend(name: str):
     return module
 
 
+def op_launchers(package: str) -> tuple[dict, dict]:
+    """The launchers of a backend package's per-op modules (``<package>.<op>`` for every op of
+    fastfvae/registry.py): ``<op>_forward`` / ``<op>_backward`` by name (a forward-only op has no
+    backward), and ``{op: limits}`` for the modules that declare shape ``limits(dims)``."""
+    from fastfvae.registry import OPS
+
+    launchers, limits = {}, {}
+    for op in OPS:
+        module = importlib.import_module(f"{package}.{op}")
+        launchers.update({name: getattr(module, name) for name in (f"{op}_forward", f"{op}_backward")
+                          if hasattr(module, name)})
+        if hasattr(module, "limits"):
+            limits[op] = module.limits
+    return launchers, limits
+
+
 def _as_device(device) -> torch.device:
     """Accept "cpu", "cuda:1" or a torch.device, as the ops do."""
     if isinstance(device, torch.device):

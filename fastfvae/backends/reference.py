@@ -7,11 +7,9 @@ the cross-backend RNG tests. Half types are computed in float32 and rounded once
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from fastfvae.registry import OPS
+from fastfvae.backends import op_launchers
 
 NAME = "reference"
 
@@ -24,9 +22,5 @@ def why_not(op: str, device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-# <op>_forward / <op>_backward of every op (a forward-only op has no backward).
-for _op in OPS:
-    _module = importlib.import_module(f"fastfvae.reference.{_op}")
-    globals().update({name: getattr(_module, name) for name in (f"{_op}_forward", f"{_op}_backward")
-                      if hasattr(_module, name)})
-del _op, _module
+# <op>_forward / <op>_backward of every op (a forward-only op has no backward); no shape limits.
+globals().update(op_launchers("fastfvae.reference")[0])

@@ -18,7 +18,6 @@ This package is the backend module the dispatcher imports: it exports the launch
 op of the registry, ``limits(op, dims)`` and ``LIMITED_OPS`` from the op modules that declare
 limits, and the library's and the host helpers' names.
 """
-import importlib
 
 from fastfvae.backends.native.host_helpers import (  # noqa: F401
     boosting_trees_available,
@@ -49,18 +48,14 @@ from fastfvae.backends.native.library import (  # noqa: F401
     load,
     why_not,
 )
-from fastfvae.registry import OPS
+from fastfvae.backends import op_launchers
 
 NAME = "native"
 
-_LIMITS = {}  # op -> its module's limits(dims), for the ops whose kernels have shape limits
-for _op in OPS:
-    _module = importlib.import_module(f"fastfvae.backends.native.{_op}")
-    globals().update({name: getattr(_module, name) for name in (f"{_op}_forward", f"{_op}_backward")
-                      if hasattr(_module, name)})
-    if hasattr(_module, "limits"):
-        _LIMITS[_op] = _module.limits
-del _op, _module
+# Every op's launchers (one module per op), and op -> limits(dims) for the ops whose kernels
+# have shape limits.
+_LAUNCHERS, _LIMITS = op_launchers("fastfvae.backends.native")
+globals().update(_LAUNCHERS)
 
 LIMITED_OPS = tuple(_LIMITS)  # the ops ``limits`` can refuse (the dispatcher skips the others)
 

@@ -6,12 +6,11 @@ float64 inputs are computed in float64, other float dtypes in float32.
 """
 from __future__ import annotations
 
-import importlib
 import os
 
 import torch
 
-from fastfvae.registry import OPS
+from fastfvae.backends import op_launchers
 
 NAME = "triton"
 
@@ -29,13 +28,8 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _LIMITS = {}  # op -> its module's limits(dims), for the ops whose kernels have shape limits
 if _IMPORT_ERROR is None:
     # One module per op of the registry (fastfvae/registry.py): its kernels and launchers.
-    for _op in OPS:
-        _module = importlib.import_module(f"fastfvae.backends.triton.{_op}")
-        globals().update({name: getattr(_module, name) for name in (f"{_op}_forward", f"{_op}_backward")
-                          if hasattr(_module, name)})
-        if hasattr(_module, "limits"):
-            _LIMITS[_op] = _module.limits
-    del _op, _module
+    _LAUNCHERS, _LIMITS = op_launchers("fastfvae.backends.triton")
+    globals().update(_LAUNCHERS)
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
