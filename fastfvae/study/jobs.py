@@ -490,7 +490,7 @@ class PointJob(_checkpointable_base()):
 def source_commit() -> Optional[str]:
     """The git commit of the fastfvae source that runs (with "-dirty" for uncommitted changes to
     tracked files), or None outside a git checkout."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         head = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True,
                               text=True, timeout=10)
