@@ -3,7 +3,7 @@
     fastfvae train [--dataset NAME] [--data PATH] [--steps N] [--gamma G] [--out DIR] [--resume] ...
     fastfvae evaluate CHECKPOINT|--pretrained NAME [--dataset NAME] [--data PATH] [--json]
     fastfvae traverse CHECKPOINT|--pretrained NAME [--out PNG|JPG|GIF]
-    fastfvae sweep --grid KEY=V1,V2 ... --out DIR [train options]   (fastfvae/study.py)
+    fastfvae sweep --grid KEY=V1,V2 ... --out DIR [train options]   (fastfvae/study/cli.py)
     fastfvae aggregate DIR                                          (fastfvae/aggregate.py)
 
 ``python -m fastfvae ...`` is the same, and ``torchrun --nproc_per_node=2 -m fastfvae train ...``

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each dimension goes from -limit to +limit")
     v.add_argument("--values", type=_positive_int, default=9, help="images per row")
     v.add_argument("--device", default="auto")
-    # Studies: their own parsers (fastfvae/study.py, fastfvae/aggregate.py); listed here for --help.
+    # Studies: their own parsers (fastfvae/study/cli.py, fastfvae/aggregate.py); listed here for --help.
     sub.add_parser("sweep", add_help=False, help=COMMANDS["sweep"])
     sub.add_parser("aggregate", add_help=False, help=COMMANDS["aggregate"])
     return parser

@@ -230,7 +230,7 @@ def test_slurm_sweep_requeued_job_resumes(tmp_path):
         deadline = time.time() + 480
         while time.time() < deadline:
             record = s.record(target.name)
-            if not requeued and record.get("state") == "running" and study._checkpoint_step(target.folder(out)):
+            if not requeued and record.get("state") == "running" and study.jobs._checkpoint_step(target.folder(out)):
                 subprocess.run(["scontrol", "requeue", jobs[target.name]], check=True)
                 requeued = True
             if not requeued and s.state(target)["state"] == "done":
