@@ -80,7 +80,7 @@ def test_encoder_gradient_is_the_vae_loss_gradient_alone():
 @pytest.mark.parametrize("gamma", [35.0, 0.0])
 def test_factorvae_step_gradients_are_float64_autograd_of_the_textbook_losses(monkeypatch, gamma):
     """Both networks' gradients of one FactorVAE step, in float64, against autograd of the
-    textbook losses (reference.py) on copies of the networks: the default path shares D's
+    textbook losses (fastfvae/reference/) on copies of the networks: the default path shares D's
     backward (shared_backward.SharedDiscriminatorBackward: the real half's layer gradients scaled from the
     VAE backward's, one GEMM per layer), gamma = 0 takes autograd's path (nothing to scale)."""
     from fastfvae import reference

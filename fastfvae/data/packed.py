@@ -3,7 +3,7 @@
 dSprites' 737,280 images are binary 64x64: 8 pixels a byte make 512 bytes an image, 377 MB in
 all, small enough to live on the training device, where ``fastfvae.gather_images`` unpacks a
 batch in one pass (DESIGN.md §12). Bit order "little": pixel p = 64 * row + col of an image is
-bit p % 8 of byte p // 8 (``numpy.packbits(bitorder="little")``; fastfvae/reference.py).
+bit p % 8 of byte p // 8 (``numpy.packbits(bitorder="little")``; fastfvae/reference/gather_images.py).
 
 The cache is generic: a data set's module gives it a name, a key of its source and a builder
 (dSprites: fastfvae/data/dsprites.py, whose key hashes the renderer's code and geometry, or the

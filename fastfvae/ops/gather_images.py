@@ -3,7 +3,7 @@
 
 The table is ``fastfvae.data.DSprites.packed_images()``: uint8 (N, 512), row i the image of
 index i, bit order "little" (pixel p = 64 * row + col is bit p % 8 of byte p // 8; see
-fastfvae/reference.py). No backward: neither the table nor the index has a gradient.
+fastfvae/reference/gather_images.py). No backward: neither the table nor the index has a gradient.
 
 Eager calls go straight to the backend's launcher; under ``torch.compile`` the op is the
 ``torch.library`` custom op ``fastfvae::gather_images`` with a fake implementation, so a compiled

@@ -1,7 +1,7 @@
 """log_qz (and log_qz_marginals): beta-TCVAE's estimates of log q(z) and log q(z_d) of the
 aggregate posterior, streamed over the mixture components (DESIGN.md §1, §2).
 
-reference.py derives the weights; the kernels never materialise the (M, K, D) tensor.
+fastfvae/reference/log_qz.py derives the weights; the kernels never materialise the (M, K, D) tensor.
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def log_qz(
     method "mws" (minibatch weighted sampling): w[i, j] = -log(N K).
     method "mss" (minibatch stratified sampling, unbiased for q(z_i)): w[i, i] = -log N (query i's
         own component), w[i, (i+1) % K] = log((N - K + 1) / (N (K - 1))), other j: -log(K - 1);
-        needs K >= 2, M <= K and N >= K (reference.py derives the weights).
+        needs K >= 2, M <= K and N >= K (fastfvae/reference/log_qz.py derives the weights).
     Returns (log_qz (M,), log_prod_qzj (M,)) in the compute dtype (float32; float64 for float64),
     differentiable in z, mu and logvar.
     Memory O((M + K) D): the kernels stream over j with an online logsumexp.

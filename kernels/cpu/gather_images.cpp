@@ -2,7 +2,7 @@
 //
 // out[b, p] = (packed[index[b], p / 8] >> (p % 8)) & 1   for p = 64 * row + col in [0, 4096)
 // (bit order "little", LSB first: numpy.packbits(bitorder="little")); an index outside [0, N)
-// gives an image of NaN (fastfvae/reference.py: gather_images).
+// gives an image of NaN (fastfvae/reference/gather_images.py).
 //
 // Each packed byte becomes 8 output values through a 256-entry table of those 8 values, built
 // once per dtype: one 8-element copy per byte instead of 8 shifts, masks and conversions.

@@ -3,7 +3,7 @@
 //
 // Queries z [M, D], components mu, logvar [K, D]; m[i,j,d] = log N(z[i,d]; mu[j,d], exp(logvar[j,d]))
 //   = c[j,d] - 0.5 * (z[i,d] - mu[j,d])^2 * iv[j,d],  c = -0.5*(log(2 pi) + logvar), iv = exp(-logvar).
-// w[i,j] = own (j == i), partner (j == (i+1) % K), other (fastfvae/reference.py derives them).
+// w[i,j] = own (j == i), partner (j == (i+1) % K), other (fastfvae/reference/log_qz.py derives them).
 // forward   log_qz[i]    = logsumexp_j (s[i,j] + w[i,j]),  s[i,j] = sum_d m[i,j,d]
 //           log_qzj[i,d] = logsumexp_j (m[i,j,d] + w[i,j])
 // backward  P[i,j] = exp(s + w - log_qz[i]),  P_d[i,j,d] = exp(m + w - log_qzj[i,d])   (recomputed)

@@ -1,5 +1,5 @@
 // discriminator_loss on CUDA: the discriminator's loss on logits of z ~ q(z) ("real") and of
-// permute_dims(z') ("perm"), as fastfvae/reference.py:
+// permute_dims(z') ("perm"), as fastfvae/reference/discriminator_loss.py:
 //
 // forward:  K = 2: loss = 0.5 * (mean_i CE(real_i, class 0) + mean_i CE(perm_i, class 1))
 //           K = 1: loss = 0.5 * (mean_i BCE(real_i, 1) + mean_i BCE(perm_i, 0))

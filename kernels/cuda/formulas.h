@@ -65,7 +65,7 @@ FFV_HD Acc reparameterize_kl_grad_eps(Acc gz, Acc logvar) {
 }
 
 // ---- discriminator_loss --------------------------------------------------------------------
-// The forms follow PyTorch's kernels, so that Inf and NaN propagate as in reference.py:
+// The forms follow PyTorch's kernels, so that Inf and NaN propagate as in fastfvae/reference/:
 // cross_entropy = -log_softmax (max-subtracted), binary_cross_entropy_with_logits =
 // (1 - y) * x - log_sigmoid(x).
 

@@ -2,7 +2,7 @@
 //
 // out[b, p] = (packed[index[b], p / 8] >> (p % 8)) & 1   for p = 64 * row + col in [0, 4096)
 // (bit order "little", LSB first: numpy.packbits(bitorder="little")); an index outside [0, N)
-// gives an image of NaN (fastfvae/reference.py: gather_images). The index is read on the device:
+// gives an image of NaN (fastfvae/reference/gather_images.py). The index is read on the device:
 // nothing synchronises the host, so the launch can be captured in a CUDA graph.
 //
 // Launch: one grid-stride loop over the B * 512 packed bytes of the batch; each thread turns one

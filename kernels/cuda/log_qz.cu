@@ -1,6 +1,6 @@
 // log_qz on CUDA: beta-TCVAE's log q(z) and log q(z_d) estimates with an online logsumexp over
 // the mixture components, never materialising (M, K, D) or (M, K) (kernels/include/fastfvae.h
-// has the formulas; fastfvae/reference.py derives the MSS weights).
+// has the formulas; fastfvae/reference/log_qz.py derives the MSS weights).
 //
 // m[i,j,d] = c[j,d] - 0.5 (z[i,d] - mu[j,d])^2 iv[j,d],  c = -0.5 (log 2 pi + logvar), iv = exp(-logvar)
 // w[i,j]   = own (j == i) | partner (j == (i+1) % K) | other

@@ -1,5 +1,5 @@
 // permute_dims on CUDA (paper, Algorithm 1): every column (g, d) gets its own random
-// permutation of the B rows, identical to fastfvae/reference.py's philox_permutation.
+// permutation of the B rows, identical to fastfvae/reference/philox.py's philox_permutation.
 //
 // forward:  key[g,i,d] = permutation_key(seed, (g*B + i)*D + d, i, row_bits)  (63-bit, distinct
 //           per column: the low row_bits bits hold i); P[g,:,d] = low bits of the column's keys

@@ -11,7 +11,7 @@
  * - Seeds are read from memory (int64[1], on the tensors' device) so that CUDA graph replays
  *   draw fresh numbers and nothing synchronises the host.
  * - Random numbers: Philox4x32-10 exactly as Triton's tl.randint4x / tl.randn (see
- *   fastfvae/reference.py: philox_randint4x, philox_randn, philox_permutation).
+ *   fastfvae/reference/philox.py: philox_randint4x, philox_randn, philox_permutation).
  * - The CPU library (libfastfvae_cpu) and the CUDA library (libfastfvae_cuda) export the same
  *   names; `stream` is a cudaStream_t for CUDA and ignored (pass NULL) on the CPU.
  * - Workspaces (ABI 3): the libraries never allocate device memory. A forward that needs scratch
@@ -114,7 +114,7 @@ FFV_API ffv_status ffv_reparameterize_kl_backward(
     void* stream);
 
 /* ---- permute_dims ------------------------------------------------------------------------
- * forward: for every group g and column d, P[g,:,d] is the permutation of reference.py's
+ * forward: for every group g and column d, P[g,:,d] is the permutation of reference/philox.py's
  *          philox_permutation (sort of 63-bit keys from philox(seed, (g*B + i)*D + d));
  *          out[g,i,d] = z[g, P[g,i,d], d]; index[g,i,d] = P[g,i,d] (int32) when index != NULL.
  * backward: grad_z[g, index[g,i,d], d] = grad_out[g,i,d]. */
@@ -184,7 +184,7 @@ FFV_API ffv_status ffv_discriminator_loss_backward(
 
 /* ---- log_qz: declared below by its own section (see kernels/cpu/log_qz.cpp) ------------- */
 
-/* ---- log_qz (beta-TCVAE's aggregate-posterior estimates; fastfvae/reference.py derives them)
+/* ---- log_qz (beta-TCVAE's aggregate-posterior estimates; fastfvae/reference/log_qz.py derives them)
  * Queries z [M, D], mixture components mu, logvar [K, D]:
  *   m[i,j,d] = log N(z[i,d]; mu[j,d], exp(logvar[j,d]));
  *   w[i,j] = log_w_own if j == i, log_w_partner if j == (i+1) % K != i, else log_w_other
@@ -219,7 +219,7 @@ FFV_API ffv_status ffv_log_qz_backward(
     double log_w_other, double log_w_own, double log_w_partner,
     void* grad_z /* [M, D] */, void* grad_mu /* [K, D] */, void* grad_logvar /* [K, D] */, void* stream);
 
-/* ---- gather_images (forward only; fastfvae/reference.py: gather_images) -------------------
+/* ---- gather_images (forward only; fastfvae/reference/gather_images.py) -------------------
  * Binary 64x64 images bit-packed to 512 bytes a row, bit order "little" (LSB first):
  *   out[b, p] = (packed[index[b], p / 8] >> (p % 8)) & 1, p = 64 * row + col in [0, 4096), as dtype;
  *   index[b] outside [0, N): out[b, :] = NaN (the index is never read on the host).

@@ -1,5 +1,5 @@
 // Philox4x32-10, bit-identical to Triton's tl.randint4x (triton/language/random.py) and to
-// fastfvae/reference.py (philox_randint4x, philox_permutation); philox_randn is tl.randn's
+// fastfvae/reference/philox.py (philox_randint4x, philox_permutation); philox_randn is tl.randn's
 // Box-Muller: bit-identical to it on the GPU, equal to float rounding on the host.
 // Header-only, usable from C++ and CUDA (host and device).
 #pragma once

@@ -1,5 +1,6 @@
-"""Triton kernel unpacking a batch of bit-packed binary 64x64 images (fastfvae/reference.py:
-gather_images; the bit order is "little": pixel p = 64 * row + col is bit p % 8 of byte p // 8).
+"""Triton kernel unpacking a batch of bit-packed binary 64x64 images (as
+fastfvae/reference/gather_images.py; the bit order is "little": pixel p = 64 * row + col is bit
+p % 8 of byte p // 8).
 
 Launch: one program per image of the batch; it reads the image's 512 bytes (each byte once per
 pixel lane: the 8 lanes of a byte hit the same cache line) and writes its 4096 pixels. An index

@@ -1,5 +1,5 @@
 """Triton kernels for log_qz: beta-TCVAE's log q(z) and log q(z_d) estimates, flash-attention
-style (fastfvae/reference.py defines the estimates and derives the MSS weights).
+style (fastfvae/reference/log_qz.py defines the estimates and derives the MSS weights).
 
 Queries z (M, D), components mu, logvar (K, D);
 m[i, j, d] = log N(z[i, d]; mu[j, d], exp(logvar[j, d])) = c[j, d] - 0.5 (z[i, d] - mu[j, d])^2 iv[j, d]
