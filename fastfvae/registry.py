@@ -11,9 +11,10 @@ everywhere: ``fastfvae/ops/<op>.py`` (the public functions it lists in ``__all__
 opcheck tests, the benchmark report's order, and tests/test_registry.py, which fails when an op
 lacks any of those files.
 
-Standard library only (nothing imported but pathlib), so bench/report.py and the torch-free
+Standard library only (pathlib, and importlib for ``op_modules``), so bench/report.py and the torch-free
 ``fastfvae --help`` can read it.
 """
+import importlib
 from pathlib import Path
 
 # Ops written in torch operations alone (no backend, no kernel, no custom op): exported as the
@@ -30,3 +31,10 @@ OPS = tuple(sorted(
     path.stem for path in _OPS_FOLDER.glob("*.py")
     if not path.stem.startswith("_") and path.stem not in TORCH_OPS
 ))
+
+
+def op_modules(package: str, ops: tuple = OPS) -> dict:
+    """``{op: the module <package>.<op>}`` for every op of ``ops``, imported in order: how the
+    packages that hold one module per op (fastfvae.ops, fastfvae.reference, the backends) read
+    them."""
+    return {op: importlib.import_module(f"{package}.{op}") for op in ops}

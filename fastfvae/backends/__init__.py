@@ -53,6 +53,8 @@ import os
 
 import torch
 
+from fastfvae.registry import op_modules
+
 BACKEND_NAMES = ("native", "triton", "reference")
 ENVIRONMENT_VARIABLE = "FASTFVAE_BACKEND"
 
@@ -83,11 +85,8 @@ def op_launchers(package: str) -> tuple[dict, dict]:
     """The launchers of a backend package's per-op modules (``<package>.<op>`` for every op of
     fastfvae/registry.py): ``<op>_forward`` / ``<op>_backward`` by name (a forward-only op has no
     backward), and ``{op: limits}`` for the modules that declare shape ``limits(dims)``."""
-    from fastfvae.registry import OPS
-
     launchers, limits = {}, {}
-    for op in OPS:
-        module = importlib.import_module(f"{package}.{op}")
+    for op, module in op_modules(package).items():
         launchers.update({name: getattr(module, name) for name in (f"{op}_forward", f"{op}_backward")
                           if hasattr(module, name)})
         if hasattr(module, "limits"):

@@ -5,13 +5,10 @@
 This package exports every function of every op of the registry (fastfvae/registry.py), so
 adding an op adds no line here.
 """
-import importlib
-
-from fastfvae.registry import OPS, TORCH_OPS
+from fastfvae.registry import OPS, TORCH_OPS, op_modules
 
 __all__ = []
-for _op in OPS + TORCH_OPS:
-    _module = importlib.import_module(f"fastfvae.ops.{_op}")
+for _module in op_modules("fastfvae.ops", OPS + TORCH_OPS).values():
     globals().update({name: getattr(_module, name) for name in _module.__all__})
     __all__ += _module.__all__
-del _op, _module
+del _module

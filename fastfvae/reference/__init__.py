@@ -12,17 +12,14 @@ Shapes: B = batch, D = latent size, G = independent groups, K = discriminator lo
 """
 from __future__ import annotations
 
-import importlib
-
 from fastfvae.reference._common import REDUCTIONS, compute_dtype, reduce
 from fastfvae.reference.philox import (
     philox_permutation, philox_randint4x, philox_randn, uint32_to_uniform,
 )
-from fastfvae.registry import OPS
+from fastfvae.registry import op_modules
 
 # Every op's maths (each module's __all__; its launchers stay in the module, served by
 # fastfvae/backends/reference.py) at the package level: fastfvae.reference.permute_dims, ...
-for _op in OPS:
-    _module = importlib.import_module(f"fastfvae.reference.{_op}")
+for _module in op_modules("fastfvae.reference").values():
     globals().update({name: getattr(_module, name) for name in _module.__all__})
-del _op, _module
+del _module
