@@ -134,8 +134,11 @@ def test_package_works_without_the_library(tmp_path, library_state):
 
 
 # ------------------------------------------------------------------------- Philox agreement
+# (1, 20000, 3) and (1, 300000, 1): the tall-column sorts, one counting pass over an L2-resident
+# table and two passes over L1-sized ones (kernels/cpu/permute_dims.cpp picks by the L2 size; 70000
+# rows take either path depending on it).
 PERMUTATION_SHAPES = [(1, 1, 1), (1, 1, 7), (1, 2, 3), (1, 5, 3), (2, 64, 10), (3, 100, 5), (1, 33, 17),
-                      (2, 1000, 3), (1, 70000, 2), (3, 2000, 40)]
+                      (2, 1000, 3), (1, 70000, 2), (3, 2000, 40), (1, 20000, 3), (1, 300000, 1)]
 
 
 @pytest.mark.parametrize("shape", PERMUTATION_SHAPES, ids=lambda s: "x".join(map(str, s)))

@@ -8,15 +8,17 @@
 //
 // Sorting: the high key bits are uniform random, so a counting sort on the top bits puts ~2
 // keys in each bucket, and one insertion pass finishes the job (linear time, cache friendly).
-// Tall columns (more than 8192 buckets) sort in two counting passes, so that each pass's table
-// stays in L1: first on the top bits into buckets of ~128 keys, then each of those on the next
-// 8 bits.
+// Tall columns (a table larger than half the L2 cache) sort in two counting passes, so that each
+// pass's table stays in L1: first on the top bits into buckets of ~128 keys, then each of those on
+// the next 8 bits.
 // Work is split into (group, block of up to 16 columns) units; a unit sorts its columns into a
 // scratch table and then writes whole row segments of `out`, so the writes stay sequential.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+#include <unistd.h>  // sysconf: the L2 size
 
 #include "cpu_common.h"
 #include "cpu_math.h"
@@ -51,11 +53,29 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 constexpr int kExtraBucketBits = 1;
 int bucket_bits_for(int row_bits) { return std::min(row_bits + kExtraBucketBits, kMaxBucketBits); }
 
-// Counting sorts with more bucket bits than this run in two passes (the second on kSubBucketBits):
-// one pass over a table larger than L1 (128 KB of counts at B = 16384) loses to two small ones.
-// Interleaved A/B, min of 100 calls: 16384x64 5.30 -> 5.09 ms, 65536x64 29.1 -> 27.6 ms; at
-// 4096 rows (8192 buckets, 32 KB) one pass is as fast, so the limit is 13 bits.
-constexpr int kOnePassMaxBucketBits = 13;
+// Counting sorts whose table (4 bytes a bucket) is larger than half the core's L2 cache run in two
+// passes (the second on kSubBucketBits): one pass over a table that spills L2 loses to two small
+// ones that stay in L1, while one pass over an L2-resident table wins (fewer sweeps, no per-bucket
+// prefix sums). Measured, one thread, forward, CPU time, minimum of 30 calls: on a 2-core AMD EPYC
+// (Zen 4, 1 MB L2) one pass is faster at 16384x64 (11.0 -> 9.95 ms; 128 KB table) and 65536x64
+// (53.6 -> 52.0 ms; 512 KB table), equal at 262144x64 (2 MB table); an earlier machine measured
+// two passes faster at 16384x64 (5.30 -> 5.09 ms for the sort alone; its L2 size was not recorded),
+// hence a limit by L2 size rather than a constant. Without a reported L2 size the limit is 13 bits
+// (a 32 KB table: one pass is as fast as two at 4096 rows).
+int one_pass_max_bucket_bits() {
+  static const int max_bits = [] {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    const long l2_bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#else
+    const long l2_bytes = 0;
+#endif
+    if (l2_bytes <= 0) return 13;
+    int bits = 13;
+    while (bits < kMaxBucketBits && (int64_t{4} << (bits + 1)) <= l2_bytes / 2) ++bits;
+    return bits;
+  }();
+  return max_bits;
+}
 constexpr int kSubBucketBits = 8;
 
 // Exclusive prefix sum of counts[0..n) in place; returns the total.
@@ -120,7 +140,7 @@ FFV_CLONES const uint64_t* sorted_column_keys(uint64_t seed, int64_t g, int64_t 
   uint32_t* counts = s.counts.data();
   uint64_t* sorted = s.sorted.data();
   for (int64_t i = 0; i < B; ++i) keys[i] = key_of(i);
-  if (bucket_bits <= kOnePassMaxBucketBits) {
+  if (bucket_bits <= one_pass_max_bucket_bits()) {
     counting_pass(keys, B, 63 - bucket_bits, (uint64_t{1} << bucket_bits) - 1, counts, sorted);
   } else {
     // Two passes: the top (bucket_bits - kSubBucketBits) bits into `staged` (~128 keys per
@@ -312,7 +332,7 @@ ffv_status forward(int64_t G, int64_t B, int64_t D, const void* z_base, int64_t 
     };
     grow(s.keys, B);
     grow(s.sorted, B);
-    grow(s.staged, bucket_bits_for(row_bits) > kOnePassMaxBucketBits ? B : 0);
+    grow(s.staged, bucket_bits_for(row_bits) > one_pass_max_bucket_bits() ? B : 0);
     grow(s.c0, B);
     grow(s.c1, B);
     grow(s.counts, buckets);
