@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How fast can the FactorVAE loss head be with PyTorch's eager autograd? (the retired 5x target at B=64)
 
-    python -m bench.head_floor [--batch 64 --dim 10 --rounds 2000]
+    python -m bench.head_floor [--batch 64 --dim 10 --rounds 2000 --clock wall|thread]
 
 Times one forward + backward of the loss head (bench/test_loss_head.py: reparameterise + KL,
 TC term, a second reparameterised batch, permute_dims, discriminator loss) three ways, with the
@@ -20,7 +20,8 @@ then inputs, and z gets a gradient as a decoder would give it):
 
 eager-1konny / null-ops is the largest speed-up over the 1Konny code that an implementation on
 Python autograd Functions could show on this machine; eager-1konny / network-only bounds every
-eager implementation. Medians over fresh inputs, like bench/common.py.
+eager implementation. Medians over fresh inputs, like bench/common.py, the implementations'
+rounds interleaved; ``--clock thread`` times one thread's CPU time (for a loaded machine).
 """
 from __future__ import annotations
 
@@ -122,17 +123,26 @@ def without_network(head, batch, dim):
     return make_inputs, run
 
 
-def median_us(make_inputs, run, rounds: int) -> float:
-    for _ in range(20):
-        run(*make_inputs())
-    times = []
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def interleaved_times(cases: dict, rounds: int, clock: str) -> dict[str, list[float]]:
+    """{name: sorted per-round times in us}: the cases' rounds interleaved (case 1, case 2, ...,
+    case 1, ...) on fresh inputs, so that a change in the machine's load hits every case alike.
+    ``clock="thread"`` times the calling thread's CPU time: on a loaded machine the wall clock
+    also counts other processes' time slices."""
+    now = CLOCKS[clock]
+    for _ in range(min(20, rounds)):
+        for make_inputs, run in cases.values():
+            run(*make_inputs())
+    times = {name: [] for name in cases}
     for _ in range(rounds):
-        inputs = make_inputs()
-        start = time.perf_counter()
-        run(*inputs)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2] * 1e6
+        for name, (make_inputs, run) in cases.items():
+            inputs = make_inputs()
+            start = now()
+            run(*inputs)
+            times[name].append((now() - start) * 1e6)
+    return {name: sorted(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -140,20 +150,31 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--dim", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or the calling thread's CPU time (one thread on a loaded machine)")
     args = parser.parse_args()
     print(f"loss head fwd+bwd, B={args.batch}, D={args.dim}, cpu, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of {args.rounds} rounds (us)\n")
+          f"{torch.get_num_threads()} threads, {args.clock} clock; median of {args.rounds} interleaved rounds "
+          f"(us; min-time ratios in brackets)\n")
     print("| head | eager-1konny | fastfvae | null-ops | network-only | 1konny / fastfvae "
           "| 1konny / null-ops | 1konny / network-only |")
     print("|---|---|---|---|---|---|---|---|")
     for label, variant in (("with the linear stand-in D", with_linear), ("without a network", without_network)):
         heads = dict(IMPLEMENTATIONS, **({"network-only": network_only_head} if variant is with_linear else {}))
-        times = {name: median_us(*variant(head, args.batch, args.dim), args.rounds) for name, head in heads.items()}
-        konny = times["eager-1konny"]
-        network = times.get("network-only")
-        print(f"| {label} | {konny:.1f} | {times['fastfvae']:.1f} | {times['null-ops']:.1f} | "
-              f"{'-' if network is None else f'{network:.1f}'} | {konny / times['fastfvae']:.2f}x | "
-              f"{konny / times['null-ops']:.2f}x | {'-' if network is None else f'{konny / network:.2f}x'} |")
+        times = interleaved_times({name: variant(head, args.batch, args.dim) for name, head in heads.items()},
+                                  args.rounds, args.clock)
+        median = {name: values[len(values) // 2] for name, values in times.items()}
+        least = {name: values[0] for name, values in times.items()}
+
+        def ratio(name):
+            if name not in times:
+                return "-"
+            return f"{median['eager-1konny'] / median[name]:.2f}x [{least['eager-1konny'] / least[name]:.2f}x]"
+
+        network = median.get("network-only")
+        print(f"| {label} | {median['eager-1konny']:.1f} | {median['fastfvae']:.1f} | {median['null-ops']:.1f} | "
+              f"{'-' if network is None else f'{network:.1f}'} | {ratio('fastfvae')} | {ratio('null-ops')} | "
+              f"{ratio('network-only')} |")
 
 
 if __name__ == "__main__":

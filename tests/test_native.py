@@ -159,6 +159,38 @@ def test_permutation_equals_reference_bit_for_bit(library, shape):
     assert torch.equal(torch.gather(grad_z, 1, expected), grad_out)
 
 
+_PHILOX_DRAWS_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from fastfvae.backends import native
+    from fastfvae.backends.native.host_helpers import reparameterize_kl_noise
+    seed = torch.tensor([int(sys.argv[2])], dtype=torch.int64)
+    draws = {"eps": reparameterize_kl_noise(seed, 1001, 7)}
+    for shape in [(2, 37, 9), (1, 1000, 3), (1, 70000, 2)]:
+        draws[shape] = native.permute_dims_forward(torch.zeros(shape), seed, True)[1]
+    torch.save(draws, sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("cap", ["avx512", "avx2", "scalar"])
+def test_every_philox_simd_version_draws_the_same_bits(library, tmp_path, cap):
+    """FASTFVAE_PHILOX_SIMD caps the CPU's Philox version (kernels/include/cpu_philox_simd.h), so
+    each version runs here whatever the machine has: permutations (stride-D counters, odd tails)
+    equal the reference's, and eps (stride-1 counters) equals this process's, bit for bit."""
+    seed = int(torch.randint(2**62, ()))
+    env = dict(os.environ, FASTFVAE_PHILOX_SIMD=cap)
+    result = subprocess.run([sys.executable, "-c", _PHILOX_DRAWS_SCRIPT, str(tmp_path / "draws.pt"), str(seed)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    draws = torch.load(tmp_path / "draws.pt")
+    from fastfvae.backends.native.host_helpers import reparameterize_kl_noise
+
+    assert torch.equal(draws.pop("eps"), reparameterize_kl_noise(_seed(seed), 1001, 7))
+    for (groups, batch, dim), index in draws.items():
+        assert torch.equal(index.long(), ref.philox_permutation(_seed(seed), groups, batch, dim)), (cap, batch)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_permutation_moves_other_dtypes_and_strides_unchanged(library, dtype):
     seed = _seed(12345)
