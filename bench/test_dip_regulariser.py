@@ -1,17 +1,15 @@
 """dip_regulariser: DIP-VAE's covariance penalty, does it earn its own kernel?
 
-What is timed: the DIP-VAE-II regulariser of ``fastfvae.losses`` (``dip_covariance`` then
-``dip_regulariser``: centre mu, mu_c^T mu_c / B, add diag(mean exp(logvar)), weighted squared
-distance from the identity) on (B, D) mu and logvar, in eager PyTorch: this is what
-``DIPVAELoss`` runs (it has no kernel of its own). Baselines: the same code under
-``torch.compile`` (what a fused kernel could at best remove: the launches and the passes over
-the (D, D) matrix) and disentanglement_lib's form E[mu mu^T] - E[mu] E[mu]^T written with a
-matmul. A kernel pays only if the compiled row is clearly faster AND the eager regulariser is a
-visible share of a DIP-VAE training step. Measured 2026-11-30 on the shared 2-core CPU (one
-thread, interleaved, min of 3x200): fwd+bwd eager 0.30 ms vs compiled 0.21 ms at B=64, D=10;
-compiled slower at B=4096, D=32 (1.50 vs 1.17 ms) and B=65536, D=64 (147 vs 110 ms: the matmul
-dominates); 0.30 ms is 0.12% of a 240 ms DIP-VAE step of the paper's networks at B=64. No
-kernel: at most ~0.1 ms per step to gain on the CPU. (Not measured on a GPU.)
+What is timed: the DIP-VAE-II penalty as ``DIPVAELoss`` runs it, ``fastfvae.losses.dip_penalty``
+(one autograd node: centre mu in L2-sized chunks fed to addmm, mu_c^T mu_c / B, add
+diag(mean exp(logvar)), weighted squared distance from the identity; its gradient in closed
+form, the centring redone chunk by chunk, exp(logvar) kept from the forward). Baselines: the
+composed eager form (``dip_regulariser(dip_covariance(...))``, what DIPVAELoss ran before)
+under ``torch.compile`` (what a compiler removes: the launches and the passes over the (D, D)
+matrix), and disentanglement_lib's form E[mu mu^T] - E[mu] E[mu]^T written with a matmul (faster
+where it skips the centring, at the cost of cancellation when the mean is large). Still no
+kernel of its own: the regulariser is ~0.1 % of a DIP-VAE step of the paper's networks at B=64
+(0.30 ms of 240 ms, measured 2026-11-30). Not measured on a GPU.
 """
 from __future__ import annotations
 
@@ -25,6 +23,12 @@ LAMBDA_OD, LAMBDA_D = 10.0, 10.0  # DIP-VAE-II's study setting (lambda_d = lambd
 
 
 def _ours(mu, logvar):
+    from fastfvae.losses import dip_penalty
+
+    return dip_penalty(mu, logvar, "ii", LAMBDA_OD, LAMBDA_D)
+
+
+def _composed(mu, logvar):
     from fastfvae.losses import dip_covariance, dip_regulariser
 
     return dip_regulariser(dip_covariance(mu, logvar, "ii"), LAMBDA_OD, LAMBDA_D)
@@ -43,8 +47,8 @@ def _disentanglement_lib_form(mu, logvar):
 def _missing() -> str | None:
     from fastfvae import losses
 
-    if not hasattr(losses, "dip_covariance"):
-        return "fastfvae.losses.dip_covariance does not exist yet"
+    if not hasattr(losses, "dip_penalty"):
+        return "fastfvae.losses.dip_penalty does not exist yet"
     return None
 
 
@@ -54,7 +58,7 @@ def impls(device):
         return [common.Impl("fastfvae", "fastfvae", skip=missing)]
     return [
         common.Impl("fastfvae[eager]", "fastfvae", make=lambda: lambda x: (_ours(x["mu"], x["logvar"]),)),
-        common.compiled("compiled-fastfvae", f"{OP}-{device}", lambda mu, lv: (_ours(mu, lv),), ("mu", "logvar")),
+        common.compiled("compiled-composed", f"{OP}-{device}", lambda mu, lv: (_composed(mu, lv),), ("mu", "logvar")),
         common.eager("eager-dlib-form", lambda x: (_disentanglement_lib_form(x["mu"], x["logvar"]),)),
     ]
 

@@ -73,6 +73,63 @@ def test_dip_value_and_gradient_match_textbook_float64(variant, b, d):
         assert grad_ours[1] is None and grad_text[1] is None
 
 
+def vectorised_textbook_dip(mu, logvar, variant, lambda_od, lambda_d):
+    """textbook_dip without the Python loops over rows (for batches too tall for them)."""
+    b = mu.shape[0]
+    e_mu = mu.sum(dim=0) / b
+    cov = mu.T @ mu / b - torch.outer(e_mu, e_mu)
+    if variant == "ii":
+        cov = cov + torch.diag(torch.exp(logvar).sum(dim=0) / b)
+    diagonal = torch.diagonal(cov)
+    return lambda_od * (cov.square().sum() - diagonal.square().sum()) + lambda_d * (diagonal - 1).square().sum()
+
+
+@pytest.mark.parametrize("variant", ["i", "ii"])
+@pytest.mark.parametrize("b, d", [(20000, 8), (9000, 1)])
+def test_dip_penalty_over_several_row_chunks_matches_float64(variant, b, d):
+    """Batches taller than one of dip_penalty's L2-sized chunks (8192 rows at D = 8, 65536 at
+    D = 1, the last chunk partial): float32 value and gradients against float64 autograd."""
+    g = torch.Generator().manual_seed(b + d)
+    mu = torch.randn(b, d, generator=g).mul(1.5).add(0.3).requires_grad_()
+    logvar = torch.randn(b, d, generator=g).mul(0.7).requires_grad_()
+    got = fastfvae.losses.dip_penalty(mu, logvar, variant, 3.0, 7.0)
+    mu64, logvar64 = (t.detach().to(F64).requires_grad_() for t in (mu, logvar))
+    want = vectorised_textbook_dip(mu64, logvar64, variant, 3.0, 7.0)
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(got, (mu, logvar), allow_unused=True)
+    grads64 = torch.autograd.grad(want, (mu64, logvar64), allow_unused=True)
+    torch.testing.assert_close(grads[0], grads64[0].float(), rtol=1e-4, atol=1e-7)
+    if variant == "ii":
+        torch.testing.assert_close(grads[1], grads64[1].float(), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["i", "ii"])
+def test_dip_penalty_of_float32_codes_far_from_zero_keeps_its_precision(variant):
+    """Codes of spread ~1 around 1000 in float32: the centred covariance keeps ~5 digits, where
+    E[mu mu^T] - E[mu] E[mu]^T in float32 would lose them all to cancellation (1e6 - 1e6)."""
+    g = torch.Generator().manual_seed(3)
+    mu = (torch.randn(4096, 6, generator=g) + 1000.0).requires_grad_()
+    logvar = torch.randn(4096, 6, generator=g).mul(0.3).requires_grad_()
+    got = fastfvae.losses.dip_penalty(mu, logvar, variant, 2.0, 5.0)
+    mu64, logvar64 = (t.detach().to(F64).requires_grad_() for t in (mu, logvar))
+    centred = mu64 - mu64.mean(dim=0)
+    want = vectorised_textbook_dip(centred, logvar64, variant, 2.0, 5.0)  # Cov is shift-invariant
+    torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-4)
+    (grad_mu,) = torch.autograd.grad(got, (mu,))
+    (grad_mu64,) = torch.autograd.grad(want, (mu64,))
+    torch.testing.assert_close(grad_mu, grad_mu64.float(), rtol=1e-3, atol=1e-6)
+
+
+def test_dip_penalty_checks_its_arguments():
+    mu = torch.randn(5, 3)
+    with pytest.raises(ValueError, match=r"logvar: expected mu's shape \(5, 3\)"):
+        fastfvae.losses.dip_penalty(mu, torch.randn(5, 4), "i", 1.0, 1.0)
+    with pytest.raises(ValueError, match="variant: expected one of"):
+        fastfvae.losses.dip_penalty(mu, mu, "iii", 1.0, 1.0)
+    with pytest.raises(ValueError, match="B >= 2"):
+        fastfvae.losses.dip_penalty(mu[:1], mu[:1], "i", 1.0, 1.0)
+
+
 @pytest.mark.parametrize("variant", ["i", "ii"])
 def test_dip_total_is_recon_plus_kl_plus_dip(variant):
     g = torch.Generator().manual_seed(5)
