@@ -11,13 +11,16 @@
 #   bash scripts/train_reference.sh --dry-run  # a few steps of the same recipe into a temp folder
 #
 # Environment: FASTFVAE_REFERENCE_DIR (run folder), FASTFVAE_REFERENCE_THREADS (default 1),
-# FASTFVAE_REFERENCE_STEPS (default 300000), PYTHON (default .venv/bin/python).
+# FASTFVAE_REFERENCE_STEPS (default 300000), FASTFVAE_REFERENCE_SEED (default 0: the shipped
+# model's; another seed, in its own folder, trains the same recipe from another start),
+# PYTHON (default .venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${FASTFVAE_REFERENCE_DIR:-$HOME/fastfvae-runs/reference}
 THREADS=${FASTFVAE_REFERENCE_THREADS:-1}
 STEPS=${FASTFVAE_REFERENCE_STEPS:-300000}
+SEED=${FASTFVAE_REFERENCE_SEED:-0}
 EXTRA=()
 if [ "${1:-}" = "--dry-run" ]; then
   OUT=$(mktemp -d)/reference
@@ -26,7 +29,7 @@ if [ "${1:-}" = "--dry-run" ]; then
   echo "train_reference: dry run, $STEPS steps into $OUT"
 fi
 RECIPE=(--objective factorvae --gamma 35 --batch-size 64 --z-dim 10 --lr-vae 1e-4 --lr-d 1e-4
-        --disc-depth 6 --disc-width 1000 --seed 0 --device cpu --backend auto
+        --disc-depth 6 --disc-width 1000 --seed "$SEED" --device cpu --backend auto
         --checkpoint-every 1000 --log-every 50 --eval-every 5000 --metrics-preset fast
         --threads "$THREADS")
 RESUME=()

@@ -143,3 +143,13 @@ def test_reference_script_dry_run_trains_the_recipe(tmp_path):
     assert (config["disc_depth"], config["disc_width"], config["lr_vae"], config["lr_d"]) == (6, 1000, 1e-4, 1e-4)
     provenance = [json.loads(line) for line in (folder / "provenance.jsonl").read_text().splitlines()]
     assert provenance and provenance[0]["threads"] == 1
+    assert config["seed"] == 0
+
+
+def test_reference_script_takes_another_seed(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path), "FASTFVAE_REFERENCE_SEED": "7"}
+    run = subprocess.run(["bash", os.path.join(REPO, "scripts", "train_reference.sh"), "--dry-run"],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (folder,) = [p for p in tmp_path.glob("*/reference")]
+    assert json.loads((folder / "summary.json").read_text())["config"]["seed"] == 7
