@@ -76,9 +76,9 @@ def _keeps_noise(requested: str, mu: Tensor, logvar: Tensor) -> bool:
     """Whether this call keeps its drawn eps for the backward instead of regenerating it there.
 
     Chosen per device by measurement (bench/roofline.py, the "stored eps" rows): on the CPU a
-    Philox normal costs ~2.5 ns a thread (AMD EPYC, AVX-512), while keeping eps costs one B x D
-    write and read (~0.4 ns an element): regenerating made the backward 2.8x slower (16384 x 64,
-    one thread: 4.65 against 1.65 ms) for a forward that costs the same either way. So the eager
+    Philox normal costs ~2 ns a thread (500 M/s, AMD EPYC, AVX-512), while keeping eps costs one
+    B x D write and read (~0.4 ns an element): regenerating makes the backward 3x slower (16384 x
+    64, one thread: 3.35 against 1.12 ms) for a forward that costs the same either way. So the eager
     CPU path with the native backend draws eps in its own pass (the kernel's own code, the same
     numbers) and gives it to the kernel; the backward reads it. CUDA keeps regenerating until a
     GPU measurement says otherwise; compiled and torch.func paths keep the seed (one op, no
