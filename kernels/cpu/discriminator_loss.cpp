@@ -94,10 +94,9 @@ ffv_status forward(int64_t B, int64_t K, const void* real_base, int64_t r0, int6
         cross_entropy2_f32(a, b, end - begin, 0, real_loss);
         load_pairs(perm, p0, p1, begin, end, a, b);
         cross_entropy2_f32(a, b, end - begin, 1, perm_loss);
-        double block_sum = 0.0;
-        for (int64_t k = 0; k < end - begin; ++k)
-          block_sum += static_cast<double>(real_loss[k]) + static_cast<double>(perm_loss[k]);
-        return block_sum;
+        return ffv::range_sum(0, end - begin, [&](int64_t k) {
+          return static_cast<double>(real_loss[k]) + static_cast<double>(perm_loss[k]);
+        });
       });
       E::store(static_cast<T*>(loss_out), static_cast<C>(0.5 * sum / static_cast<double>(B)));  // [1]
       return FFV_OK;
