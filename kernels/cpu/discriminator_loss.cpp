@@ -22,7 +22,7 @@ using ffv::Element;
 using ffv::cpu_math::exp_f32;
 using ffv::cpu_math::log_f32_positive;
 
-constexpr int64_t kBlockRows = 1024;  // rows per vectorised block (and per deterministic chunk)
+constexpr int64_t kBlockRows = ffv::kRowSumChunkRows;  // rows per vectorised block (and per deterministic chunk)
 
 // log of softmax's denominator exp(a - m) + exp(b - m): in [1, 2], or NaN, which stays NaN
 // (sum - sum is 0, or NaN for NaN; a select here would stop GCC vectorising the loop).

@@ -13,7 +13,7 @@ namespace {
 
 using ffv::Element;
 
-constexpr int64_t kChunkRows = 1024;  // chunked_row_sum's chunks (the same summation order)
+constexpr int64_t kChunkRows = ffv::kRowSumChunkRows;  // chunked_row_sum's chunks: the same summation order
 
 // Contiguous float (B, 2) logits: each chunk's differences in one vectorised float pass, then
 // summed as chunked_row_sum sums the generic path's row values (bit for bit the same result).

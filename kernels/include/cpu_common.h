@@ -113,14 +113,14 @@ inline double range_sum(int64_t begin, int64_t end, RowValue&& row_value) {
   return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
-// Deterministic sum over rows of row_value(i) (double), in fixed chunks of 1024 rows (each a
-// range_sum): the order depends on the row count only, never on the thread count.
+// Deterministic sum over rows of row_value(i) (double), in fixed chunks of kRowSumChunkRows rows
+// (each a range_sum): the order depends on the row count only, never on the thread count.
+constexpr int64_t kRowSumChunkRows = 1024;
 template <typename RowValue>
 double chunked_row_sum(int64_t rows, bool parallel, RowValue&& row_value) {
-  constexpr int64_t kChunkRows = 1024;
-  return chunked_sum((rows + kChunkRows - 1) / kChunkRows, parallel, [&](int64_t chunk) {
-    const int64_t begin = chunk * kChunkRows;
-    const int64_t end = begin + kChunkRows < rows ? begin + kChunkRows : rows;
+  return chunked_sum((rows + kRowSumChunkRows - 1) / kRowSumChunkRows, parallel, [&](int64_t chunk) {
+    const int64_t begin = chunk * kRowSumChunkRows;
+    const int64_t end = begin + kRowSumChunkRows < rows ? begin + kRowSumChunkRows : rows;
     return range_sum(begin, end, row_value);
   });
 }
