@@ -251,7 +251,15 @@ finish() {
     fi
   } >"$SUMMARY"
   rm -f "$STAGES" "$DEST/report.md"
-  if [ "$TO_STDOUT" = 1 ]; then cat "$SUMMARY"; echo; echo "(logs in $DEST)"; else tail -c 9000 "$SUMMARY"; fi
+  if [ "$TO_STDOUT" = 1 ]; then
+    cat "$SUMMARY"; echo; echo "(logs in $DEST)"
+  elif [ "$(wc -c <"$SUMMARY")" -gt 9000 ]; then
+    # The last 9000 bytes from a line's start: a cut inside a line could split a UTF-8 character
+    # (the tables' "×" and "µ") and hand the caller bytes that are not text.
+    tail -c 9000 "$SUMMARY" | tail -n +2
+  else
+    cat "$SUMMARY"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------- stage functions
