@@ -83,19 +83,6 @@ FFV_CLONES void forward_tile(int64_t r0, int64_t r1, int64_t D, Strided2 mu, Str
   }
 }
 
-// Sum of a row's D terms in a fixed order: eight running sums (term d goes to sum d % 8), added
-// pairwise. One running sum makes each add wait on the last (~4 cycles): at 16384 x 64 that
-// chain was a fifth of the forward.
-template <typename C>
-FFV_INLINE C row_sum(const C* terms, int64_t D) {
-  C s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t d = 0;
-  for (; d + 8 <= D; d += 8)
-    for (int k = 0; k < 8; ++k) s[k] += terms[d + k];
-  for (int k = 0; d < D; ++d, ++k) s[k] += terms[d];
-  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-}
-
 template <typename T>
 ffv_status forward(int64_t B, int64_t D, Strided2 mu, Strided2 logvar, Strided2 eps, const int64_t* seed,
                    int32_t reduction, void* z_out, void* kl_out) {
@@ -137,7 +124,9 @@ ffv_status forward(int64_t B, int64_t D, Strided2 mu, Strided2 logvar, Strided2 
     forward_tile<T>(r0, r1, D, mu, logvar, eps, key, z, terms);
     double sum = 0.0;
     for (int64_t i = r0; i < r1; ++i) {
-      C row = row_sum(terms + (i - r0) * D, D);
+      // eight running sums (cpu_common.h's range_sum): one dependent chain was a fifth of the forward
+      const C* row_terms = terms + (i - r0) * D;
+      C row = ffv::range_sum<C>(0, D, [row_terms](int64_t d) { return row_terms[d]; });
       row *= C(0.5);
       if (per_row_out) E::store(kl + i, row);
       sum += static_cast<double>(row);

@@ -99,13 +99,13 @@ double chunked_sum(int64_t chunks, bool parallel, ChunkValue&& chunk_value) {
   return total;
 }
 
-// Sum of row_value(i) (double) for i in [begin, end), in a fixed order: eight running sums
-// (row i goes to sum (i - begin) % 8), added pairwise at the end. One running sum would make
-// every add wait for the previous one (~4 cycles each: 65536 rows took ~75 us, the whole of a
-// tc_loss forward); eight keep the adders busy.
-template <typename RowValue>
-inline double range_sum(int64_t begin, int64_t end, RowValue&& row_value) {
-  double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+// Sum of row_value(i) (in Acc, double unless asked) for i in [begin, end), in a fixed order: eight
+// running sums (row i goes to sum (i - begin) % 8), added pairwise at the end. One running sum
+// would make every add wait for the previous one (~4 cycles each: 65536 rows took ~75 us, the
+// whole of a tc_loss forward); eight keep the adders busy.
+template <typename Acc = double, typename RowValue>
+inline Acc range_sum(int64_t begin, int64_t end, RowValue&& row_value) {
+  Acc s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = begin;
   for (; i + 8 <= end; i += 8)
     for (int k = 0; k < 8; ++k) s[k] += row_value(i + k);
