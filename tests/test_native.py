@@ -166,20 +166,27 @@ _PHILOX_DRAWS_SCRIPT = textwrap.dedent(
     from fastfvae.backends.native.host_helpers import reparameterize_kl_noise
     seed = torch.tensor([int(sys.argv[2])], dtype=torch.int64)
     draws = {"eps": reparameterize_kl_noise(seed, 1001, 7)}
-    for shape in [(2, 37, 9), (1, 1000, 3), (1, 70000, 2)]:
-        draws[shape] = native.permute_dims_forward(torch.zeros(shape), seed, True)[1]
+    # (2, 1001, 20): a block of 16 float32 columns (the transposes, and 9 rows after the last
+    # 16 x 16 block) beside a block of 4; (1, 20000, 17): tall columns (a larger bucket table).
+    for shape in [(2, 37, 9), (1, 1000, 3), (1, 70000, 2), (2, 1001, 20), (1, 20000, 17)]:
+        z = torch.randn(shape)
+        out, index = native.permute_dims_forward(z, seed, True)
+        assert torch.equal(out, torch.gather(z, 1, index.long())), shape
+        draws[shape] = index
     torch.save(draws, sys.argv[1])
     """
 )
 
 
 @pytest.mark.parametrize("cap", ["avx512", "avx2", "scalar"])
-def test_every_philox_simd_version_draws_the_same_bits(library, tmp_path, cap):
-    """FASTFVAE_PHILOX_SIMD caps the CPU's Philox version (kernels/include/cpu_philox_simd.h), so
-    each version runs here whatever the machine has: permutations (stride-D counters, odd tails)
-    equal the reference's, and eps (stride-1 counters) equals this process's, bit for bit."""
+def test_every_simd_version_draws_and_permutes_the_same_bits(library, tmp_path, cap):
+    """FASTFVAE_CPU_SIMD caps the vector extension of the hand-written CPU paths (Philox, and
+    permute_dims' transposes, prefix sum and compare-exchange rounds; kernels/include/
+    cpu_philox_simd.h), so each version runs here whatever the machine has: permutations
+    (stride-D counters, odd tails, 16-column blocks) equal the reference's and move z's values
+    with them, and eps (stride-1 counters) equals this process's, bit for bit."""
     seed = int(torch.randint(2**62, ()))
-    env = dict(os.environ, FASTFVAE_PHILOX_SIMD=cap)
+    env = dict(os.environ, FASTFVAE_CPU_SIMD=cap)
     result = subprocess.run([sys.executable, "-c", _PHILOX_DRAWS_SCRIPT, str(tmp_path / "draws.pt"), str(seed)],
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -81,13 +81,8 @@ int one_pass_max_bucket_bits() {
 constexpr int kSubBucketBits = 8;
 
 #ifdef FFV_HAVE_X86_SIMD
-bool have_avx512() {
-  static const bool have = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
-  return have;
-}
+// Whether the AVX-512 paths below may run (the CPU has it and FASTFVAE_CPU_SIMD allows it).
+bool have_avx512() { return ffv::simd::simd_level() == ffv::simd::SimdLevel::kAvx512; }
 
 // Exclusive prefix sum of counts[0..n16) in place, n16 a multiple of 16; returns the total. Each
 // vector's inclusive scan takes four shift-and-add steps in registers (lane i gets lanes i-1, i-2,

@@ -122,24 +122,40 @@ __attribute__((target("avx2"))) inline void philox_c0c1_avx2(uint64_t seed, uint
 
 using PhiloxC0C1 = void (*)(uint64_t, uint32_t, uint32_t, int64_t, uint32_t*, uint32_t*);
 
-// The fastest implementation this CPU runs (decided once). FASTFVAE_PHILOX_SIMD=avx2 or scalar
-// caps the choice (never above what the CPU has), so that tests on an AVX-512 machine check the
-// other versions' bits too.
-inline PhiloxC0C1 philox_c0c1_best() {
+// The widest x86 vector extension that the hand-written CPU paths may use (decided once): the
+// CPU's, capped by FASTFVAE_CPU_SIMD=avx2 or scalar (never above what the CPU has), so that tests
+// on an AVX-512 machine check the other versions' bits too. It governs the intrinsics of this
+// file (Philox) and of permute_dims.cpp (its transposes, prefix sum and compare-exchange rounds);
+// the compiler's target clones (FFV_CLONES) follow the CPU alone.
+enum class SimdLevel { kScalar, kAvx2, kAvx512 };
+
+inline SimdLevel simd_level() {
 #ifdef FFV_HAVE_X86_SIMD
-  static const PhiloxC0C1 best = [] {
-    const char* cap = std::getenv("FASTFVAE_PHILOX_SIMD");
+  static const SimdLevel level = [] {
+    const char* cap = std::getenv("FASTFVAE_CPU_SIMD");
     const bool allow_avx512 = cap == nullptr || std::strcmp(cap, "avx512") == 0;
     const bool allow_avx2 = allow_avx512 || std::strcmp(cap, "avx2") == 0;
     __builtin_cpu_init();
-    if (allow_avx512 && __builtin_cpu_supports("avx512f")) return static_cast<PhiloxC0C1>(philox_c0c1_avx512);
-    if (allow_avx2 && __builtin_cpu_supports("avx2")) return static_cast<PhiloxC0C1>(philox_c0c1_avx2);
-    return static_cast<PhiloxC0C1>(philox_c0c1_scalar);
+    if (allow_avx512 && __builtin_cpu_supports("avx512f")) return SimdLevel::kAvx512;
+    if (allow_avx2 && __builtin_cpu_supports("avx2")) return SimdLevel::kAvx2;
+    return SimdLevel::kScalar;
   }();
-  return best;
+  return level;
 #else
-  return philox_c0c1_scalar;
+  return SimdLevel::kScalar;
 #endif
+}
+
+// The fastest Philox implementation simd_level() allows.
+inline PhiloxC0C1 philox_c0c1_best() {
+#ifdef FFV_HAVE_X86_SIMD
+  switch (simd_level()) {
+    case SimdLevel::kAvx512: return philox_c0c1_avx512;
+    case SimdLevel::kAvx2: return philox_c0c1_avx2;
+    case SimdLevel::kScalar: break;
+  }
+#endif
+  return philox_c0c1_scalar;
 }
 
 // c0[k], c1[k] = philox_randint4x(seed, first + k*stride) words 0 and 1, for k < n.
