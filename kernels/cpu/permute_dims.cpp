@@ -8,8 +8,8 @@
 //
 // Sorting: the high key bits are uniform random, so a counting sort on the top bits (two buckets
 // a key) leaves only a few keys in each bucket, and an insertion pass finishes the job (linear
-// time, cache friendly); with AVX-512, three vector rounds of compare-exchange first sort the
-// buckets of up to three keys, so that the insertion pass's test rarely fails.
+// time, cache friendly); with AVX-512 or AVX2, three vector rounds of compare-exchange first sort
+// the buckets of up to three keys, so that the insertion pass's test rarely fails.
 // Tall columns (a table larger than half the L2 cache) sort in two counting passes, so that each
 // pass's table stays in L1: first on the top bits into buckets of ~128 keys, then each of those on
 // the next 8 bits.
@@ -109,6 +109,24 @@ __attribute__((target("avx512f"))) uint32_t exclusive_prefix_sum16_avx512(uint32
   _mm512_storeu_si512(total, carry);
   return total[0];
 }
+
+// The same with AVX2, 8 buckets a vector: the shifts work within 128-bit halves, so the upper
+// half then adds the lower half's total.
+__attribute__((target("avx2"))) uint32_t exclusive_prefix_sum8_avx2(uint32_t* counts, int64_t n8) {
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i last_lane = _mm256_set1_epi32(7);
+  __m256i carry = zero;
+  for (int64_t b = 0; b < n8; b += 8) {
+    const __m256i counts8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(counts + b));
+    __m256i inclusive = _mm256_add_epi32(counts8, _mm256_slli_si256(counts8, 4));
+    inclusive = _mm256_add_epi32(inclusive, _mm256_slli_si256(inclusive, 8));
+    const __m256i lower_total = _mm256_permute2x128_si256(_mm256_shuffle_epi32(inclusive, 0xFF), zero, 0x08);
+    inclusive = _mm256_add_epi32(_mm256_add_epi32(inclusive, lower_total), carry);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(counts + b), _mm256_sub_epi32(inclusive, counts8));
+    carry = _mm256_permutevar8x32_epi32(inclusive, last_lane);
+  }
+  return static_cast<uint32_t>(_mm256_extract_epi32(carry, 0));
+}
 #endif
 
 // Exclusive prefix sum of counts[0..n) in place; returns the total.
@@ -119,6 +137,9 @@ uint32_t exclusive_prefix_sum(uint32_t* counts, int64_t n) {
   if (have_avx512()) {
     b = n / 16 * 16;
     start = exclusive_prefix_sum16_avx512(counts, b);
+  } else if (ffv::simd::simd_level() == ffv::simd::SimdLevel::kAvx2) {
+    b = n / 8 * 8;
+    start = exclusive_prefix_sum8_avx2(counts, b);
   }
 #endif
   for (; b < n; ++b) {
@@ -204,6 +225,36 @@ __attribute__((target("avx512f"))) void sparse_insertion_sort_avx512(uint64_t* a
   }
   for (; i < n; ++i) insert_at(a, i);
 }
+
+// The same two with AVX2, four keys a vector. AVX2 compares 64-bit lanes as signed numbers only:
+// right here, as the keys' bit 63 is 0 (63-bit keys).
+__attribute__((target("avx2"))) void compare_exchange_pairs_avx2(uint64_t* a, int64_t n, int64_t first) {
+  int64_t i = first;
+  for (; i + 4 <= n; i += 4) {
+    const __m256i keys = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
+    const __m256i partners = _mm256_permute4x64_epi64(keys, 0xB1);  // lanes 2j and 2j + 1 swapped
+    const __m256i greater = _mm256_cmpgt_epi64(keys, partners);
+    const __m256i low = _mm256_blendv_epi8(keys, partners, greater);
+    const __m256i high = _mm256_blendv_epi8(partners, keys, greater);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a + i), _mm256_blend_epi32(low, high, 0xCC));
+  }
+  for (; i + 1 < n; i += 2) {
+    const uint64_t x = a[i], y = a[i + 1];
+    a[i] = std::min(x, y);
+    a[i + 1] = std::max(x, y);
+  }
+}
+
+__attribute__((target("avx2"))) void sparse_insertion_sort_avx2(uint64_t* a, int64_t n) {
+  int64_t i = 1;
+  for (; i + 4 <= n; i += 4) {
+    const __m256i before = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i - 1));
+    const __m256i keys = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
+    if (_mm256_testz_si256(_mm256_cmpgt_epi64(before, keys), _mm256_cmpgt_epi64(before, keys))) continue;
+    for (int64_t j = i; j < i + 4; ++j) insert_at(a, j);
+  }
+  for (; i < n; ++i) insert_at(a, i);
+}
 #endif
 
 void order_buckets(uint64_t* a, int64_t n) {
@@ -213,6 +264,13 @@ void order_buckets(uint64_t* a, int64_t n) {
     compare_exchange_pairs_avx512(a, n, 1);
     compare_exchange_pairs_avx512(a, n, 0);
     sparse_insertion_sort_avx512(a, n);
+    return;
+  }
+  if (ffv::simd::simd_level() == ffv::simd::SimdLevel::kAvx2) {
+    compare_exchange_pairs_avx2(a, n, 0);
+    compare_exchange_pairs_avx2(a, n, 1);
+    compare_exchange_pairs_avx2(a, n, 0);
+    sparse_insertion_sort_avx2(a, n);
     return;
   }
 #endif
