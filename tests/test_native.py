@@ -74,6 +74,22 @@ def test_permute_backward_rejects_an_index_out_of_range(library):
         native.permute_dims_backward(grad, index)
 
 
+def test_blocked_backward_scatters_like_torch_and_rejects_rows_out_of_range(library):
+    """From 2^21 elements, with D a multiple of 16 and a unit column stride, the CPU backward
+    scatters each 16-column block in cache (kernels/cpu/permute_dims.cpp): it must equal torch's
+    scatter (a strided grad_out, rows after the last 16 x 16 block) and still reject a bad row."""
+    shape = (2, 65541, 32)
+    index = torch.rand(shape).argsort(dim=1).to(torch.int32)
+    grad_out = torch.randn(2, 65541, 48)[..., 8:40]  # row stride 48, column stride 1
+    grad_z = native.permute_dims_backward(grad_out, index)
+    assert torch.equal(grad_z, torch.empty(shape).scatter_(1, index.long(), grad_out))
+    for bad in (65541, -1):
+        broken = index.clone()
+        broken[1, 65540, 17] = bad
+        with pytest.raises(ValueError, match=r"index holds a row outside \[0, B\)"):
+            native.permute_dims_backward(grad_out, broken)
+
+
 def test_why_not_names_the_problem(library):
     assert native.why_not("tc_loss", CPU, torch.float32) is None
     assert "not supported" in native.why_not("tc_loss", CPU, torch.int32)

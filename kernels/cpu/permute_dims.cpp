@@ -457,6 +457,14 @@ FFV_CLONES void permute_block(uint64_t seed, int64_t g, int64_t B, int64_t D, in
   }
 }
 
+// The calling thread's scratch buffers, one per worker thread, kept between calls (`threads` or
+// more of them).
+std::vector<Scratch>& scratch_pool(int threads) {
+  thread_local std::vector<Scratch> pool;
+  if (static_cast<int>(pool.size()) < threads) pool.resize(static_cast<size_t>(threads));
+  return pool;
+}
+
 // Forward over raw elements of `Bits` (the permutation only moves bits: no arithmetic).
 template <typename Bits>
 ffv_status forward(int64_t G, int64_t B, int64_t D, const void* z_base, int64_t s0, int64_t s1, int64_t s2,
@@ -474,8 +482,7 @@ ffv_status forward(int64_t G, int64_t B, int64_t D, const void* z_base, int64_t 
   const int64_t blocks_per_group = ceil_div(D, block);
   const int64_t units = G * blocks_per_group;
 
-  thread_local std::vector<Scratch> pool;
-  if (static_cast<int>(pool.size()) < threads) pool.resize(static_cast<size_t>(threads));
+  std::vector<Scratch>& pool = scratch_pool(threads);
   const int64_t buckets = int64_t{1} << bucket_bits_for(row_bits);
   const int64_t ld = padded_rows(B);
   const size_t column_words = static_cast<size_t>((block * ld * static_cast<int64_t>(sizeof(Bits)) + 7) / 8);
@@ -509,6 +516,91 @@ ffv_status forward(int64_t G, int64_t B, int64_t D, const void* z_base, int64_t 
   return FFV_OK;
 }
 
+ffv_status out_of_range_error() {
+  return ffv::fail(FFV_ERR_INVALID_ARGUMENT,
+                   "ffv_permute_dims_backward: index holds a row outside [0, B); it must be the index "
+                   "written by ffv_permute_dims_forward for the same G, B, D");
+}
+
+// Backward of 16 float32 columns [d0, d0 + 16) of group g, with the forward's structure: grad_out's
+// and the index's columns copied in by 16 x 16 transposes, each column scattered within its own
+// buffer (B 4-byte elements: L1/L2-resident), and the block copied out by transposes. The plain
+// scatter writes every element to a random row of grad_z, a fresh cache line each time beyond the
+// L2 once grad_z outgrows it. Returns false when the index holds a row outside [0, B).
+#ifdef FFV_HAVE_X86_SIMD
+bool scatter_block16(int64_t g, int64_t B, int64_t D, int64_t d0, const uint32_t* grad_out, int64_t s0,
+                     int64_t s1, const int32_t* index, uint32_t* grad_z, Scratch& s) {
+  const int64_t ld = padded_rows(B);
+  uint32_t* values = reinterpret_cast<uint32_t*>(s.columns.data());   // [16, ld] grad_out's columns
+  uint32_t* placed = reinterpret_cast<uint32_t*>(s.gathered.data());  // [16, ld] grad_z's columns
+  uint32_t* rows = reinterpret_cast<uint32_t*>(s.perm.data());        // [16, ld] the index's columns
+  const uint32_t* grad_rows = grad_out + g * s0 + d0;                  // row i at grad_rows + i*s1
+  const uint32_t* index_rows = reinterpret_cast<const uint32_t*>(index) + g * B * D + d0;  // row i at + i*D
+  uint32_t* target_rows = grad_z + g * B * D + d0;                     // row i at + i*D
+  const int64_t done = rows_to_columns16(grad_rows, s1, B, values, ld);
+  rows_to_columns16(index_rows, D, B, rows, ld);
+  for (int64_t i = done; i < B; ++i) {
+    for (int64_t c = 0; c < 16; ++c) {
+      values[c * ld + i] = grad_rows[i * s1 + c];
+      rows[c * ld + i] = index_rows[i * D + c];
+    }
+  }
+  bool in_range = true;
+  for (int64_t c = 0; c < 16; ++c) {
+    const uint32_t* column_rows = rows + c * ld;
+    const uint32_t* column_values = values + c * ld;
+    uint32_t* column_placed = placed + c * ld;
+    for (int64_t i = 0; i < B; ++i) {
+      const uint32_t src = column_rows[i];  // an int32 row: a negative one wraps above B
+      if (src >= static_cast<uint64_t>(B)) {
+        in_range = false;
+        continue;
+      }
+      column_placed[src] = column_values[i];
+    }
+  }
+  columns_to_rows16(placed, ld, B, target_rows, D);
+  for (int64_t i = done; i < B; ++i) {
+    for (int64_t c = 0; c < 16; ++c) target_rows[i * D + c] = placed[c * ld + i];
+  }
+  return in_range;
+}
+
+// The blocked backward over every 16-column block (G x D/16 units over the threads); the caller
+// checks that it applies (float32-sized elements, D a multiple of 16, unit column stride, AVX-512).
+ffv_status backward_blocked(int64_t G, int64_t B, int64_t D, const uint32_t* grad_out, int64_t s0, int64_t s1,
+                            const int32_t* index, uint32_t* grad_z) {
+  const int threads = G * B * D >= ffv::kParallelCheap ? ffv::max_threads() : 1;
+  std::vector<Scratch>& pool = scratch_pool(threads);
+  const int64_t words = ceil_div(16 * padded_rows(B) * 4, 8);  // one [16, ld] buffer of 4-byte elements
+  for (int t = 0; t < threads; ++t) {
+    Scratch& s = pool[static_cast<size_t>(t)];
+    if (static_cast<int64_t>(s.columns.size()) < words) s.columns.resize(static_cast<size_t>(words));
+    if (static_cast<int64_t>(s.gathered.size()) < words) s.gathered.resize(static_cast<size_t>(words));
+    if (static_cast<int64_t>(s.perm.size()) < 2 * words) s.perm.resize(static_cast<size_t>(2 * words));
+  }
+  Scratch* const scratch = pool.data();
+  const int64_t blocks = D / 16;
+  bool out_of_range = false;
+  FFV_OMP(parallel for num_threads(threads) if(threads > 1) schedule(dynamic, 1) reduction(||: out_of_range))
+  for (int64_t unit = 0; unit < G * blocks; ++unit) {
+    const int64_t g = unit / blocks, d0 = (unit % blocks) * 16;
+    if (!scatter_block16(g, B, D, d0, grad_out, s0, s1, index, grad_z, scratch[threads > 1 ? ffv::thread_id() : 0])) {
+      out_of_range = true;
+    }
+  }
+  if (B * 17 > kMaxBlockElements) pool.clear();  // as the forward: give back an outsized call's buffers
+  return out_of_range ? out_of_range_error() : FFV_OK;
+}
+#endif
+
+// From this many elements (8 MB of float32) the blocked backward is the faster. Measured, one
+// thread, 2-core AMD EPYC (Zen 4, 1 MB L2, 32 MB L3), medians, plain -> blocked: 65536x64 19.8 ->
+// 13.2 ms with cold caches (23.7 -> 15.4 warm), 32768x64 5.3 -> 4.9 ms (6.4 -> 5.4 warm); at
+// 16384x64 and 4096x64 the blocked one is ~8 % slower (its three column buffers spill the L2
+// while the plain scatter's 4 MB target stays in L3).
+constexpr int64_t kBlockedBackwardMinElements = int64_t{1} << 21;
+
 // Backward: a scatter through the forward's index. Every row of grad_z receives writes from all
 // over the index, so when two threads split the rows they write the same cache lines; while a
 // group's grad_z is small enough for that to happen often (up to 8 MB), the threads split the
@@ -522,6 +614,14 @@ ffv_status backward(int64_t G, int64_t B, int64_t D, const void* grad_out_base, 
                     int64_t s2, const int32_t* index, void* grad_z_base) {
   const Bits* grad_out = static_cast<const Bits*>(grad_out_base);  // [G, B, D] strided
   Bits* grad_z = static_cast<Bits*>(grad_z_base);                  // [G, B, D] contiguous
+#ifdef FFV_HAVE_X86_SIMD
+  if constexpr (sizeof(Bits) == 4) {
+    if (have_avx512() && D % 16 == 0 && s2 == 1 && B * D >= kBlockedBackwardMinElements) {
+      return backward_blocked(G, B, D, reinterpret_cast<const uint32_t*>(grad_out), s0, s1, index,
+                              reinterpret_cast<uint32_t*>(grad_z));
+    }
+  }
+#endif
   const bool parallel = G * B * D >= ffv::kParallelCheap && ffv::max_threads() > 1;
   const bool column_split = parallel && B * D * static_cast<int64_t>(sizeof(Bits)) <= kColumnSplitMaxBytes;
   // A unit is (group g, rows [i0, i1), columns [d0, d1)): whole groups of rows for the row split,
@@ -548,12 +648,7 @@ ffv_status backward(int64_t G, int64_t B, int64_t D, const void* grad_out_base, 
       }
     }
   }
-  if (out_of_range) {
-    return ffv::fail(FFV_ERR_INVALID_ARGUMENT,
-                     "ffv_permute_dims_backward: index holds a row outside [0, B); it must be the index "
-                     "written by ffv_permute_dims_forward for the same G, B, D");
-  }
-  return FFV_OK;
+  return out_of_range ? out_of_range_error() : FFV_OK;
 }
 
 // Element bits of a dtype, or FFV_ERR_UNSUPPORTED_DTYPE.
