@@ -359,15 +359,49 @@ __attribute__((target("avx512f"))) void transpose16x16_avx512(const uint32_t* sr
 
 #endif
 
+// The same for an 8 x 8 block with AVX2: 32-bit pairs, 64-bit pairs (each 128-bit half then holds
+// a 4 x 4 block transposed), 128-bit halves.
+#ifdef FFV_HAVE_X86_SIMD
+__attribute__((target("avx2"))) void transpose8x8_avx2(const uint32_t* src, int64_t src_stride, uint32_t* dst,
+                                                        int64_t dst_stride) {
+  __m256i r[8], t[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k * src_stride));
+  for (int m = 0; m < 4; ++m) {  // t[2m]: r2m[0], r2m+1[0], r2m[1], r2m+1[1] | the same for 4, 5
+    t[2 * m] = _mm256_unpacklo_epi32(r[2 * m], r[2 * m + 1]);
+    t[2 * m + 1] = _mm256_unpackhi_epi32(r[2 * m], r[2 * m + 1]);
+  }
+  for (int q = 0; q < 2; ++q) {  // r[4q + j]: rows 4q..4q+3 of column j | of column j + 4
+    r[4 * q] = _mm256_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+    r[4 * q + 1] = _mm256_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+    r[4 * q + 2] = _mm256_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+    r[4 * q + 3] = _mm256_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j * dst_stride), _mm256_permute2x128_si256(r[j], r[4 + j], 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (4 + j) * dst_stride),
+                        _mm256_permute2x128_si256(r[j], r[4 + j], 0x31));
+  }
+}
+#endif
+
 // Copies between rows (row i of a block: 16 consecutive 32-bit elements at rows + i*row_stride)
 // and columns (column c: B elements at columns + c*ld) for rows [0, rows_done); returns
-// rows_done, a multiple of 16 (0 where AVX-512 is missing): the caller copies the rest. The
-// copies in and out were most of the op's time as scalar loops (a load and a store per element).
+// rows_done, a multiple of 16 with AVX-512 and of 8 with AVX2 (0 without either): the caller
+// copies the rest. The copies in and out were most of the op's time as scalar loops (a load and a
+// store per element).
 int64_t rows_to_columns16(const uint32_t* rows, int64_t row_stride, int64_t B, uint32_t* columns, int64_t ld) {
 #ifdef FFV_HAVE_X86_SIMD
-  if (!have_avx512()) return 0;
-  const int64_t done = B / 16 * 16;
-  for (int64_t i0 = 0; i0 < done; i0 += 16) transpose16x16_avx512(rows + i0 * row_stride, row_stride, columns + i0, ld);
+  if (have_avx512()) {
+    const int64_t done = B / 16 * 16;
+    for (int64_t i0 = 0; i0 < done; i0 += 16) transpose16x16_avx512(rows + i0 * row_stride, row_stride, columns + i0, ld);
+    return done;
+  }
+  if (ffv::simd::simd_level() != ffv::simd::SimdLevel::kAvx2) return 0;
+  const int64_t done = B / 8 * 8;
+  for (int64_t i0 = 0; i0 < done; i0 += 8) {
+    transpose8x8_avx2(rows + i0 * row_stride, row_stride, columns + i0, ld);
+    transpose8x8_avx2(rows + i0 * row_stride + 8, row_stride, columns + 8 * ld + i0, ld);
+  }
   return done;
 #else
   (void)rows, (void)row_stride, (void)B, (void)columns, (void)ld;
@@ -377,9 +411,17 @@ int64_t rows_to_columns16(const uint32_t* rows, int64_t row_stride, int64_t B, u
 
 int64_t columns_to_rows16(const uint32_t* columns, int64_t ld, int64_t B, uint32_t* rows, int64_t row_stride) {
 #ifdef FFV_HAVE_X86_SIMD
-  if (!have_avx512()) return 0;
-  const int64_t done = B / 16 * 16;
-  for (int64_t i0 = 0; i0 < done; i0 += 16) transpose16x16_avx512(columns + i0, ld, rows + i0 * row_stride, row_stride);
+  if (have_avx512()) {
+    const int64_t done = B / 16 * 16;
+    for (int64_t i0 = 0; i0 < done; i0 += 16) transpose16x16_avx512(columns + i0, ld, rows + i0 * row_stride, row_stride);
+    return done;
+  }
+  if (ffv::simd::simd_level() != ffv::simd::SimdLevel::kAvx2) return 0;
+  const int64_t done = B / 8 * 8;
+  for (int64_t i0 = 0; i0 < done; i0 += 8) {
+    transpose8x8_avx2(columns + i0, ld, rows + i0 * row_stride, row_stride);
+    transpose8x8_avx2(columns + 8 * ld + i0, ld, rows + i0 * row_stride + 8, row_stride);
+  }
   return done;
 #else
   (void)columns, (void)ld, (void)B, (void)rows, (void)row_stride;
@@ -403,7 +445,7 @@ FFV_CLONES void permute_block(uint64_t seed, int64_t g, int64_t B, int64_t D, in
   // Copy in, in tiles of kTileRows rows: each column's part of a tile is one run of consecutive
   // stores. (Row by row, each row's `width` stores go to `width` different lines, far apart:
   // that loop took a fifth of the op's time at 16384 x 64.)
-  // Full blocks of 16 contiguous 32-bit columns: 16 x 16 register transposes.
+  // Full blocks of 16 contiguous 32-bit columns: register transposes (16 x 16 with AVX-512, 8 x 8 with AVX2).
   constexpr bool kWords = sizeof(Bits) == 4;
   const bool transposable = kWords && width == 16;
   const int64_t copied_in = transposable && s2 == 1 ? rows_to_columns16(reinterpret_cast<const uint32_t*>(zg), s1, B,
