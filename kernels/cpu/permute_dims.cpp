@@ -609,7 +609,8 @@ bool scatter_block16(int64_t g, int64_t B, int64_t D, int64_t d0, const uint32_t
 }
 
 // The blocked backward over every 16-column block (G x D/16 units over the threads); the caller
-// checks that it applies (float32-sized elements, D a multiple of 16, unit column stride, AVX-512).
+// checks that it applies (float32-sized elements, D a multiple of 16, unit column stride, AVX-512,
+// B * 16 within kMaxBlockElements).
 ffv_status backward_blocked(int64_t G, int64_t B, int64_t D, const uint32_t* grad_out, int64_t s0, int64_t s1,
                             const int32_t* index, uint32_t* grad_z) {
   const int threads = G * B * D >= ffv::kParallelCheap ? ffv::max_threads() : 1;
@@ -658,7 +659,9 @@ ffv_status backward(int64_t G, int64_t B, int64_t D, const void* grad_out_base, 
   Bits* grad_z = static_cast<Bits*>(grad_z_base);                  // [G, B, D] contiguous
 #ifdef FFV_HAVE_X86_SIMD
   if constexpr (sizeof(Bits) == 4) {
-    if (have_avx512() && D % 16 == 0 && s2 == 1 && B * D >= kBlockedBackwardMinElements) {
+    // (B * 16 bounded as the forward's blocks are: three [16, B] buffers a thread)
+    if (have_avx512() && D % 16 == 0 && s2 == 1 && B * D >= kBlockedBackwardMinElements &&
+        B * 16 <= kMaxBlockElements) {
       return backward_blocked(G, B, D, reinterpret_cast<const uint32_t*>(grad_out), s0, s1, index,
                               reinterpret_cast<uint32_t*>(grad_z));
     }
