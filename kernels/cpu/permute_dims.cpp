@@ -162,19 +162,22 @@ void counting_pass(const uint64_t* keys, int64_t n, int shift, uint64_t mask, ui
 // int32/float32) so that consecutive columns start in different cache sets.
 int64_t padded_rows(int64_t B) { return ceil_div(B, 16) * 16 + 16; }
 
+// One step of insertion sort: a[0..i) sorted on entry, a[0..i] on exit.
+inline void insert_at(uint64_t* a, int64_t i) {
+  const uint64_t x = a[i];
+  if (a[i - 1] <= x) return;
+  int64_t j = i;
+  do {
+    a[j] = a[j - 1];
+    --j;
+  } while (j > 0 && a[j - 1] > x);
+  a[j] = x;
+}
+
 // Straight insertion sort: linear when every key is already near its place (the common case
 // is one well-predicted comparison per key and no store).
 void insertion_sort(uint64_t* a, int64_t n) {
-  for (int64_t i = 1; i < n; ++i) {
-    const uint64_t x = a[i];
-    if (a[i - 1] <= x) continue;
-    int64_t j = i;
-    do {
-      a[j] = a[j - 1];
-      --j;
-    } while (j > 0 && a[j - 1] > x);
-    a[j] = x;
-  }
+  for (int64_t i = 1; i < n; ++i) insert_at(a, i);
 }
 
 // Compare-exchange of the adjacent pairs (first + 2j, first + 2j + 1) of a[0..n): one round of an
@@ -201,18 +204,6 @@ __attribute__((target("avx512f"))) void compare_exchange_pairs_avx512(uint64_t* 
   }
 }
 #endif
-
-// One step of insertion sort: a[0..i) sorted on entry, a[0..i] on exit.
-inline void insert_at(uint64_t* a, int64_t i) {
-  const uint64_t x = a[i];
-  if (a[i - 1] <= x) return;
-  int64_t j = i;
-  do {
-    a[j] = a[j - 1];
-    --j;
-  } while (j > 0 && a[j - 1] > x);
-  a[j] = x;
-}
 
 #ifdef FFV_HAVE_X86_SIMD
 // insertion_sort for arrays with few keys out of place: eight "a[i-1] > a[i]" tests a vector,
