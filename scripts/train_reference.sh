@@ -11,9 +11,11 @@
 #   bash scripts/train_reference.sh --dry-run  # a few steps of the same recipe into a temp folder
 #
 # Environment: FASTFVAE_REFERENCE_DIR (run folder), FASTFVAE_REFERENCE_THREADS (default 1),
-# FASTFVAE_REFERENCE_STEPS (default 300000), FASTFVAE_REFERENCE_SEED (default 0: the shipped
-# model's; another seed, in its own folder, trains the same recipe from another start),
-# PYTHON (default .venv/bin/python).
+# FASTFVAE_REFERENCE_STEPS (default 300000), FASTFVAE_REFERENCE_SEED (default 0; the shipped
+# model is seed 1's run: another seed, in its own folder, trains the same recipe from another
+# start), FASTFVAE_REFERENCE_OBJECTIVE (default factorvae; betavae trains the paper's baseline,
+# beta-VAE with beta = 4, on the same networks and settings, for the comparison at matched
+# reconstruction), PYTHON (default .venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -21,6 +23,11 @@ OUT=${FASTFVAE_REFERENCE_DIR:-$HOME/fastfvae-runs/reference}
 THREADS=${FASTFVAE_REFERENCE_THREADS:-1}
 STEPS=${FASTFVAE_REFERENCE_STEPS:-300000}
 SEED=${FASTFVAE_REFERENCE_SEED:-0}
+OBJECTIVE=${FASTFVAE_REFERENCE_OBJECTIVE:-factorvae}
+case "$OBJECTIVE" in
+  factorvae|betavae) ;;
+  *) echo "train_reference: FASTFVAE_REFERENCE_OBJECTIVE must be factorvae or betavae, got '$OBJECTIVE'" >&2; exit 2 ;;
+esac
 EXTRA=()
 if [ "${1:-}" = "--dry-run" ]; then
   OUT=$(mktemp -d)/reference
@@ -28,7 +35,7 @@ if [ "${1:-}" = "--dry-run" ]; then
   EXTRA=(--no-metrics --no-images --checkpoint-every 2 --eval-every 0)
   echo "train_reference: dry run, $STEPS steps into $OUT"
 fi
-RECIPE=(--objective factorvae --gamma 35 --batch-size 64 --z-dim 10 --lr-vae 1e-4 --lr-d 1e-4
+RECIPE=(--objective "$OBJECTIVE" --gamma 35 --batch-size 64 --z-dim 10 --lr-vae 1e-4 --lr-d 1e-4
         --disc-depth 6 --disc-width 1000 --seed "$SEED" --device cpu --backend auto
         --checkpoint-every 1000 --log-every 50 --eval-every 5000 --metrics-preset fast
         --threads "$THREADS")

@@ -146,10 +146,16 @@ def test_reference_script_dry_run_trains_the_recipe(tmp_path):
     assert config["seed"] == 0
 
 
-def test_reference_script_takes_another_seed(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path), "FASTFVAE_REFERENCE_SEED": "7"}
+def test_reference_script_takes_another_seed_and_the_beta_vae_baseline(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path), "FASTFVAE_REFERENCE_SEED": "7",
+           "FASTFVAE_REFERENCE_OBJECTIVE": "betavae"}
     run = subprocess.run(["bash", os.path.join(REPO, "scripts", "train_reference.sh"), "--dry-run"],
                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert run.returncode == 0, run.stderr[-2000:]
     (folder,) = [p for p in tmp_path.glob("*/reference")]
-    assert json.loads((folder / "summary.json").read_text())["config"]["seed"] == 7
+    config = json.loads((folder / "summary.json").read_text())["config"]
+    assert (config["seed"], config["objective"], config["batch_size"], config["lr_vae"]) == (7, "betavae", 64, 1e-4)
+    wrong = subprocess.run(["bash", os.path.join(REPO, "scripts", "train_reference.sh"), "--dry-run"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO,
+                           env={**env, "FASTFVAE_REFERENCE_OBJECTIVE": "dipvae1"})
+    assert wrong.returncode == 2 and "must be factorvae or betavae, got 'dipvae1'" in wrong.stderr
