@@ -45,8 +45,11 @@ def gather_color_images(table: Tensor, index: Tensor, dtype: torch.dtype = torch
     index = index.long()
     valid = (index >= 0) & (index < table.shape[0])
     rows = table.index_select(0, torch.where(valid, index, torch.zeros_like(index)))
-    # One pass converts and marks: each row is divided by 255, or by NaN for a bad index
-    # (u / NaN = NaN); uint8 / float promotes inside the division kernel, no float copy first.
+    # Each row is divided by 255, or by NaN for a bad index (u / NaN = NaN). The uint8 rows are
+    # converted first and divided in place: the same values bit for bit (0..255 are exact in every
+    # float dtype, and the division rounds once either way), and on the CPU faster than one
+    # uint8 / float division, whose type promotion inside the kernel is slow (B = 512, one thread,
+    # 2-core AMD EPYC: 3.58 -> 2.56 ms, against 4.01 ms for gathering a float32 table).
     # (B values, made by kernels: no host-to-device copy, so a CUDA graph can capture it)
     divisor = torch.full(valid.shape, 255.0, dtype=dtype, device=table.device).masked_fill_(~valid, float("nan"))
-    return torch.div(rows, divisor[:, None, None, None])
+    return rows.to(dtype).div_(divisor[:, None, None, None])
