@@ -21,9 +21,9 @@ from fastfvae.reference import compute_dtype
 from conftest import FLOAT_DTYPES, TOLERANCES, assert_close, non_contiguous, require
 
 # (M queries, K components, D): square minibatch forms and M != K forms, odd sizes; the larger
-# ones cross the native kernel's tiles (128 components, 8 query rows) with remainders.
+# ones cross the native kernel's tiles (512 components, 8 query rows) with remainders.
 SHAPES = [(1, 1, 1), (3, 3, 2), (7, 5, 3), (5, 9, 4), (37, 37, 10)]
-LARGE_SHAPES = [(41, 300, 10), (300, 300, 7)]
+LARGE_SHAPES = [(41, 300, 10), (300, 300, 7), (41, 900, 10)]
 
 
 def _inputs(queries, components, dim, dtype, device, seed, logvar_scale=1.0):
