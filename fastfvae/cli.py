@@ -60,7 +60,7 @@ def _cmd_train(args) -> int:
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, eval_every=args.eval_every,
         log_tc_every=args.log_tc_every, metrics=not args.no_metrics,
         metrics_preset=args.metrics_preset, images=not args.no_images,
-        progress=not args.quiet, lambda_od=args.lambda_od, lambda_d=args.lambda_d,
+        progress=not args.quiet, lambda_od=args.lambda_od, lambda_d=args.lambda_d, beta=args.beta,
         anneal_gamma=args.anneal_gamma, c_max=args.c_max, iteration_threshold=args.iteration_threshold,
         loggers=args.logger,
     )

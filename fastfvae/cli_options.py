@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total optimisation steps; a resumed run continues up to this number (default: %(default)s)")
     t.add_argument("--objective", choices=OBJECTIVES, default=d.objective, help="loss (default: %(default)s)")
     t.add_argument("--gamma", type=float, default=d.gamma, help="weight of the TC term (FactorVAE) (default: %(default)s)")
+    t.add_argument("--beta", type=float, default=d.beta,
+                   help="beta-VAE: weight of the KL term (default: %(default)s, Higgins et al.'s dSprites setting)")
     t.add_argument("--lambda-od", type=float, default=d.lambda_od,
                    help="DIP-VAE: weight of the off-diagonal covariance entries (default: %(default)s)")
     t.add_argument("--lambda-d", type=float, default=None,

@@ -88,7 +88,10 @@ def test_options_reach_the_losses_and_bad_values_are_named():
     assert (annealed.gamma, annealed.c_max, annealed.iteration_threshold) == (5.0, 7.0, 11)
     defaults = Trainer(tiny(objective="annealedvae")).objective.loss_fn
     assert (defaults.gamma, defaults.c_max, defaults.iteration_threshold) == (1000.0, 25.0, 100_000)
+    assert Trainer(tiny(objective="betavae", beta=2.5)).objective.loss_fn.beta == 2.5
+    assert Trainer(tiny(objective="betavae")).objective.loss_fn.beta == 4.0
     for option, value, flag in (("lambda_od", -1.0, "--lambda-od"), ("lambda_d", float("nan"), "--lambda-d"),
+                                ("beta", -0.5, "--beta"), ("beta", float("inf"), "--beta"),
                                 ("c_max", float("inf"), "--c-max"), ("anneal_gamma", -2, "--anneal-gamma"),
                                 ("iteration_threshold", 0, "--iteration-threshold")):
         with pytest.raises(TrainingError, match=flag):
@@ -106,3 +109,7 @@ def test_cli_passes_the_family_options(tmp_path):
         "annealedvae", 3.0, 4.0, 2)
     assert (config["lambda_od"], config["lambda_d"]) == (5.0, 6.0)
     assert [r["capacity"] for r in step_rows(out)] == [0.0, 2.0]
+    beta_out = str(tmp_path / "beta")
+    assert cli.main(["train", "--objective", "betavae", "--beta", "3", "--steps", "1", "--out", beta_out,
+                     "--no-metrics", "--no-images", "--batch-size", "4", "--quiet"]) == 0
+    assert json.load(open(os.path.join(beta_out, "summary.json")))["config"]["beta"] == 3.0

@@ -72,6 +72,7 @@ class TrainConfig:
     # run needs a smaller threshold than the study's 100,000 (its runs are 300,000 steps).
     lambda_od: float = 10.0
     lambda_d: Optional[float] = None
+    beta: float = 4.0                  # beta-VAE's KL weight (Higgins et al.'s dSprites setting)
     anneal_gamma: float = 1000.0
     c_max: float = 25.0
     iteration_threshold: int = 100_000
@@ -87,7 +88,7 @@ SEED_LIMIT = 2 ** 63  # torch seeds are 64-bit; the per-rank seeds derived from 
 # the machine's memory: refused before allocating, since Linux may grant a huge allocation and
 # kill the process when the pages are touched.
 DISC_BYTES_PER_PARAMETER = 16
-NON_NEGATIVE_FLOATS = ("lambda_od", "anneal_gamma", "c_max")  # and lambda_d unless None
+NON_NEGATIVE_FLOATS = ("lambda_od", "anneal_gamma", "c_max", "beta")  # and lambda_d unless None
 # The smallest --batch-size (per process) each objective can learn from, and why; the others need 1.
 MIN_BATCH = {
     "factorvae": (2, "permute_dims of one row is that row, so the discriminator would compare q(z) with "

@@ -299,14 +299,14 @@ class BetaTCVAEStep(_SingleLossStep):
 
 
 class BetaVAEStep(_SingleLossStep):
-    """beta-VAE (Higgins et al. 2017) with their dSprites setting beta = 4."""
+    """beta-VAE (Higgins et al. 2017): --beta, by default their dSprites setting 4."""
 
     name = "betavae"
     terms = ("loss", "recon", "kl")
 
     def __init__(self, config, vae: VAE, dataset_size: int):
         super().__init__(config, vae, dataset_size)
-        self.loss_fn = losses.BetaVAELoss(beta=4.0, reconstruction="bernoulli")
+        self.loss_fn = losses.BetaVAELoss(beta=config.beta, reconstruction="bernoulli")
 
     def loss_terms(self, out, x_recon, x1):
         t = self.loss_fn(x_recon, x1, out.kl)
