@@ -380,44 +380,41 @@ __attribute__((target("avx2"))) void transpose8x8_avx2(const uint32_t* src, int6
 // rows_done, a multiple of 16 with AVX-512 and of 8 with AVX2 (0 without either): the caller
 // copies the rest. The copies in and out were most of the op's time as scalar loops (a load and a
 // store per element).
-int64_t rows_to_columns16(const uint32_t* rows, int64_t row_stride, int64_t B, uint32_t* columns, int64_t ld) {
+// Both directions share one loop: `to_columns` picks which side each transpose reads.
+int64_t transpose_rows16(uint32_t* rows, int64_t row_stride, int64_t B, uint32_t* columns, int64_t ld,
+                         bool to_columns) {
 #ifdef FFV_HAVE_X86_SIMD
+  // A block's rows start at rows + i*row_stride + c, its columns at columns + c*ld + i.
+  const auto block = [&](auto transpose, int64_t i0, int64_t c0) {
+    uint32_t* row_side = rows + i0 * row_stride + c0;
+    uint32_t* column_side = columns + c0 * ld + i0;
+    if (to_columns) transpose(row_side, row_stride, column_side, ld);
+    else transpose(column_side, ld, row_side, row_stride);
+  };
   if (have_avx512()) {
     const int64_t done = B / 16 * 16;
-    for (int64_t i0 = 0; i0 < done; i0 += 16) transpose16x16_avx512(rows + i0 * row_stride, row_stride, columns + i0, ld);
+    for (int64_t i0 = 0; i0 < done; i0 += 16) block(transpose16x16_avx512, i0, 0);
     return done;
   }
   if (ffv::simd::simd_level() != ffv::simd::SimdLevel::kAvx2) return 0;
   const int64_t done = B / 8 * 8;
   for (int64_t i0 = 0; i0 < done; i0 += 8) {
-    transpose8x8_avx2(rows + i0 * row_stride, row_stride, columns + i0, ld);
-    transpose8x8_avx2(rows + i0 * row_stride + 8, row_stride, columns + 8 * ld + i0, ld);
+    block(transpose8x8_avx2, i0, 0);
+    block(transpose8x8_avx2, i0, 8);
   }
   return done;
 #else
-  (void)rows, (void)row_stride, (void)B, (void)columns, (void)ld;
+  (void)rows, (void)row_stride, (void)B, (void)columns, (void)ld, (void)to_columns;
   return 0;
 #endif
 }
 
+int64_t rows_to_columns16(const uint32_t* rows, int64_t row_stride, int64_t B, uint32_t* columns, int64_t ld) {
+  return transpose_rows16(const_cast<uint32_t*>(rows), row_stride, B, columns, ld, true);  // rows only read
+}
+
 int64_t columns_to_rows16(const uint32_t* columns, int64_t ld, int64_t B, uint32_t* rows, int64_t row_stride) {
-#ifdef FFV_HAVE_X86_SIMD
-  if (have_avx512()) {
-    const int64_t done = B / 16 * 16;
-    for (int64_t i0 = 0; i0 < done; i0 += 16) transpose16x16_avx512(columns + i0, ld, rows + i0 * row_stride, row_stride);
-    return done;
-  }
-  if (ffv::simd::simd_level() != ffv::simd::SimdLevel::kAvx2) return 0;
-  const int64_t done = B / 8 * 8;
-  for (int64_t i0 = 0; i0 < done; i0 += 8) {
-    transpose8x8_avx2(columns + i0, ld, rows + i0 * row_stride, row_stride);
-    transpose8x8_avx2(columns + 8 * ld + i0, ld, rows + i0 * row_stride + 8, row_stride);
-  }
-  return done;
-#else
-  (void)columns, (void)ld, (void)B, (void)rows, (void)row_stride;
-  return 0;
-#endif
+  return transpose_rows16(rows, row_stride, B, const_cast<uint32_t*>(columns), ld, false);  // columns only read
 }
 
 // One unit of work: columns [d0, d0 + width) of group g. The block of z is first copied into
@@ -490,6 +487,12 @@ FFV_CLONES void permute_block(uint64_t seed, int64_t g, int64_t B, int64_t D, in
   }
 }
 
+// A buffer of at least `size` elements (never shrunk: scratch is kept between calls).
+template <typename Buffer>
+void grow(Buffer& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
+}
+
 // The calling thread's scratch buffers, one per worker thread, kept between calls (`threads` or
 // more of them).
 std::vector<Scratch>& scratch_pool(int threads) {
@@ -521,9 +524,6 @@ ffv_status forward(int64_t G, int64_t B, int64_t D, const void* z_base, int64_t 
   const size_t column_words = static_cast<size_t>((block * ld * static_cast<int64_t>(sizeof(Bits)) + 7) / 8);
   for (int t = 0; t < threads; ++t) {
     Scratch& s = pool[static_cast<size_t>(t)];
-    const auto grow = [](auto& buffer, int64_t size) {
-      if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
-    };
     grow(s.keys, B);
     grow(s.sorted, B);
     grow(s.staged, bucket_bits_for(row_bits) > one_pass_max_bucket_bits() ? B : 0);
@@ -609,9 +609,9 @@ ffv_status backward_blocked(int64_t G, int64_t B, int64_t D, const uint32_t* gra
   const int64_t words = ceil_div(16 * padded_rows(B) * 4, 8);  // one [16, ld] buffer of 4-byte elements
   for (int t = 0; t < threads; ++t) {
     Scratch& s = pool[static_cast<size_t>(t)];
-    if (static_cast<int64_t>(s.columns.size()) < words) s.columns.resize(static_cast<size_t>(words));
-    if (static_cast<int64_t>(s.gathered.size()) < words) s.gathered.resize(static_cast<size_t>(words));
-    if (static_cast<int64_t>(s.perm.size()) < 2 * words) s.perm.resize(static_cast<size_t>(2 * words));
+    grow(s.columns, words);
+    grow(s.gathered, words);
+    grow(s.perm, 2 * words);  // int32 elements
   }
   Scratch* const scratch = pool.data();
   const int64_t blocks = D / 16;
