@@ -26,9 +26,10 @@ contiguous tensors (never views of their inputs: they also back torch.library cu
         dmu = gz + gkl_i*mu; dlogvar = 0.5*gz*std*eps + 0.5*gkl_i*(exp(logvar) - 1);
         deps = gz*std, std = exp(logvar/2), gkl_i = grad_kl (sum), grad_kl/B (mean), grad_kl[i] (none).
     permute_dims_forward(z, seed, need_index) -> (out, index or None)
-        z, out: (G, B, D); out[g, i, d] = z[g, P[g, i, d], d] with P = reference.philox_permutation.
+        z, out: (G, B, D), or (B, D) for G = 1 (``grouped_sizes`` reads both);
+        out[g, i, d] = z[g, P[g, i, d], d] with P = reference.philox_permutation.
         index: whatever the backward needs to invert P (backend-specific dtype), or None.
-    permute_dims_backward(grad_out, index) -> grad_z    (G, B, D): grad_z[g, P, d] = grad_out
+    permute_dims_backward(grad_out, index) -> grad_z    z's shape: grad_z[g, P, d] = grad_out
     tc_loss_forward(logits) -> tc ()                    logits (B, K), K in {1, 2}
     tc_loss_backward(grad_tc, logits) -> grad_logits    (B, K)
     discriminator_loss_forward(d_real, d_perm) -> loss ()          both (B, K)
@@ -68,6 +69,17 @@ _modules: dict = {}
 # (op, requested, device type, dtype) -> (module, its limits function) for the backends that serve
 # that device and dtype, in order
 _candidates_cache: dict = {}
+
+
+def grouped_sizes(t: torch.Tensor) -> tuple[int, int, int, int, int, int]:
+    """(G, B, D, stride_g, stride_b, stride_d) of a (G, B, D) tensor, or of a (B, D) one as one
+    group: the ops that take both hand the 2-D form to their launchers as it is, because an
+    unsqueeze before the op and a view after it cost two autograd nodes a call."""
+    if t.dim() == 3:
+        return (*t.shape, *t.stride())
+    batch, dim = t.shape
+    stride_b, stride_d = t.stride()
+    return 1, batch, dim, batch * dim, stride_b, stride_d
 
 
 def get_backend(name: str):
@@ -181,17 +193,19 @@ def select(op: str, requested: str, device, dtype: torch.dtype, dims=None):
     """
     if requested == "auto":
         requested = os.environ.get(ENVIRONMENT_VARIABLE) or "auto"
-    if not isinstance(device, torch.device):
-        device = _as_device(device)
-    found = _candidates_cache.get((op, requested, device.type, dtype))
+    # Keyed by the device as given (a torch.device hashes without building its type string).
+    found = _candidates_cache.get((op, requested, device, dtype))
     if found is None:
+        device = _as_device(device)
         found = _candidates(op, _checked_request(requested), device, dtype)
+        _candidates_cache[(op, requested, device, dtype)] = found
     for module, limits in found:
         if limits is None or dims is None or not limits(op, dims() if callable(dims) else dims):
             return module
     if requested == "auto":  # the reference serves everything; only reached for exotic devices
         return get_backend("reference")
     dims = dims() if callable(dims) else dims
+    device = _as_device(device)
     lines = "\n".join(f"  {n}: {r or 'can serve it'}" for n, r in reasons(op, device, dtype, dims).items())
     raise ValueError(f"backend={requested!r} cannot run {op} on a {device.type} tensor of {dtype}:\n{lines}")
 

@@ -27,7 +27,7 @@ Declarations speak in positional argument tuples. For an op ``f(a, b, const)``:
                                              (skips what only the backward needs, e.g. an index)
 
 ``dims`` names the op's sizes by argument: ``{"z": "G B D"}`` reads G, B, D off the argument
-called ``z`` in the schema. The backend is chosen (``fastfvae.backends.select``) from the device
+called ``z`` in the schema, aligned to its last dimensions (a (B, D) ``z`` has G = 1). The backend is chosen (``fastfvae.backends.select``) from the device
 and dtype of the first argument ``dims`` names in the schema, and from those sizes when a
 backend has shape limits; the forward and the backward each use the entries whose argument
 their schema has (``{"z": "G B D", "grad_out": "G B D"}`` serves a backward without ``z``).
@@ -81,9 +81,18 @@ def argument_names(schema: str) -> list[str]:
     return [argument.split()[-1] for argument in inner.split(",")] if inner else []
 
 
+def named_sizes(sizes: tuple, shape) -> dict:
+    """{size name: n}, the names aligned to the shape's last dimensions: a leading size the
+    tensor lacks is 1 (("G", "B", "D") of a (B, D) tensor gives G = 1)."""
+    missing = len(sizes) - len(shape)
+    if missing <= 0:
+        return dict(zip(sizes, shape))
+    return {**dict.fromkeys(sizes[:missing], 1), **dict(zip(sizes[missing:], shape))}
+
+
 def _size_reader(sizes: tuple) -> Callable:
-    """tensor -> {size name: n} for a tensor of ``len(sizes)`` dimensions; unpacking the shape
-    (rather than ``dict(zip(...))``) keeps a call with shape limits as cheap as before."""
+    """tensor -> ``named_sizes(sizes, tensor.shape)``; unpacking the shape in the common cases
+    keeps a call with shape limits as cheap as before."""
     if len(sizes) == 2:
         a, b = sizes
 
@@ -95,10 +104,13 @@ def _size_reader(sizes: tuple) -> Callable:
         a, b, c = sizes
 
         def read3(t):
-            n0, n1, n2 = t.shape
+            shape = t.shape
+            if len(shape) != 3:
+                return named_sizes(sizes, shape)
+            n0, n1, n2 = shape
             return {a: n0, b: n1, c: n2}
         return read3
-    return lambda t: dict(zip(sizes, t.shape))
+    return lambda t: named_sizes(sizes, t.shape)
 
 
 def backend_selector(op: str, schema: str, dims: dict) -> Callable:
@@ -124,7 +136,7 @@ def backend_selector(op: str, schema: str, dims: dict) -> Callable:
     def select(requested, *args):
         like = args[first]
         return choose(op, requested, like.device, like.dtype,
-                      lambda: {size: n for position, sizes in sized for size, n in zip(sizes, args[position].shape)})
+                      lambda: {name: n for position, sizes in sized for name, n in named_sizes(sizes, args[position].shape).items()})
 
     return select
 
@@ -150,10 +162,14 @@ def needs_graph(args) -> bool:
 def _stash(ctx, saved: tuple) -> None:
     tensors = tuple(v for v in saved if isinstance(v, torch.Tensor))
     ctx.save_for_backward(*tensors)
-    ctx.saved_layout = tuple(None if isinstance(v, torch.Tensor) else (v,) for v in saved)
+    # None when every saved value is a tensor (most ops): _unstash then returns them as they are.
+    ctx.saved_layout = None if len(tensors) == len(saved) else tuple(
+        None if isinstance(v, torch.Tensor) else (v,) for v in saved)
 
 
 def _unstash(ctx) -> tuple:
+    if ctx.saved_layout is None:
+        return ctx.saved_tensors
     tensors = iter(ctx.saved_tensors)
     return tuple(next(tensors) if slot is None else slot[0] for slot in ctx.saved_layout)
 
@@ -263,20 +279,29 @@ class _EagerFunction(torch.autograd.Function):
     def forward(ctx, op: RegisteredOp, impl, *args):
         declaration = op.declaration
         outputs = declaration.forward(impl, *args)
-        _stash(ctx, _as_tuple(declaration.save(args, _as_tuple(outputs))))
+        _stash(ctx, declaration.save(args, outputs if declaration.num_outputs > 1 else (outputs,)))
         _mark_non_differentiable(ctx, declaration, outputs)
+        if declaration.num_non_differentiable_outputs and declaration.num_grads == 1:
+            # Zeros for the non-differentiable outputs (an index) would be an allocation and a
+            # fill a call, then dropped; the backward reads an undefined gradient of the one
+            # differentiable output as zero.
+            ctx.set_materialize_grads(False)
         ctx.op, ctx.impl = op, impl
         return outputs
 
     @staticmethod
     def backward(ctx, *grads):
         op = ctx.op
-        grads = grads[: op.declaration.num_grads]
+        declaration = op.declaration
+        if len(grads) > declaration.num_grads:
+            grads = grads[: declaration.num_grads]
+            if grads[0] is None:  # undefined (zero) gradient, unmaterialised: every input's is zero
+                return (None,) * len(ctx.needs_input_grad)
         # Grad mode is on in a backward only under create_graph=True. Batched gradients
         # (jacobian(vectorize=True), autograd.grad(is_grads_batched=True), a vmapped vjp) have
         # no storage for a kernel to read: the reference's torch ops batch them.
         impl = reference_backend() if torch.is_grad_enabled() or without_storage(grads) else ctx.impl
-        outputs = op.declaration.backward(impl, *grads, *_unstash(ctx))
+        outputs = declaration.backward(impl, *grads, *_unstash(ctx))
         return (None, None, *op.input_grads(outputs, ctx.needs_input_grad[2:]))
 
 

@@ -13,7 +13,7 @@ __all__ = ["permute_dims"]  # the public functions (fastfvae/registry.py)
 
 _op = register(OpDeclaration(
     name="permute_dims",
-    # z (G, B, D), seed int64 (1,) -> out (G, B, D), index int32 (G, B, D) for the backward
+    # z (G, B, D) or (B, D), seed int64 (1,) -> out and int32 index (for the backward) of z's shape
     forward_schema="(Tensor z, Tensor seed) -> (Tensor, Tensor)",
     forward=lambda impl, z, seed: impl.permute_dims_forward(z, seed, True),
     inference=lambda impl, z, seed: impl.permute_dims_forward(z, seed, False),
@@ -37,7 +37,5 @@ def permute_dims(z: Tensor, *, backend: str = "auto") -> Tensor:
     drawn from torch's generator. Differentiable: the gradient is scattered back through pi.
     """
     check_float_tensor("z", z, (2, 3))
-    groups = z if z.dim() == 3 else z.unsqueeze(0)
-    out, _ = _op(backend, groups, draw_seed(z.device))
-    # A view taken outside the op, so in-place edits of the result are allowed.
-    return out.view(z.shape)
+    out, _ = _op(backend, z, draw_seed(z.device))
+    return out

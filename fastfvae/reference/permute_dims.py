@@ -24,11 +24,12 @@ def permute_dims(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 # The reference backend's launchers (the protocol of fastfvae/backends/__init__.py).
 def permute_dims_forward(z, seed, need_index):
-    groups, batch, dim = z.shape
-    index = philox_permutation(seed, groups, batch, dim, device=z.device)
+    """z: (G, B, D) or (B, D) as one group. Returns out and the int32 index, both of z's shape."""
+    groups, batch, dim = z.shape if z.dim() == 3 else (1, *z.shape)
+    index = philox_permutation(seed, groups, batch, dim, device=z.device).view(z.shape)
     return permute_dims(z, index), (index.to(torch.int32) if need_index else None)
 
 
 def permute_dims_backward(grad_out, index):
-    """index: int32 (G, B, D) source rows; grad_z[g, index[g, i, d], d] = grad_out[g, i, d]."""
-    return torch.zeros_like(grad_out).scatter_(1, index.long(), grad_out)
+    """index: int32 source rows of grad_out's shape; grad_z[..., index[..., i, d], d] = grad_out[..., i, d]."""
+    return torch.zeros_like(grad_out).scatter_(-2, index.long(), grad_out)

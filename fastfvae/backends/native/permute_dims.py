@@ -1,11 +1,12 @@
 """The native permute_dims: every column of each group permuted independently
-(kernels/cpu/permute_dims.cpp, kernels/cuda/permute_dims.cu). The index is int32 (G, B, D)
-source rows, contiguous.
+(kernels/cpu/permute_dims.cpp, kernels/cuda/permute_dims.cu). z is (G, B, D) or (B, D); the
+index is int32 source rows of z's shape, contiguous.
 """
 from __future__ import annotations
 
 import torch
 
+from fastfvae.backends import grouped_sizes
 from fastfvae.backends.native.library import (
     DTYPE_CODES, _call, declare_entry_points, dtype_code, i64, ptr, strided3, _workspace, _workspace_args,
 )
@@ -23,15 +24,15 @@ declare_entry_points("permute_dims", {
 
 
 def permute_dims_forward(z, seed, need_index):
-    groups, batch, dim = z.shape
-    out = z.new_empty((groups, batch, dim))
-    index = torch.empty((groups, batch, dim), dtype=torch.int32, device=z.device) if need_index else None
-    z_s = z.stride()
+    groups, batch, dim, *z_s = grouped_sizes(z)
+    # Sizes unpacked: torch parses a torch.Size argument about a microsecond slower.
+    out = z.new_empty(*z.shape)
+    index = z.new_empty(*z.shape, dtype=torch.int32) if need_index else None
     workspace = _workspace("permute_dims", z, DTYPE_CODES[z.dtype], groups, batch, dim)
     _call(
         "ffv_permute_dims_forward", z,
         DTYPE_CODES[z.dtype], groups, batch, dim,
-        z.data_ptr(), z_s[0], z_s[1], z_s[2],
+        z.data_ptr(), *z_s,
         seed.data_ptr(), out.data_ptr(), index.data_ptr() if need_index else None,
         *_workspace_args(workspace),
     )
@@ -39,19 +40,18 @@ def permute_dims_forward(z, seed, need_index):
 
 
 def permute_dims_backward(grad_out, index):
-    groups, batch, dim = grad_out.shape
+    groups, batch, dim, *g_s = grouped_sizes(grad_out)
     if index.dtype != torch.int32 or index.shape != grad_out.shape:
         raise ValueError(
             f"index: expected int32 {tuple(grad_out.shape)} from permute_dims_forward, "
             f"got {index.dtype} {tuple(index.shape)}"
         )
     index = index.contiguous()
-    grad_z = grad_out.new_empty((groups, batch, dim))
-    g_s = grad_out.stride()
+    grad_z = grad_out.new_empty(*grad_out.shape)
     _call(
         "ffv_permute_dims_backward", grad_out,
         DTYPE_CODES[grad_out.dtype], groups, batch, dim,
-        grad_out.data_ptr(), g_s[0], g_s[1], g_s[2],
+        grad_out.data_ptr(), *g_s,
         index.data_ptr(), grad_z.data_ptr(),
     )
     return grad_z

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastfvae.backends import grouped_sizes
 from fastfvae.backends.triton._common import GRID_LIMITS, checked_grid, device_guard, next_pow2
 
 # Largest B sorted inside one program. The bitonic sort keeps a column's keys in registers:
@@ -175,10 +176,11 @@ def _tile_grid(groups: int, batch: int, dim: int) -> tuple[tuple[int, int, int],
 
 
 def permute_dims_forward(z, seed, need_index):
-    """z: (G, B, D); seed: int64 (1,). Returns out (G, B, D) and the int32 index P (or None)."""
-    groups, batch, dim = z.shape
-    out = torch.empty((groups, batch, dim), dtype=z.dtype, device=z.device)
-    index = torch.empty((groups, batch, dim), dtype=torch.int32, device=z.device) if need_index else None
+    """z: (G, B, D) or (B, D); seed: int64 (1,). Returns out and the int32 index P (or None), both
+    of z's shape."""
+    groups, batch, dim, z_sg, z_sb, z_sd = grouped_sizes(z)
+    out = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    index = torch.empty(z.shape, dtype=torch.int32, device=z.device) if need_index else None
     index_arg = index if need_index else out
     row_mask = _row_mask(batch)
     with device_guard(z):
@@ -187,7 +189,7 @@ def permute_dims_forward(z, seed, need_index):
             block_d = max(1, min(next_pow2(dim), SORT_TILE_ELEMENTS // block_b))
             grid = checked_grid((groups, triton.cdiv(dim, block_d)), "permute_dims")
             _permute_dims_sort_kernel[grid](
-                z, seed, out, index_arg, batch, dim, row_mask, z.stride(0), z.stride(1), z.stride(2),
+                z, seed, out, index_arg, batch, dim, row_mask, z_sg, z_sb, z_sd,
                 NEED_INDEX=need_index, BLOCK_B=block_b, BLOCK_D=block_d,
                 num_warps=8 if block_b * block_d >= 2048 else 4,
             )
@@ -197,22 +199,23 @@ def permute_dims_forward(z, seed, need_index):
         _permute_dims_keys_kernel[grid](seed, keys, batch, dim, row_mask, BLOCK_B=block_b, BLOCK_D=block_d)
         sorted_keys = torch.sort(keys, dim=-1).values
         _permute_dims_gather_kernel[grid](
-            z, sorted_keys, out, index_arg, batch, dim, row_mask, z.stride(0), z.stride(1), z.stride(2),
+            z, sorted_keys, out, index_arg, batch, dim, row_mask, z_sg, z_sb, z_sd,
             NEED_INDEX=need_index, BLOCK_B=block_b, BLOCK_D=block_d,
         )
     return out, index
 
 
 def permute_dims_backward(grad_out, index):
-    """grad_out: (G, B, D); index: int32 (G, B, D) from the forward. Returns grad_z (G, B, D)."""
-    groups, batch, dim = grad_out.shape
-    grad_z = torch.empty((groups, batch, dim), dtype=grad_out.dtype, device=grad_out.device)
+    """grad_out: (G, B, D) or (B, D); index: int32 of its shape, from the forward. Returns grad_z
+    of that shape."""
+    groups, batch, dim, *grad_strides = grouped_sizes(grad_out)
+    index_strides = grouped_sizes(index)[3:]
+    grad_z = torch.empty(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device)
     grid, block_b, block_d = _tile_grid(groups, batch, dim)
     with device_guard(grad_out):
         _permute_dims_backward_kernel[grid](
             grad_out, index, grad_z, batch, dim,
-            grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-            index.stride(0), index.stride(1), index.stride(2),
+            *grad_strides, *index_strides,
             BLOCK_B=block_b, BLOCK_D=block_d,
         )
     return grad_z
