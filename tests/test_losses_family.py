@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fastfvae
+import fastfvae.dip_penalty
 from fastfvae.losses import AnnealedVAELoss, DIPVAELoss, reconstruction_loss
 
 F64 = torch.float64
@@ -86,9 +87,12 @@ def vectorised_textbook_dip(mu, logvar, variant, lambda_od, lambda_d):
 
 @pytest.mark.parametrize("variant", ["i", "ii"])
 @pytest.mark.parametrize("b, d", [(20000, 8), (9000, 1)])
-def test_dip_penalty_over_several_row_chunks_matches_float64(variant, b, d):
-    """Batches taller than one of dip_penalty's L2-sized chunks (8192 rows at D = 8, 65536 at
-    D = 1, the last chunk partial): float32 value and gradients against float64 autograd."""
+def test_dip_penalty_over_several_row_chunks_matches_float64(variant, b, d, monkeypatch):
+    """Batches taller than one of dip_penalty's chunks, made 64 K elements here (8192 rows at
+    D = 8, 65536 at D = 1, the last chunk partial) so that a batch small enough for float32's
+    sums to meet these tolerances crosses several: float32 value and gradients against float64
+    autograd."""
+    monkeypatch.setattr(fastfvae.dip_penalty, "_DIP_CHUNK_ELEMENTS", 1 << 16)
     g = torch.Generator().manual_seed(b + d)
     mu = torch.randn(b, d, generator=g).mul(1.5).add(0.3).requires_grad_()
     logvar = torch.randn(b, d, generator=g).mul(0.7).requires_grad_()
@@ -105,7 +109,7 @@ def test_dip_penalty_over_several_row_chunks_matches_float64(variant, b, d):
 
 @pytest.mark.parametrize("variant", ["i", "ii"])
 def test_dip_penalty_of_float32_codes_far_from_zero_keeps_its_precision(variant):
-    """Codes of spread ~1 around 1000 in float32: the centred covariance keeps ~5 digits, where
+    """Codes of spread ~1 around 1000 in float32: the shifted covariance keeps ~5 digits, where
     E[mu mu^T] - E[mu] E[mu]^T in float32 would lose them all to cancellation (1e6 - 1e6)."""
     g = torch.Generator().manual_seed(3)
     mu = (torch.randn(4096, 6, generator=g) + 1000.0).requires_grad_()
