@@ -33,7 +33,7 @@ def discriminator_loss_forward(d_real, d_perm):
 
 def discriminator_loss_backward(grad_loss, d_real, d_perm):
     batch, k = d_real.shape
-    grad_real, grad_perm = d_real.new_empty((batch, k)), d_perm.new_empty((batch, k))
+    grad_real, grad_perm = d_real.new_empty(batch, k), d_perm.new_empty(batch, k)
     r, p = d_real.stride(), d_perm.stride()
     _call("ffv_discriminator_loss_backward", d_real, DTYPE_CODES[d_real.dtype], batch, k,
           grad_loss.data_ptr(), d_real.data_ptr(), r[0], r[1], d_perm.data_ptr(), p[0], p[1],

@@ -53,7 +53,7 @@ def log_qz_backward(grad_log_qz, grad_log_qzj, z, mu, logvar, log_qz, log_qzj, d
     components = mu.shape[0]
     acc = compute_dtype(z.dtype)
     grad_log_qz, grad_log_qzj = grad_log_qz.to(acc), grad_log_qzj.to(acc)
-    grad_z, grad_mu, grad_logvar = z.new_empty(z.shape), mu.new_empty(mu.shape), mu.new_empty(mu.shape)
+    grad_z, grad_mu, grad_logvar = z.new_empty(*z.shape), mu.new_empty(*mu.shape), mu.new_empty(*mu.shape)
     z_s, mu_s, lv_s, h_s, lqj_s = z.stride(), mu.stride(), logvar.stride(), grad_log_qzj.stride(), log_qzj.stride()
     _call(
         "ffv_log_qz_backward", z,

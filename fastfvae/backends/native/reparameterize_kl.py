@@ -32,8 +32,8 @@ def _optional_strided2(t):
 
 def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
     batch, dim = mu.shape
-    z = mu.new_empty((batch, dim))
-    kl = mu.new_empty((batch,) if reduction == "none" else ())
+    z = mu.new_empty(batch, dim)
+    kl = mu.new_empty(batch) if reduction == "none" else mu.new_empty(())
     mu_s, logvar_s = mu.stride(), logvar.stride()
     workspace = _workspace("reparameterize_kl", mu, DTYPE_CODES[mu.dtype], batch, dim, REDUCTION_CODES[reduction])
     _call(
@@ -51,8 +51,8 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, reduction):
 def reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, eps, seed, reduction, need_grad_eps):
     """eps: the forward's given noise, or None: the kernel regenerates the forward's draw from seed."""
     batch, dim = mu.shape
-    grad_mu, grad_logvar = mu.new_empty((batch, dim)), mu.new_empty((batch, dim))
-    grad_eps = mu.new_empty((batch, dim)) if need_grad_eps else None
+    grad_mu, grad_logvar = mu.new_empty(batch, dim), mu.new_empty(batch, dim)
+    grad_eps = mu.new_empty(batch, dim) if need_grad_eps else None
     gz_s, mu_s, logvar_s = grad_z.stride(), mu.stride(), logvar.stride()
     _call(
         "ffv_reparameterize_kl_backward", mu,

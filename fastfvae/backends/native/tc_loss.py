@@ -28,7 +28,7 @@ def tc_loss_forward(logits):
 
 def tc_loss_backward(grad_tc, logits):
     batch, k = logits.shape
-    grad = logits.new_empty((batch, k))
+    grad = logits.new_empty(batch, k)
     _call("ffv_tc_loss_backward", logits, DTYPE_CODES[logits.dtype], batch, k,
           grad_tc.data_ptr(), grad.data_ptr())
     return grad
