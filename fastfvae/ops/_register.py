@@ -105,6 +105,9 @@ def _size_reader(sizes: tuple) -> Callable:
 
         def read3(t):
             shape = t.shape
+            if len(shape) == 2:  # (B, D) as one group
+                n1, n2 = shape
+                return {a: 1, b: n1, c: n2}
             if len(shape) != 3:
                 return named_sizes(sizes, shape)
             n0, n1, n2 = shape
