@@ -69,8 +69,9 @@ def _shifted_covariance(mu: Tensor) -> tuple[Tensor, Tensor]:
         else:
             gram.addmm_(shifted.T, shifted)
             total.add_(shifted.sum(dim=0))
-    offset = total.div_(batch)
-    return gram.addr_(offset, offset, beta=1.0 / batch, alpha=-1), offset.add_(shift)
+    # Gram / B - (total / B)(total / B)^T, and mean = s + total / B: one op each.
+    cov = gram.addr_(total, total, beta=1.0 / batch, alpha=-1.0 / (batch * batch))
+    return cov, torch.add(shift, total, alpha=1.0 / batch)
 
 
 class _DIPPenalty(torch.autograd.Function):
@@ -88,15 +89,17 @@ class _DIPPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu: Tensor, logvar: Tensor, variant: str, lambda_od: float, lambda_d: float) -> Tensor:
         cov, mean = _shifted_covariance(mu)
+        distance, diagonal = cov, cov.diagonal()  # A = C - I, in place: the backward needs only A
         variance = torch.exp(logvar) if variant == "ii" else None
         if variance is not None:
-            cov.diagonal().add_(variance.mean(dim=0))
-        distance = cov  # A = C - I, in place: the backward needs only A
-        diagonal = distance.diagonal().sub_(1)
+            diagonal.add_(variance.mean(dim=0))
+        diagonal.sub_(1)
         flat = distance.view(-1)
-        # lambda_od * sum_{i != j} A_ij^2 + lambda_d * sum_i A_ii^2
-        penalty = torch.add(torch.dot(flat, flat).mul_(lambda_od), torch.dot(diagonal, diagonal),
-                            alpha=lambda_d - lambda_od)
+        # lambda_od * sum_{i != j} A_ij^2 + lambda_d * sum_i A_ii^2 = lambda_od * |A|^2 +
+        # (lambda_d - lambda_od) * |diag A|^2, whose second term vanishes at equal weights (DIP-II's)
+        penalty = torch.dot(flat, flat).mul_(lambda_od)
+        if lambda_d != lambda_od:
+            penalty.add_(torch.dot(diagonal, diagonal), alpha=lambda_d - lambda_od)
         ctx.save_for_backward(mu, mean, distance, variance)
         ctx.weights = (lambda_od, lambda_d)
         return penalty
