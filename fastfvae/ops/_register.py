@@ -282,7 +282,7 @@ class _EagerFunction(torch.autograd.Function):
     def forward(ctx, op: RegisteredOp, impl, *args):
         declaration = op.declaration
         outputs = declaration.forward(impl, *args)
-        _stash(ctx, declaration.save(args, outputs if declaration.num_outputs > 1 else (outputs,)))
+        _stash(ctx, _as_tuple(declaration.save(args, outputs if declaration.num_outputs > 1 else (outputs,))))
         _mark_non_differentiable(ctx, declaration, outputs)
         if declaration.num_non_differentiable_outputs and declaration.num_grads == 1:
             # Zeros for the non-differentiable outputs (an index) would be an allocation and a
