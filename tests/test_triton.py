@@ -176,6 +176,11 @@ def check_permutation(z, seed, dtype):
     assert no_index is None and torch.equal(out_only, out_ref)
     grad_out = randn(groups, batch, dim, dtype=dtype)
     assert torch.equal(T.permute_dims_backward(grad_out, index), R.permute_dims_backward(grad_out, index_ref))
+    if groups == 1:  # (B, D), as the public function hands a 2-D z on: the same draws as group 0
+        out_2d, index_2d = T.permute_dims_forward(z[0], seed, True)
+        assert torch.equal(out_2d, out_ref[0]) and torch.equal(index_2d, index_ref[0])
+        assert torch.equal(T.permute_dims_backward(grad_out[0], index_2d),
+                           R.permute_dims_backward(grad_out, index_ref)[0])
 
 
 @needs_runtime
