@@ -345,14 +345,19 @@ def test_bad_input(kwargs, error, words):
         assert word in str(info.value), (word, str(info.value))
 
 
-def test_nan_propagates(backend, device):
-    require(backend, "log_qz", device, torch.float64)
-    z, mu, logvar = _inputs(4, 4, 2, torch.float64, device, seed=3)
-    z[1, 0] = float("nan")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("where", ["query", "component"])
+def test_nan_propagates(backend, device, dtype, where):
+    """A NaN query gives NaN in its row (every term of its logsumexps is NaN); a NaN component
+    puts one NaN term among finite ones in every row's logsumexps, which the float32 kernels'
+    exp must keep NaN (the float64 ones call the C library's)."""
+    require(backend, "log_qz", device, dtype)
+    z, mu, logvar = _inputs(4, 40, 2, dtype, device, seed=3)
+    (z if where == "query" else mu)[1, 0] = float("nan")
     joint, dims = fastfvae.log_qz_marginals(z, mu, logvar, dataset_size=10, backend=backend)
-    want_joint, want_dims = reference.log_qz_marginals(z, mu, logvar, 10)
-    assert_close(joint, want_joint, torch.float64, "log_qz with a NaN")
-    assert_close(dims, want_dims, torch.float64, "log_qzj with a NaN")
+    want_joint, want_dims = reference.log_qz_marginals(z.double(), mu.double(), logvar.double(), 10)
+    assert_close(joint, want_joint, dtype, "log_qz with a NaN")
+    assert_close(dims, want_dims, dtype, "log_qzj with a NaN")
 
 
 PROBE = textwrap.dedent("""
