@@ -27,10 +27,11 @@ Declarations speak in positional argument tuples. For an op ``f(a, b, const)``:
                                              (skips what only the backward needs, e.g. an index)
 
 ``dims`` names the op's sizes by argument: ``{"z": "G B D"}`` reads G, B, D off the argument
-called ``z`` in the schema, aligned to its last dimensions (a (B, D) ``z`` has G = 1). The backend is chosen (``fastfvae.backends.select``) from the device
-and dtype of the first argument ``dims`` names in the schema, and from those sizes when a
-backend has shape limits; the forward and the backward each use the entries whose argument
-their schema has (``{"z": "G B D", "grad_out": "G B D"}`` serves a backward without ``z``).
+called ``z`` in the schema, aligned to its last dimensions (a (B, D) ``z`` has G = 1). The
+backend is chosen (``fastfvae.backends.select``) from the device and dtype of the first argument
+``dims`` names in the schema, and from those sizes when a backend has shape limits; the forward
+and the backward each use the entries whose argument their schema has (``{"z": "G B D",
+"grad_out": "G B D"}`` serves a backward without ``z``).
 
 Non-differentiable outputs (an index for the backward) come last; ``num_outputs`` counts all.
 """
