@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "cpu_common.h"
+#include "cpu_math.h"  // exp_reduced_f32, FFV_INLINE
 
 namespace {
 
@@ -45,7 +46,6 @@ constexpr int64_t kAccumulatorBudget = int64_t{256} << 20;  // bytes of per-thre
 #else
 #define FFV_MULTIVERSION
 #endif
-#define FFV_INLINE inline __attribute__((always_inline))
 
 // e^x for the logsumexp terms of this file, which are at most zero up to rounding (x - max,
 // s - log_qz, m - log_qzj): x = k ln2 + r (Cody-Waite), e^r by Cephes' expf polynomial (as
@@ -59,15 +59,7 @@ FFV_INLINE float exp_lse(float x) {
   const float clamped = x > -87.33f ? (x < 88.0f ? x : 88.0f) : -87.33f;  // a NaN becomes -87.33 here
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const float kf = (clamped * 1.44269504088896341f + shifter) - shifter;
-  float r = clamped - kf * 0.693359375f;  // ln2 split: the high part is exact in kf * hi
-  r = r - kf * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float er = p * r * r + r + 1.0f;
+  const float er = ffv::cpu_math::exp_reduced_f32(clamped, kf);
   const float result = er * ffv::bits_float(static_cast<uint32_t>(static_cast<int32_t>(kf) + 127) << 23);
   const float flushed = x < -87.33f ? 0.0f : result;
   return x != x ? x : flushed;

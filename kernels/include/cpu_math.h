@@ -32,19 +32,25 @@ using ffv::float_bits;
 // 2^n for integer n in [-126, 127], as a float built from its exponent bits.
 FFV_INLINE float pow2i(int32_t n) { return bits_float(static_cast<uint32_t>(n + 127) << 23); }
 
-// e^x; +inf above 88.72, 0 far below -87 (gradual underflow in between), nan stays nan.
-FFV_INLINE float exp_f32(float x) {
-  // NaN compares false and becomes -104 here (no NaN reaches the int conversion); fixed below.
-  const float clamped = x > -104.0f ? (x < 88.8f ? x : 88.8f) : -104.0f;
-  const float n = std::nearbyint(clamped * 1.44269504088896341f);
-  const float r = (clamped - n * 0.693359375f) - n * -2.12194440e-4f;  // Cody-Waite ln 2
+// e^(x - n ln2) for an integer n that leaves |x - n ln2| <= ln2/2: the Cody-Waite reduction and
+// Cephes' expf polynomial (~1 ulp). exp_f32 below and log_qz's exp_lse scale it by 2^n.
+FFV_INLINE float exp_reduced_f32(float x, float n) {
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;  // Cody-Waite ln 2
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  const float er = p * r * r + r + 1.0f;
+  return p * r * r + r + 1.0f;
+}
+
+// e^x; +inf above 88.72, 0 far below -87 (gradual underflow in between), nan stays nan.
+FFV_INLINE float exp_f32(float x) {
+  // NaN compares false and becomes -104 here (no NaN reaches the int conversion); fixed below.
+  const float clamped = x > -104.0f ? (x < 88.8f ? x : 88.8f) : -104.0f;
+  const float n = std::nearbyint(clamped * 1.44269504088896341f);
+  const float er = exp_reduced_f32(clamped, n);
   // Scale by 2^n in two halves so that neither factor leaves the normal range.
   const int32_t ni = static_cast<int32_t>(n);
   const int32_t half = ni >> 1;
