@@ -66,8 +66,8 @@ AUTO_ORDER = {
 }
 
 _modules: dict = {}
-# (op, requested, device type, dtype) -> (module, its limits function) for the backends that serve
-# that device and dtype, in order
+# (op, requested, device as given, dtype) -> (module, its limits function or None) for the backends
+# that serve that device and dtype, in order (select's cache)
 _candidates_cache: dict = {}
 
 
@@ -171,15 +171,11 @@ def requested_from_environment() -> str:
 
 def _candidates(op: str, requested: str, device: torch.device, dtype: torch.dtype) -> tuple:
     """(module, its limits or None) of the backends that serve (device, dtype), in the order "auto"
-    tries them; for an explicit request, that one backend (or () when it cannot serve them)."""
-    key = (op, requested, device.type, dtype)
-    found = _candidates_cache.get(key)
-    if found is None:
-        names = AUTO_ORDER.get(device.type, ("reference",)) if requested == "auto" else (requested,)
-        modules = [get_backend(n) for n in names if not _static_reasons(n, op, device, dtype)]
-        found = tuple((m, _limits_for(m, op)) for m in modules)
-        _candidates_cache[key] = found
-    return found
+    tries them; for an explicit request, that one backend (or () when it cannot serve them).
+    ``select`` caches the answer."""
+    names = AUTO_ORDER.get(device.type, ("reference",)) if requested == "auto" else (requested,)
+    modules = [get_backend(n) for n in names if not _static_reasons(n, op, device, dtype)]
+    return tuple((m, _limits_for(m, op)) for m in modules)
 
 
 def select(op: str, requested: str, device, dtype: torch.dtype, dims=None):
