@@ -187,6 +187,38 @@ def test_log_densities_far_outside_exp_range(backend, device, regime, dtype):
                 assert_close(actual / scale, want / scale, dtype, f"{name} {method} {regime}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_one_query_far_away_in_one_dimension(backend, device, dtype):
+    """One query hundreds of standard deviations from every component in one dimension (its
+    log-density there below -1000), the rest as in training: that (query, dimension) has no term near the largest log-normaliser, so a one-pass
+    logsumexp shifted by that bound (the native float forward) must recompute it with its own
+    maximum, while every other entry, the same query's other dimensions included, keeps the one
+    pass. Forward and backward against float64 autograd of the materialised reference."""
+    require(backend, "log_qz", device, dtype)
+    shape = (9, 9, 3) if backend == "triton" else (40, 40, 6)
+    queries, _, dim = shape
+    z, mu, logvar = _inputs(*shape, torch.float64, "cpu", seed=8)
+    z[queries // 2, dim - 2] = 300.0
+    z, mu, logvar = (t.to(device=device, dtype=dtype).requires_grad_() for t in (z, mu, logvar))
+    joint, dims = fastfvae.log_qz_marginals(z, mu, logvar, dataset_size=500, backend=backend)
+    g = torch.Generator().manual_seed(2)
+    grad_joint = torch.rand(queries, generator=g, dtype=torch.float64).to(device, dtype)
+    grad_dims = torch.rand(queries, dim, generator=g, dtype=torch.float64).to(device, dtype)
+    grads = torch.autograd.grad((joint, dims), (z, mu, logvar), (grad_joint, grad_dims))
+    expected = _expected(z, mu, logvar, 500, "mws", grad_joint, grad_dims)
+    assert expected[1][queries // 2, dim - 2].item() < -1000  # the premise: far below exp's range
+    for name, actual, want in zip(("log_qz", "log_qzj", "grad z", "grad mu", "grad logvar"),
+                                  (joint, dims, *grads), expected):
+        assert torch.isfinite(actual).all(), name
+        # log q of the far query reaches ~-3e3: compare relative to the largest value.
+        scale = max(1.0, want.abs().max().item())
+        assert_close(actual / scale, want / scale, dtype, name)
+        if name == "log_qzj":  # every other entry at its own scale
+            keep = torch.ones_like(want, dtype=torch.bool)
+            keep[queries // 2, dim - 2] = False
+            assert_close(actual[keep], want[keep], dtype, name)
+
+
 def test_noncontiguous_inputs_and_expanded_gradients(backend, device):
     require(backend, "log_qz", device, torch.float64)
     z, mu, logvar = _inputs(6, 9, 5, torch.float64, device, seed=2)
@@ -350,14 +382,20 @@ def test_bad_input(kwargs, error, words):
 def test_nan_propagates(backend, device, dtype, where):
     """A NaN query gives NaN in its row (every term of its logsumexps is NaN); a NaN component
     puts one NaN term among finite ones in every row's logsumexps, which the float32 kernels'
-    exp must keep NaN (the float64 ones call the C library's)."""
+    exp must keep NaN (the float64 ones call the C library's). The backward too: a NaN log q
+    makes every softmax weight of its row NaN, so the NaN reaches the finite components'
+    gradients through the exp alone."""
     require(backend, "log_qz", device, dtype)
     z, mu, logvar = _inputs(4, 40, 2, dtype, device, seed=3)
     (z if where == "query" else mu)[1, 0] = float("nan")
+    z, mu, logvar = (t.requires_grad_() for t in (z, mu, logvar))
     joint, dims = fastfvae.log_qz_marginals(z, mu, logvar, dataset_size=100, backend=backend)
-    want_joint, want_dims = reference.log_qz_marginals(z.double(), mu.double(), logvar.double(), 100)
-    assert_close(joint, want_joint, dtype, "log_qz with a NaN")
-    assert_close(dims, want_dims, dtype, "log_qzj with a NaN")
+    grad_joint, grad_dims = torch.ones_like(joint), torch.ones_like(dims)
+    grads = torch.autograd.grad((joint, dims), (z, mu, logvar), (grad_joint, grad_dims))
+    expected = _expected(z, mu, logvar, 100, "mws", grad_joint, grad_dims)
+    for name, actual, want in zip(("log_qz", "log_qzj", "grad z", "grad mu", "grad logvar"),
+                                  (joint, dims, *grads), expected):
+        assert_close(actual, want, dtype, f"{name} with a NaN")
 
 
 PROBE = textwrap.dedent("""
