@@ -451,8 +451,12 @@ FFV_CLONES void permute_block(uint64_t seed, int64_t g, int64_t B, int64_t D, in
   for (int64_t c = 0; c < width; ++c) {
     const uint64_t* sorted = sorted_column_keys(seed, g, B, D, d0 + c, row_bits, s);
     const Bits* column = columns + c * ld;
-    int32_t* column_perm = perm + c * ld;
     Bits* column_out = gathered + c * ld;
+    if (index == nullptr) {  // no index asked for: the source rows are not kept
+      for (int64_t i = 0; i < B; ++i) column_out[i] = column[sorted[i] & row_mask];
+      continue;
+    }
+    int32_t* column_perm = perm + c * ld;
     for (int64_t i = 0; i < B; ++i) {
       const int32_t src = static_cast<int32_t>(sorted[i] & row_mask);
       column_perm[i] = src;
