@@ -164,6 +164,9 @@ def test_permutation_equals_reference_bit_for_bit(library, shape):
     z = torch.randn(shape)
     out, index = native.permute_dims_forward(z, seed, True)
     expected = ref.philox_permutation(seed, groups, batch, dim)
+    # without the index (training's z', detached), the kernel gathers on another path
+    out_alone, no_index = native.permute_dims_forward(z, seed, False)
+    assert no_index is None and torch.equal(out_alone, torch.gather(z, 1, expected))
     assert torch.equal(index.long(), expected)
     assert torch.equal(out, torch.gather(z, 1, expected))
     # every column of every group is a permutation of the rows
