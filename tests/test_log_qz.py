@@ -58,8 +58,13 @@ def _check_against_reference(backend, device, dtype, shape, seed, logvar_scale=1
         )
         assert joint.dtype == dims.dtype == compute_dtype(dtype)  # float32 for 16-bit (17.3)
         assert joint.shape == (queries,) and dims.shape == (queries, dim)
-        grad_joint = torch.randn(queries, device=device, dtype=dtype)
-        grad_dims = torch.randn(queries, dim, device=device, dtype=dtype)
+        # Seeded like the inputs: with the global generator, the gradients depended on the tests
+        # run before, and about 1 draw in 600 put a float32 grad mu entry, a sum of terms that
+        # nearly cancel, past the tolerance (1.7e-5 against 1e-5, before and after the one-pass
+        # forward alike).
+        g = torch.Generator().manual_seed(seed)
+        grad_joint = torch.randn(queries, generator=g).to(device, dtype)
+        grad_dims = torch.randn(queries, dim, generator=g).to(device, dtype)
         torch.autograd.backward((joint, dims), (grad_joint, grad_dims))
         expected = _expected(z, mu, logvar, dataset_size, method, grad_joint, grad_dims)
         for name, actual, want in zip(

@@ -86,6 +86,18 @@ def vectorised_textbook_dip(mu, logvar, variant, lambda_od, lambda_d):
 
 
 @pytest.mark.parametrize("variant", ["i", "ii"])
+def test_composed_dip_covariance_and_regulariser_match_textbook_float64(variant):
+    """The public plain-op forms, dip_regulariser(dip_covariance(...)) (the composed baseline of
+    bench/test_dip_regulariser.py), against the textbook in float64: the population covariance
+    (/B), not the sample one."""
+    g = torch.Generator().manual_seed(11)
+    mu = torch.randn(50, 5, generator=g, dtype=F64).mul(1.3).add(0.4)
+    logvar = torch.randn(50, 5, generator=g, dtype=F64).mul(0.6)
+    got = fastfvae.losses.dip_regulariser(fastfvae.losses.dip_covariance(mu, logvar, variant), 3.0, 7.0)
+    torch.testing.assert_close(got, vectorised_textbook_dip(mu, logvar, variant, 3.0, 7.0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["i", "ii"])
 @pytest.mark.parametrize("b, d", [(20000, 8), (9000, 1)])
 def test_dip_penalty_over_several_row_chunks_matches_float64(variant, b, d, monkeypatch):
     """Batches taller than one of dip_penalty's chunks, made 64 K elements here (8192 rows at
