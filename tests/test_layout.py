@@ -114,3 +114,26 @@ def test_the_map_check_finds_an_unnamed_file():
     layout = "fastfvae/\n  ops/<op>.py\n  cli.py  the command\n"
     paths = [pathlib.Path("fastfvae/cli.py"), pathlib.Path("fastfvae/ops/tc_loss.py"), pathlib.Path("fastfvae/new.py")]
     assert unmapped(paths, layout, {"tc_loss"}) == ["fastfvae/new.py"]
+
+
+def test_every_planted_bug_of_the_mutation_harness_still_applies():
+    """scripts/mutants.py patches one line per mutant; code that moves leaves a patch that no
+    longer applies, and the harness then reports an error instead of a catch (three had gone
+    stale unnoticed). Each target text must occur exactly once, and each test file named exist."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("fastfvae_mutants", ROOT / "scripts" / "mutants.py")
+    mutants = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mutants  # (its dataclasses look their module up there)
+    try:
+        spec.loader.exec_module(mutants)
+    finally:
+        del sys.modules[spec.name]
+    names = [m.name for m in mutants.MUTANTS]
+    assert len(names) == len(set(names)), "duplicate mutant names"
+    stale = {m.name: mutants.check_target(m) for m in mutants.MUTANTS if mutants.check_target(m)}
+    assert not stale, stale
+    missing = {m.name: f for m in mutants.MUTANTS for f in m.tests
+               if f.startswith("tests/") and not (ROOT / f.split("::")[0]).is_file()}
+    assert not missing, missing
