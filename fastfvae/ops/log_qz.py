@@ -110,7 +110,8 @@ def log_qz(
         needs K >= 2, M <= K and N >= K (fastfvae/reference/log_qz.py derives the weights).
     Returns (log_qz (M,), log_prod_qzj (M,)) in the compute dtype (float32; float64 for float64),
     differentiable in z, mu and logvar.
-    Memory O((M + K) D): the kernels stream over j with an online logsumexp.
+    Memory O((M + K) D): the kernels stream over j with an online logsumexp (the CPU's float
+    forward shifts each log q(z_id) by a fixed upper bound of its terms instead: one pass).
     """
     log_qz_joint, log_qzj = log_qz_marginals(
         z, mu, logvar, dataset_size=dataset_size, method=method, backend=backend
