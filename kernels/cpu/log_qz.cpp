@@ -341,7 +341,8 @@ FFV_MULTIVERSION void forward_block_one_pass(const ForwardArgs<float>& a, const 
     a.log_qz[i] = joint[r].result();
     for (int64_t d = 0; d < D; ++d) {
       const float sum = sums[r * D + d];
-      a.log_qzj[i * D + d] = sum >= kMinOnePassSum ? bound[d] + std::log(sum) : two_pass_dimension_lse(a, a.z + i * D, i, d);
+      a.log_qzj[i * D + d] =
+          sum >= kMinOnePassSum ? bound[d] + std::log(sum) : two_pass_dimension_lse(a, a.z + i * D, i, d);
     }
   }
 }
