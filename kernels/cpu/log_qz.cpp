@@ -53,14 +53,27 @@ constexpr int64_t kAccumulatorBudget = int64_t{256} << 20;  // bytes of per-thre
 #define FFV_MULTIVERSION
 #endif
 
-// e^x for x in [-87.33, 88]: x = k ln2 + r (Cody-Waite), e^r by Cephes' expf polynomial (as
-// cpu_math.h's exp_f32, ~1 ulp), times 2^k built in the exponent bits: one normal float for every
-// k here, so one multiply and no overflow path. Branch-free, so that loops calling it vectorise.
-FFV_INLINE float exp_in_range(float x) {
+// e^x for x in [-87.33, 88] (kFlush: [-100, 88]): x = k ln2 + r (Cody-Waite), e^r by Cephes'
+// expf polynomial (as cpu_math.h's exp_f32, ~1 ulp), times 2^k built in the exponent bits: one
+// normal float for every k of the first range, so one multiply and no overflow path; with kFlush,
+// 2^k is 0 where it would be subnormal (k's biased exponent clamped at 0: one integer max).
+// Branch-free, so that loops calling it vectorise.
+template <bool kFlush = false>
+FFV_INLINE float exp_scaled(float x) {
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const float kf = (x * 1.44269504088896341f + shifter) - shifter;
   const float er = ffv::cpu_math::exp_reduced_f32(x, kf);
-  return er * ffv::bits_float(static_cast<uint32_t>(static_cast<int32_t>(kf) + 127) << 23);
+  int32_t biased = static_cast<int32_t>(kf) + 127;
+  if constexpr (kFlush) biased = biased > 0 ? biased : 0;
+  return er * ffv::bits_float(static_cast<uint32_t>(biased) << 23);
+}
+
+// max(x, lowest) for a negative `lowest` given by its bits, as an unsigned minimum of the bits (one
+// vpminud where GCC compiles the float select to a compare and a blend): below zero a float's bits
+// grow with its magnitude, and zero (0 or 0x80000000) and positive x keep theirs. Not for NaN.
+FFV_INLINE float at_least_negative(float x, uint32_t lowest_bits) {
+  const uint32_t bits = ffv::float_bits(x);
+  return ffv::bits_float(bits < lowest_bits ? bits : lowest_bits);
 }
 
 // e^x for the logsumexp terms of this file, which are at most zero up to rounding (x - max,
@@ -70,39 +83,23 @@ FFV_INLINE float exp_in_range(float x) {
 // overflow select.
 FFV_INLINE float exp_lse(float x) {
   const float clamped = x > -87.33f ? (x < 88.0f ? x : 88.0f) : -87.33f;  // a NaN becomes -87.33 here
-  const float flushed = x < -87.33f ? 0.0f : exp_in_range(clamped);
+  const float flushed = x < -87.33f ? 0.0f : exp_scaled(clamped);
   return x != x ? x : flushed;
 }
 FFV_INLINE double exp_lse(double x) { return std::exp(x); }
 
 // e^x for x <= 0 or -inf, never NaN (the one-pass forward's terms): e^-87.33 ~ 1e-38 in place of
 // anything smaller, which the one-pass sum's floor (kMinOnePassSum) makes negligible.
-// The clamp at -87.33 is an unsigned minimum of the bits (one vpminud where the float select took
-// a compare and a blend): below zero a float's bits grow with its magnitude, and zero's bits (0,
-// or 0x80000000 for -0) stay where they are.
-FFV_INLINE float exp_nonpositive(float x) {
-  constexpr uint32_t kLowestBits = 0xC2AEA8F6u;  // -87.33f
-  const uint32_t bits = ffv::float_bits(x);
-  return exp_in_range(ffv::bits_float(bits < kLowestBits ? bits : kLowestBits));
-}
+FFV_INLINE float exp_nonpositive(float x) { return exp_scaled(at_least_negative(x, 0xC2AEA8F6u /* -87.33f */)); }
 
 // exp_lse for terms that cannot be NaN (the backward's, given finite inputs and forward outputs:
-// one_pass_applies) with fewer selects: no NaN select, and instead of the flush below -87.33, 2^k
-// is 0 where it would be subnormal (k's biased exponent clamped at 0: one integer max). The same
-// values as exp_lse down to x ~ -87.7 (exp_lse is 0 below -87.33; here ~1e-38 in between).
-// Its lower clamp is exp_nonpositive's unsigned minimum (positive x keep their bits), the upper
-// a float select. Backward 2048 x 10, one thread, Zen 4: 30.1 -> 26.5 ms with the float clamps,
-// ~25 ms with this one.
+// one_pass_applies) with fewer selects: no NaN select, and instead of the flush below -87.33,
+// exp_scaled's flush of subnormal 2^k. The same values as exp_lse down to x ~ -87.7 (exp_lse is 0
+// below -87.33; here ~1e-38 in between). Backward 2048 x 10, one thread, Zen 4: 30.1 -> 26.5 ms
+// with float selects for the clamps, ~25 ms with at_least_negative for the lower one.
 FFV_INLINE float exp_finite(float x) {
-  constexpr uint32_t kLowestBits = 0xC2C80000u;  // -100.0f (the unsigned minimum of exp_nonpositive)
-  const uint32_t bits = ffv::float_bits(x);
-  const float above_low = ffv::bits_float(bits < kLowestBits ? bits : kLowestBits);
-  const float clamped = above_low < 88.0f ? above_low : 88.0f;
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float kf = (clamped * 1.44269504088896341f + shifter) - shifter;
-  const float er = ffv::cpu_math::exp_reduced_f32(clamped, kf);
-  const int32_t biased = static_cast<int32_t>(kf) + 127;
-  return er * ffv::bits_float(static_cast<uint32_t>(biased > 0 ? biased : 0) << 23);
+  const float above_low = at_least_negative(x, 0xC2C80000u /* -100.0f */);
+  return exp_scaled<true>(above_low < 88.0f ? above_low : 88.0f);
 }
 
 // The backward's exp: exp_finite where no term can be NaN (kFinite), else exp_lse.
