@@ -1,8 +1,9 @@
 """DIP-VAE's covariance penalty (Kumar et al. 2018, eqs. 6 and 7), as disentanglement_lib
 computes it (methods/unsupervised/vae.py: compute_covariance_z_mean, regularize_diag_off_diag_dip):
 ``dip_covariance`` and ``dip_regulariser`` in plain torch ops, and ``dip_penalty``, the two as one
-autograd node with the gradient in closed form (what ``fastfvae.losses.DIPVAELoss`` runs). The
-public names are also ``fastfvae.losses``'.
+autograd node with the gradient in closed form (what ``fastfvae.losses.DIPVAELoss`` runs; on the
+CPU its forward is one call of the CPU library, kernels/cpu/dip_penalty.cpp). The public names are
+also ``fastfvae.losses``'.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 from torch import Tensor
 
 from fastfvae._checks import check_choice, check_float_tensor
+from fastfvae.backends.native import host_helpers
+from fastfvae.ops._register import without_storage
 
 DIP_VARIANTS = ("i", "ii")
 
@@ -74,6 +77,39 @@ def _shifted_covariance(mu: Tensor) -> tuple[Tensor, Tensor]:
     return cov, torch.add(shift, total, alpha=1.0 / batch)
 
 
+def _native_forward_applies(mu: Tensor, logvar: Tensor) -> bool:
+    """The CPU library's one-pass forward runs: CPU float32/float64 tensors with storage (not
+    functorch wrappers), eager (not traced by torch.compile), and the library exports it."""
+    global _NATIVE
+    if mu.device.type != "cpu" or mu.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or without_storage((mu, logvar)):
+        return False
+    if _NATIVE is None:
+        _NATIVE = host_helpers.dip_penalty_available() is None
+    return _NATIVE
+
+
+_NATIVE = None  # whether the CPU library exports ffv_dip_penalty_forward (looked up once); tests set False
+
+
+def _torch_forward(mu: Tensor, logvar: Tensor, variant: str, lambda_od: float, lambda_d: float):
+    """(penalty (), mean (D,), A = Cov + diag(v) - I (D, D), exp(logvar) or None) in torch ops."""
+    cov, mean = _shifted_covariance(mu)
+    distance, diagonal = cov, cov.diagonal()  # A = C - I, in place: the backward needs only A
+    variance = torch.exp(logvar) if variant == "ii" else None
+    if variance is not None:
+        diagonal.add_(variance.mean(dim=0))
+    diagonal.sub_(1)
+    flat = distance.view(-1)
+    # lambda_od * sum_{i != j} A_ij^2 + lambda_d * sum_i A_ii^2 = lambda_od * |A|^2 +
+    # (lambda_d - lambda_od) * |diag A|^2, whose second term vanishes at equal weights (DIP-II's)
+    penalty = torch.dot(flat, flat).mul_(lambda_od)
+    if lambda_d != lambda_od:
+        penalty.add_(torch.dot(diagonal, diagonal), alpha=lambda_d - lambda_od)
+    return penalty, mean, distance, variance
+
+
 class _DIPPenalty(torch.autograd.Function):
     """dip_regulariser(dip_covariance(mu, logvar, variant), lambda_od, lambda_d) as one autograd
     node, with its gradient in closed form. With A = C - I and G = dP/dC = 2 lambda_od offdiag(A)
@@ -81,25 +117,24 @@ class _DIPPenalty(torch.autograd.Function):
     the centred rows sum to zero) and, for "ii", dP/dlogvar = exp(logvar) diag(G) / B.
 
     Why not the composed ops: eager autograd records ~15 nodes for them, and the centred copy of
-    mu is a full (B, D) write and read. Here mu - shift is formed chunk by chunk (cache-sized)
-    and fed to the matrix product (``_shifted_covariance``: the mean comes from the same pass),
-    and mu - mean likewise in the backward, so nothing of size (B, D) is saved but exp(logvar)
-    ("ii": the backward reuses it instead of a second exp pass)."""
+    mu is a full (B, D) write and read. On the CPU the forward is one pass of the CPU library
+    (``host_helpers.dip_penalty_forward``: mu - shift formed in registers, the Gram matrix's upper
+    triangle, the sums of exp(logvar), the (D, D) arithmetic and the penalty); elsewhere
+    (``_torch_forward``) mu - shift is formed chunk by chunk (cache-sized) and fed to the matrix
+    product (``_shifted_covariance``: the mean comes from the same pass). The backward forms
+    mu - mean chunk by chunk likewise, so nothing of size (B, D) is saved but exp(logvar) ("ii":
+    the backward reuses it instead of a second exp pass)."""
 
     @staticmethod
     def forward(ctx, mu: Tensor, logvar: Tensor, variant: str, lambda_od: float, lambda_d: float) -> Tensor:
-        cov, mean = _shifted_covariance(mu)
-        distance, diagonal = cov, cov.diagonal()  # A = C - I, in place: the backward needs only A
-        variance = torch.exp(logvar) if variant == "ii" else None
-        if variance is not None:
-            diagonal.add_(variance.mean(dim=0))
-        diagonal.sub_(1)
-        flat = distance.view(-1)
-        # lambda_od * sum_{i != j} A_ij^2 + lambda_d * sum_i A_ii^2 = lambda_od * |A|^2 +
-        # (lambda_d - lambda_od) * |diag A|^2, whose second term vanishes at equal weights (DIP-II's)
-        penalty = torch.dot(flat, flat).mul_(lambda_od)
-        if lambda_d != lambda_od:
-            penalty.add_(torch.dot(diagonal, diagonal), alpha=lambda_d - lambda_od)
+        if _native_forward_applies(mu, logvar):
+            # One pass over mu and logvar in the CPU library; exp(logvar) kept only when its
+            # gradient will be asked for.
+            keep_variance = variant == "ii" and ctx.needs_input_grad[1]
+            distance, mean, penalty, variance = host_helpers.dip_penalty_forward(
+                mu, logvar if variant == "ii" else None, lambda_od, lambda_d, keep_variance)
+        else:
+            penalty, mean, distance, variance = _torch_forward(mu, logvar, variant, lambda_od, lambda_d)
         ctx.save_for_backward(mu, mean, distance, variance)
         ctx.weights = (lambda_od, lambda_d)
         return penalty

@@ -269,6 +269,23 @@ FFV_API ffv_status ffv_conv_windows_scatter(
     const void* windows, int64_t windows_s0, int64_t windows_s1,
     void* x, void* stream);
 
+/* ---- dip_penalty (host helper, CPU library only; fastfvae/dip_penalty.py) ---------------------
+ * Not an op: DIP-VAE's covariance penalty forward in one pass (kernels/cpu/dip_penalty.cpp).
+ * B >= 2, D >= 1; float32 or float64. mu [B, D] with strides mu_s0, mu_s1; logvar [B, D]
+ * strided, or NULL (DIP-VAE-I: no diag(mean exp(logvar)) term).
+ * Cov = (1/B) sum_i (mu_i - mean)(mu_i - mean)^T, computed as the Gram matrix of mu - mu[0]
+ * (the shift keeps the precision E[mu mu^T] - E[mu] E[mu]^T loses); sums in double.
+ * distance [D, D] contiguous = Cov + diag(mean_i exp(logvar_i)) - I;  mean [D] = mean_i mu_i;
+ * penalty [1] = lambda_od * sum_{j != k} distance_jk^2 + lambda_d * sum_j distance_jj^2;
+ * variance [B, D] contiguous = exp(logvar), or NULL (not written; needs logvar).
+ * The result does not depend on the number of threads. */
+FFV_API ffv_status ffv_dip_penalty_forward(
+    ffv_dtype dtype, int64_t B, int64_t D,
+    const void* mu, int64_t mu_s0, int64_t mu_s1,
+    const void* logvar, int64_t logvar_s0, int64_t logvar_s1,
+    double lambda_od, double lambda_d,
+    void* distance, void* mean, void* penalty, void* variance, void* stream);
+
 /* ---- philox_fill (host helper, CPU library only) ------------------------------------------
  * Not an op: the CPU kernels' Philox numbers written out (kernels/cpu/philox_fill.cpp).
  * seed: int64[1] in host memory; out: float32 [n] contiguous.

@@ -1,12 +1,15 @@
 """Host helpers of the CPU library: C++ routines that are not ops (no autograd, no dispatch,
 no other backend), used by fastfvae/layers.py (conv_windows, the decoder's transposed
-convolutions), fastfvae/metrics/_boosting.py (boosting_trees_grow, DCI's batched tree grower) and
-fastfvae/ops/reparameterize_kl.py (reparameterize_kl_noise: the eps the CPU path keeps).
+convolutions), fastfvae/metrics/_boosting.py (boosting_trees_grow, DCI's batched tree grower),
+fastfvae/ops/reparameterize_kl.py (reparameterize_kl_noise: the eps the CPU path keeps) and
+fastfvae/dip_penalty.py (dip_penalty_forward: DIP-VAE's penalty in one pass).
 
 They depend on the library loader only, not on the op launchers; each has an ``*_available()``
 that says why it cannot run (``why_not`` covers ops only).
 """
 from __future__ import annotations
+
+import ctypes
 
 import torch
 
@@ -129,3 +132,39 @@ def reparameterize_kl_noise(seed: torch.Tensor, batch: int, dim: int) -> torch.T
     eps = torch.empty((batch, dim), dtype=torch.float32)
     _call("ffv_philox_fill", eps, 0, seed.data_ptr(), batch * dim, eps.data_ptr())
     return eps
+
+
+# ---------------------------------------------------------------------------------------------
+# dip_penalty_forward (a host helper of fastfvae/dip_penalty.py, CPU library only; not an op)
+# ---------------------------------------------------------------------------------------------
+declare_entry_points(None, {
+    "ffv_dip_penalty_forward": (
+        dtype_code, i64, i64, ptr, i64, i64, ptr, i64, i64,  # dtype B D mu(s0, s1) logvar(s0, s1)
+        ctypes.c_double, ctypes.c_double,  # lambda_od lambda_d
+        ptr, ptr, ptr, ptr, ptr,  # distance mean penalty variance stream
+    ),
+})
+
+
+def dip_penalty_available() -> str | None:
+    """None when the CPU library exports ffv_dip_penalty_forward, else why not."""
+    return host_helper_available("ffv_dip_penalty_forward")
+
+
+def dip_penalty_forward(mu: torch.Tensor, logvar: torch.Tensor | None, lambda_od: float, lambda_d: float,
+                        keep_variance: bool):
+    """DIP-VAE's penalty forward in one pass (kernels/cpu/dip_penalty.cpp). mu, logvar: (B, D)
+    float32/float64 CPU, one dtype, any strides, B >= 2; logvar None for DIP-VAE-I.
+
+    Returns distance (D, D) = Cov[mu] + diag(mean exp(logvar)) - I, mean (D,), the penalty ()
+    and, when keep_variance (needs logvar), exp(logvar) (B, D); else None."""
+    batch, dim = mu.shape
+    distance = mu.new_empty((dim, dim))
+    mean = mu.new_empty((dim,))
+    penalty = mu.new_empty(())
+    variance = mu.new_empty((batch, dim)) if keep_variance else None
+    lv_ptr, lv_s0, lv_s1 = (None, 0, 0) if logvar is None else (logvar.data_ptr(), *logvar.stride())
+    _call("ffv_dip_penalty_forward", mu, DTYPE_CODES[mu.dtype], batch, dim, mu.data_ptr(), *mu.stride(),
+          lv_ptr, lv_s0, lv_s1, float(lambda_od), float(lambda_d), distance.data_ptr(), mean.data_ptr(),
+          penalty.data_ptr(), None if variance is None else variance.data_ptr())
+    return distance, mean, penalty, variance
