@@ -1,15 +1,16 @@
-"""dip_regulariser: DIP-VAE's covariance penalty, does it earn its own kernel?
+"""dip_regulariser: DIP-VAE's covariance penalty, one pass on the CPU against its torch forms.
 
 What is timed: the DIP-VAE-II penalty as ``DIPVAELoss`` runs it, ``fastfvae.losses.dip_penalty``
-(one autograd node: centre mu in L2-sized chunks fed to addmm, mu_c^T mu_c / B, add
-diag(mean exp(logvar)), weighted squared distance from the identity; its gradient in closed
-form, the centring redone chunk by chunk, exp(logvar) kept from the forward). Baselines: the
-composed eager form (``dip_regulariser(dip_covariance(...))``, what DIPVAELoss ran before)
-under ``torch.compile`` (what a compiler removes: the launches and the passes over the (D, D)
-matrix), and disentanglement_lib's form E[mu mu^T] - E[mu] E[mu]^T written with a matmul (faster
-where it skips the centring, at the cost of cancellation when the mean is large). Still no
-kernel of its own: the regulariser is ~0.1 % of a DIP-VAE step of the paper's networks at B=64
-(0.30 ms of 240 ms, measured 2026-11-30). Not measured on a GPU.
+(one autograd node; on the CPU its forward is one call of the CPU library,
+kernels/cpu/dip_penalty.cpp: mu - mu[0] formed in registers, the Gram matrix's upper triangle by
+register tiles, the sums of exp(logvar), the (D, D) arithmetic and the penalty; its gradient in
+closed form in torch ops, the centring redone chunk by chunk, exp(logvar) kept from the forward).
+Baselines: the composed eager form (``dip_regulariser(dip_covariance(...))``, what DIPVAELoss ran
+before) under ``torch.compile`` (what a compiler removes: the launches and the passes over the
+(D, D) matrix), and disentanglement_lib's form E[mu mu^T] - E[mu] E[mu]^T written with a matmul
+(no centring pass, at the cost of cancellation when the mean is large). The regulariser is ~0.1 %
+of a DIP-VAE step of the paper's networks at B=64 (0.30 ms of 240 ms, measured 2026-11-30). Not
+measured on a GPU (there the forward is the torch form).
 """
 from __future__ import annotations
 
