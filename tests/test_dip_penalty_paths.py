@@ -70,9 +70,10 @@ def check_against_float64(mu, logvar, variant, lambda_od, lambda_d, rtol):
 
 # Rows: 2 (smallest), 129 and 300 (chunks of 128: a partial one), 2500 (slabs of 1024: three, the
 # last partial). Columns: 1, 7 / 8 / 9 (one tile of 8 Gram rows, and one more), 16 / 17 (float32's
-# vector of 16), 33, 64 (the benchmark's).
+# vector of 16), 33, 64 (the benchmark's), 300 (wide: many tiles a chunk row).
 @pytest.mark.parametrize("variant", ["i", "ii"])
-@pytest.mark.parametrize("b, d", [(2, 1), (2, 9), (129, 7), (129, 8), (300, 17), (300, 16), (2500, 33), (1030, 64)])
+@pytest.mark.parametrize("b, d", [(2, 1), (2, 9), (129, 7), (129, 8), (300, 17), (300, 16), (2500, 33), (1030, 64),
+                                  (1100, 300)])
 def test_float64_forward_and_gradient_match_textbook(forward_path, variant, b, d):
     mu, logvar = codes(b, d, F64, seed=b * 100 + d)
     check_against_float64(mu, logvar, variant, 3.0, 7.0, rtol=1e-10)

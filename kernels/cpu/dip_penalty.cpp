@@ -31,7 +31,8 @@ namespace {
 
 constexpr int64_t kChunkRows = 128;       // rows of y in the buffer: 32 KB of float32 at D = 64 (L1)
 constexpr int64_t kMinSlabRows = 1024;    // rows a slab sums before its partial is kept
-constexpr int64_t kMaxSlabs = 64;         // partials kept at most (slabs grow beyond 64 x 8192 rows)
+constexpr int64_t kMaxSlabs = 64;         // partials kept at most (slabs grow beyond 64 x 1024 rows)
+constexpr int64_t kPartialBytes = int64_t{32} << 20;  // ... and at most 32 MB of them (wide codes)
 constexpr int kTileColumns = 8;           // Gram rows j a tile broadcasts (its accumulators: 8 x KV vectors)
 
 // 64-byte vectors: 16 float32 or 8 float64 (one AVX-512 register, two AVX2 ones).
@@ -138,7 +139,9 @@ void forward(int64_t B, int64_t D, const T* mu, int64_t mu_s0, int64_t mu_s1, co
   // Buffer rows of ld = D rounded up to whole vectors: a tile's columns j0 + jj < ceil(D / 8) * 8
   // stay inside it too, as L is a multiple of 8.
   const int64_t ld = ceil_div(D, L) * L;
-  const int64_t slab_rows = std::max(kMinSlabRows, ceil_div(B, kMaxSlabs));
+  // Slabs depend on B and D only, never on the thread count.
+  const int64_t max_slabs = std::max<int64_t>(1, std::min(kMaxSlabs, kPartialBytes / (ld * ld * 8)));
+  const int64_t slab_rows = std::max(kMinSlabRows, ceil_div(B, max_slabs));
   const int64_t slabs = ceil_div(B, slab_rows);
   std::vector<SlabSums> partials(static_cast<size_t>(slabs));
   for (SlabSums& s : partials) {
