@@ -118,8 +118,8 @@ class _DIPPenalty(torch.autograd.Function):
 
     Why not the composed ops: eager autograd records ~15 nodes for them, and the centred copy of
     mu is a full (B, D) write and read. On the CPU the forward is one pass of the CPU library
-    (``host_helpers.dip_penalty_forward``: mu - shift formed in registers, the Gram matrix's upper
-    triangle, the sums of exp(logvar), the (D, D) arithmetic and the penalty); elsewhere
+    (``host_helpers.dip_penalty_forward``: mu - shift formed once into a cache-sized buffer, the
+    Gram matrix's upper triangle, the sums of exp(logvar), the (D, D) arithmetic and the penalty); elsewhere
     (``_torch_forward``) mu - shift is formed chunk by chunk (cache-sized) and fed to the matrix
     product (``_shifted_covariance``: the mean comes from the same pass). The backward forms
     mu - mean chunk by chunk likewise, so nothing of size (B, D) is saved but exp(logvar) ("ii":

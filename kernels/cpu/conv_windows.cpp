@@ -94,17 +94,6 @@ ffv_status check_sizes(const char* entry, int64_t B, int64_t C, int64_t H, int64
   return FFV_OK;
 }
 
-// float32 and float64 only: the layers run their CPU paths for those (a 16-bit scatter would
-// round each of its additions).
-template <typename Fn>
-ffv_status with_float_dtype(const char* entry, ffv_dtype dtype, Fn&& fn) {
-  if (dtype == FFV_FLOAT32) return fn(float{});
-  if (dtype == FFV_FLOAT64) return fn(double{});
-  return ffv::fail(FFV_ERR_UNSUPPORTED_DTYPE, std::string(entry) + ": dtype code " +
-                                                  std::to_string(static_cast<int>(dtype)) +
-                                                  " is not float32=0 or float64=1");
-}
-
 }  // namespace
 
 extern "C" {
@@ -117,7 +106,7 @@ FFV_API ffv_status ffv_conv_windows_gather(ffv_dtype dtype, int64_t B, int64_t C
   FFV_CHECK(ffv::check_not_null(entry, "x", x));
   FFV_CHECK(ffv::check_not_null(entry, "windows", windows));
   return ffv::guarded(entry, [&] {
-    return with_float_dtype(entry, dtype, [&](auto tag) {
+    return ffv::with_float_dtype(entry, dtype, [&](auto tag) {
       using T = decltype(tag);
       gather<T>(B, C, H, W, static_cast<const T*>(x), x_s0, x_s1, x_s2, x_s3, static_cast<T*>(windows));
       return FFV_OK;
@@ -133,7 +122,7 @@ FFV_API ffv_status ffv_conv_windows_scatter(ffv_dtype dtype, int64_t B, int64_t 
   FFV_CHECK(ffv::check_not_null(entry, "windows", windows));
   FFV_CHECK(ffv::check_not_null(entry, "x", x));
   return ffv::guarded(entry, [&] {
-    return with_float_dtype(entry, dtype, [&](auto tag) {
+    return ffv::with_float_dtype(entry, dtype, [&](auto tag) {
       using T = decltype(tag);
       scatter<T>(B, C, H, W, static_cast<const T*>(windows), windows_s0, windows_s1, static_cast<T*>(x));
       return FFV_OK;

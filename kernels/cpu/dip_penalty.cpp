@@ -51,8 +51,9 @@ constexpr int64_t kLanes = 64 / static_cast<int64_t>(sizeof(T));
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Per-slab sums: Gram's upper triangle [Dp, Dp] (row j, columns k >= j; entries below the
-// diagonal inside a tile are computed too and ignored), sum of y [Dp], sum of exp(logvar) [Dp].
+// Per-slab sums, ld = D rounded up to whole vectors: Gram's upper triangle [ld, ld] (row j,
+// columns k >= j; entries below the diagonal inside a tile are computed too and ignored), the
+// sum of y [ld] and the sum of exp(logvar) [ld].
 struct SlabSums {
   std::vector<double> gram, y, variance;
 };
@@ -149,8 +150,11 @@ void forward(int64_t B, int64_t D, const T* mu, int64_t mu_s0, int64_t mu_s1, co
     s.y.assign(static_cast<size_t>(ld), 0.0);
     s.variance.assign(static_cast<size_t>(ld), 0.0);
   }
-  const int threads = B * D * D >= ffv::kParallelCheap * 8 ? std::min<int64_t>(ffv::max_threads(), slabs) : 1;
-  std::vector<std::vector<T>> buffers(static_cast<size_t>(threads), std::vector<T>(static_cast<size_t>((kChunkRows + 3) * ld)));
+  // Two threads from ~2^20 Gram products (~100 us of work); never more threads than slabs.
+  const int threads =
+      B * D * D >= ffv::kParallelCheap * 8 ? static_cast<int>(std::min<int64_t>(ffv::max_threads(), slabs)) : 1;
+  const size_t scratch_size = static_cast<size_t>((kChunkRows + 3) * ld);  // sum_slab's scratch
+  std::vector<std::vector<T>> buffers(static_cast<size_t>(threads), std::vector<T>(scratch_size));
   FFV_OMP(parallel for num_threads(threads) if(threads > 1) schedule(dynamic, 1))
   for (int64_t slab = 0; slab < slabs; ++slab) {
     const int64_t i0 = slab * slab_rows, i1 = std::min(B, i0 + slab_rows);
@@ -188,15 +192,6 @@ void forward(int64_t B, int64_t D, const T* mu, int64_t mu_s0, int64_t mu_s1, co
   *penalty = static_cast<T>(lambda_od * (squares - diagonal_squares) + lambda_d * diagonal_squares);
 }
 
-template <typename Fn>
-ffv_status with_float_dtype(const char* entry, ffv_dtype dtype, Fn&& fn) {
-  if (dtype == FFV_FLOAT32) return fn(float{});
-  if (dtype == FFV_FLOAT64) return fn(double{});
-  return ffv::fail(FFV_ERR_UNSUPPORTED_DTYPE, std::string(entry) + ": dtype code " +
-                                                  std::to_string(static_cast<int>(dtype)) +
-                                                  " is not float32=0 or float64=1");
-}
-
 }  // namespace
 
 extern "C" {
@@ -221,7 +216,7 @@ FFV_API ffv_status ffv_dip_penalty_forward(ffv_dtype dtype, int64_t B, int64_t D
     return ffv::fail(FFV_ERR_INVALID_ARGUMENT, std::string(entry) + ": variance asked for without logvar");
   }
   return ffv::guarded(entry, [&] {
-    return with_float_dtype(entry, dtype, [&](auto tag) {
+    return ffv::with_float_dtype(entry, dtype, [&](auto tag) {
       using T = decltype(tag);
       forward<T>(B, D, static_cast<const T*>(mu), mu_s0, mu_s1, static_cast<const T*>(logvar), logvar_s0, logvar_s1,
                  lambda_od, lambda_d, static_cast<T*>(distance), static_cast<T*>(mean), static_cast<T*>(penalty),

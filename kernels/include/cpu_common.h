@@ -66,6 +66,17 @@ ffv_status with_dtype(const char* entry, ffv_dtype dtype, Fn&& fn) {
                                              " is not one of float32=0, float64=1, float16=2, bfloat16=3");
 }
 
+// Call fn(T{}) for float32 or float64 only (host helpers whose 16-bit forms would round every
+// addition: conv_windows' scatter, dip_penalty's sums); FFV_ERR_UNSUPPORTED_DTYPE otherwise.
+template <typename Fn>
+ffv_status with_float_dtype(const char* entry, ffv_dtype dtype, Fn&& fn) {
+  if (dtype == FFV_FLOAT32) return fn(float{});
+  if (dtype == FFV_FLOAT64) return fn(double{});
+  return fail(FFV_ERR_UNSUPPORTED_DTYPE, std::string(entry) + ": dtype code " +
+                                             std::to_string(static_cast<int>(dtype)) +
+                                             " is not float32=0 or float64=1");
+}
+
 // Run an entry's body, turning C++ exceptions (allocation failures) into status codes: no
 // exception may cross the extern "C" boundary. Allocations happen outside parallel regions.
 template <typename Fn>
