@@ -70,7 +70,7 @@ FFV_INLINE void gram_tile(const T* y, int64_t rows, int64_t ld, int64_t j0, int6
     V b[KV];
     for (int kv = 0; kv < KV; ++kv) std::memcpy(&b[kv], row + k0 + kv * L, sizeof(V));
     for (int jj = 0; jj < kTileColumns; ++jj) {
-      const V a = V{} + row[j0 + jj];  // broadcast y[r, j0 + jj]
+      const V a = row[j0 + jj] - V{};  // broadcast y[r, j0 + jj] (x - 0 is x, even for -0)
       for (int kv = 0; kv < KV; ++kv) acc[jj][kv] += a * b[kv];
     }
   }
