@@ -12,13 +12,16 @@
 // and, when asked, variance[i, d] = exp(logvar[i, d]) (the backward's dP/dlogvar reuses it).
 //
 // One pass over mu and logvar. Rows go in chunks of kChunkRows into a small buffer of y (the
-// shift subtracted once per element, columns padded with zeros to whole vectors); the Gram
-// matrix's upper triangle is accumulated from that buffer by register tiles of 8 x 2 vectors
-// (each row: 2 vector loads, 8 broadcasts, 16 FMAs), in the input dtype over one chunk, then
-// added to double sums. Sums run per slab of rows and the slabs' partials are added in slab
-// order, so the result does not depend on the number of threads. The torch form this replaces
-// wrote mu - s out chunk by chunk and multiplied it by torch.mm: one more pass over mu, and a
-// GEMM that computes both triangles.
+// shift subtracted once per element, columns padded with zeros to whole tiles); the Gram
+// matrix's upper triangle is accumulated from that buffer by register tiles of 8 rows x one
+// 32-byte vector (each row: 1 vector load, 8 broadcasts, 8 FMAs; 8 accumulators, which fit
+// AVX2's 16 registers: with 64-byte vectors and two a tile the AVX2 clone spilled them and ran
+// ~20x slower), in the input dtype over one chunk, then added to double sums. Each Gram entry
+// sums the rows in the same order whatever the vector width, so every clone gives the same bits.
+// Sums run per slab of rows and the slabs' partials are added in slab order, so the result does
+// not depend on the number of threads either. The torch form this replaces wrote mu - s out
+// chunk by chunk and multiplied it by torch.mm: one more pass over mu, and a GEMM that computes
+// both triangles.
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -35,50 +38,54 @@ constexpr int64_t kMaxSlabs = 64;         // partials kept at most (slabs grow b
 constexpr int64_t kPartialBytes = int64_t{32} << 20;  // ... and at most 32 MB of them (wide codes)
 constexpr int kTileColumns = 8;           // Gram rows j a tile broadcasts (its accumulators: 8 x KV vectors)
 
-// 64-byte vectors: 16 float32 or 8 float64 (one AVX-512 register, two AVX2 ones).
-typedef float Vec16f __attribute__((vector_size(64)));
-typedef double Vec8d __attribute__((vector_size(64)));
+// 32-byte vectors: 8 float32 or 4 float64 (one AVX2 register; the same speed as 64-byte ones on
+// Zen 4, whose AVX-512 runs in 256-bit halves).
+typedef float Vec8f __attribute__((vector_size(32)));
+typedef double Vec4d __attribute__((vector_size(32)));
 template <typename T>
 struct VecOf;
 template <>
-struct VecOf<float> { using type = Vec16f; };
+struct VecOf<float> { using type = Vec8f; };
 template <>
-struct VecOf<double> { using type = Vec8d; };
+struct VecOf<double> { using type = Vec4d; };
 template <typename T>
 using Vec = typename VecOf<T>::type;
 template <typename T>
-constexpr int64_t kLanes = 64 / static_cast<int64_t>(sizeof(T));
+constexpr int64_t kLanes = 32 / static_cast<int64_t>(sizeof(T));
+// Buffer rows are padded to a multiple of this: whole vectors and whole tiles of Gram rows.
+template <typename T>
+constexpr int64_t kRowMultiple = kLanes<T> > kTileColumns ? kLanes<T> : kTileColumns;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Per-slab sums, ld = D rounded up to whole vectors: Gram's upper triangle [ld, ld] (row j,
-// columns k >= j; entries below the diagonal inside a tile are computed too and ignored), the
-// sum of y [ld] and the sum of exp(logvar) [ld].
+// Per-slab sums, ld = the buffer rows' length (a multiple of kRowMultiple): Gram's upper
+// triangle [ld, ld] (row j, columns k >= j; entries below the diagonal inside a tile are
+// computed too and ignored), the sum of y [ld] and the sum of exp(logvar) [ld].
 struct SlabSums {
   std::vector<double> gram, y, variance;
 };
 
 // gram[j0 + jj, k0 + lane] += sum over the chunk's rows r of y[r, j0 + jj] * y[r, k0 + lane]
-// for jj < 8 and KV vectors of lanes: the accumulators stay in registers for the whole chunk.
-template <typename T, int KV>
+// for jj < 8 and the L lanes of one vector: the accumulators stay in registers for the chunk.
+template <typename T>
 FFV_INLINE void gram_tile(const T* y, int64_t rows, int64_t ld, int64_t j0, int64_t k0, double* gram) {
   using V = Vec<T>;
   constexpr int64_t L = kLanes<T>;
-  V acc[kTileColumns][KV] = {};
+  V acc[kTileColumns] = {};
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = y + r * ld;
-    V b[KV];
-    for (int kv = 0; kv < KV; ++kv) std::memcpy(&b[kv], row + k0 + kv * L, sizeof(V));
+    V b;
+    std::memcpy(&b, row + k0, sizeof(V));
     for (int jj = 0; jj < kTileColumns; ++jj) {
-      const V a = row[j0 + jj] - V{};  // broadcast y[r, j0 + jj] (x - 0 is x, even for -0)
-      for (int kv = 0; kv < KV; ++kv) acc[jj][kv] += a * b[kv];
+      // Broadcast y[r, j0 + jj] as s - 0, which GCC folds into a broadcast load (s + 0 it may
+      // not fold, as -0 + 0 is +0: it loaded the scalar and broadcast it from a register).
+      const V a = row[j0 + jj] - V{};
+      acc[jj] += a * b;
     }
   }
   for (int jj = 0; jj < kTileColumns; ++jj) {
     double* out = gram + (j0 + jj) * ld + k0;
-    for (int kv = 0; kv < KV; ++kv) {
-      for (int64_t l = 0; l < L; ++l) out[kv * L + l] += static_cast<double>(acc[jj][kv][l]);
-    }
+    for (int64_t l = 0; l < L; ++l) out[l] += static_cast<double>(acc[jj][l]);
   }
 }
 
@@ -124,11 +131,9 @@ FFV_CLONES void sum_slab(int64_t i0, int64_t i1, int64_t D, int64_t ld, const T*
       }
       for (int64_t d = 0; d < D; ++d) sums.variance[d] += static_cast<double>(v_chunk_sum[d]);
     }
-    // Tiles (j0, k0) that hold some k >= j: rows j of [j0, j0 + 8), columns of [k0, k0 + KV*L).
+    // Tiles (j0, k0) that hold some k >= j: rows j of [j0, j0 + 8), columns of [k0, k0 + L).
     for (int64_t j0 = 0; j0 < D; j0 += kTileColumns) {
-      int64_t k0 = j0 / L * L;
-      for (; k0 + 2 * L <= ld; k0 += 2 * L) gram_tile<T, 2>(y_buffer, rows, ld, j0, k0, sums.gram.data());
-      if (k0 < ld) gram_tile<T, 1>(y_buffer, rows, ld, j0, k0, sums.gram.data());
+      for (int64_t k0 = j0 / L * L; k0 < ld; k0 += L) gram_tile<T>(y_buffer, rows, ld, j0, k0, sums.gram.data());
     }
   }
 }
@@ -136,10 +141,8 @@ FFV_CLONES void sum_slab(int64_t i0, int64_t i1, int64_t D, int64_t ld, const T*
 template <typename T>
 void forward(int64_t B, int64_t D, const T* mu, int64_t mu_s0, int64_t mu_s1, const T* logvar, int64_t lv_s0,
              int64_t lv_s1, double lambda_od, double lambda_d, T* distance, T* mean, T* penalty, T* variance_out) {
-  constexpr int64_t L = kLanes<T>;
-  // Buffer rows of ld = D rounded up to whole vectors: a tile's columns j0 + jj < ceil(D / 8) * 8
-  // stay inside it too, as L is a multiple of 8.
-  const int64_t ld = ceil_div(D, L) * L;
+  // Buffer rows of ld = D rounded up to whole vectors and whole tiles of 8 Gram rows.
+  const int64_t ld = ceil_div(D, kRowMultiple<T>) * kRowMultiple<T>;
   // Slabs depend on B and D only, never on the thread count.
   const int64_t max_slabs = std::max<int64_t>(1, std::min(kMaxSlabs, kPartialBytes / (ld * ld * 8)));
   const int64_t slab_rows = std::max(kMinSlabRows, ceil_div(B, max_slabs));
