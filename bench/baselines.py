@@ -68,13 +68,19 @@ def konny_loss_head(mu, logvar, mu2, logvar2, d_logits_fn):
 
 
 def fastfvae_loss_head(mu, logvar, mu2, logvar2, d_logits_fn, backend: str = "auto"):
-    """The same computation on fastfvae's fused ops (for like-with-like comparisons)."""
+    """The same computation on fastfvae's fused ops (for like-with-like comparisons).
+
+    z' is drawn under ``no_grad``, as fastfvae's trainer draws it (fastfvae/train/steps.py): the
+    discriminator only sees it detached, so no graph is recorded and the CPU kernel draws eps
+    inside itself instead of keeping it for a backward (1Konny's head records z' and detaches it
+    after permute_dims; the values are the same either way)."""
     from fastfvae import functional as ffv
 
     z, kl = ffv.reparameterize_kl(mu, logvar, backend=backend)
     vae_tc = ffv.tc_loss(d_logits_fn(z), backend=backend)
-    z_prime, _ = ffv.reparameterize_kl(mu2, logvar2, backend=backend)
-    z_pperm = ffv.permute_dims(z_prime.detach(), backend=backend)
+    with torch.no_grad():
+        z_prime, _ = ffv.reparameterize_kl(mu2, logvar2, backend=backend)
+    z_pperm = ffv.permute_dims(z_prime, backend=backend)
     d_loss = ffv.discriminator_loss(d_logits_fn(z.detach()), d_logits_fn(z_pperm), backend=backend)
     return kl + vae_tc, d_loss
 

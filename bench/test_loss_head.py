@@ -1,7 +1,8 @@
 """The FactorVAE loss head: everything one training step computes outside the networks.
 
 reparameterise + KL on batch 1, TC term from the discriminator's logits on z, reparameterise on
-batch 2, permute_dims of the detached z', discriminator loss on z (detached) and permute_dims(z')
+batch 2 (fastfvae under no_grad, as its trainer; 1Konny with a graph, detached after the
+permutation), permute_dims of z', discriminator loss on z (detached) and permute_dims(z')
 -- forward, and forward + backward of both losses ("full"). A fixed linear map D -> 2 (weights
 that require grad, fresh per round) stands in for the discriminator. Implementations come from
 bench.baselines: fastfvae_loss_head (per backend) vs konny_loss_head (1Konny-style eager) vs
