@@ -305,10 +305,13 @@ def _call_once(impl: Impl, setup, target) -> float:
 
 
 def _warm_up(impl: Impl, setup, target) -> float:
-    """Untimed calls (compile, lazy loading, allocator warm-up): two, or one when a call is
-    slow enough (> 50 ms) that a second adds only run time. Returns the last call's time."""
+    """Untimed calls (compile, lazy loading, allocator warm-up): two, or one when the first takes
+    over a second (a second call would add only run time). Returns the last call's time, which
+    sets the rounds: a process's first call of an op can be many times its usual time (the
+    16384 x 64 loss head's first call, run alone, took over 0.25 s against ~10 ms, and got 2
+    rounds where 9 were due)."""
     first = _call_once(impl, setup, target)
-    return first if first > 0.05 and not impl.compiled else _call_once(impl, setup, target)
+    return first if first > 1.0 and not impl.compiled else _call_once(impl, setup, target)
 
 
 # ----------------------------------------------------------------------------------- memory
