@@ -1,7 +1,7 @@
 """dip_penalty's two forwards, each against float64 math: the CPU library's one pass
 (kernels/cpu/dip_penalty.cpp, the default on the CPU) and the torch ops (GPU, torch.compile, no
-library). The CPU kernel's shapes are where it can go wrong: register tiles of 8 Gram rows x 16
-(float32) or 8 (float64) columns over buffers padded to whole vectors, the upper triangle only,
+library). The CPU kernel's shapes are where it can go wrong: register tiles of 8 Gram rows x one
+32-byte vector (8 float32 or 4 float64 columns) over buffers padded to whole vectors, the upper triangle only,
 chunks of 128 rows and slabs of at least 1024 rows; so the sizes straddle those, and a property
 test draws more."""
 from __future__ import annotations

@@ -17,7 +17,9 @@
 // 32-byte vector (each row: 1 vector load, 8 broadcasts, 8 FMAs; 8 accumulators, which fit
 // AVX2's 16 registers: with 64-byte vectors and two a tile the AVX2 clone spilled them and ran
 // ~20x slower), in the input dtype over one chunk, then added to double sums. Each Gram entry
-// sums the rows in the same order whatever the vector width, so every clone gives the same bits.
+// sums the rows in the same order whatever the vector width, so the clones with FMA (x86-64-v3
+// and -v4) give the same bits; the baseline x86-64 clone rounds each product before adding it
+// (no FMA), which can change the last bit.
 // Sums run per slab of rows and the slabs' partials are added in slab order, so the result does
 // not depend on the number of threads either. The torch form this replaces wrote mu - s out
 // chunk by chunk and multiplied it by torch.mm: one more pass over mu, and a GEMM that computes
