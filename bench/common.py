@@ -20,6 +20,7 @@ allocate), and the second one sizes the number of rounds to a time budget.
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +291,33 @@ def run_benchmark(benchmark, *, op: str, device: str, direction: str, size: tupl
         benchmark.extra_info["bytes_moved"] = int(bytes_moved)
     if copy_gbps is not None:
         benchmark.extra_info["copy_gbps"] = float(copy_gbps)
+
+
+def run_interleaved(benchmark, *, op: str, group: str, device: str, batch: int, dim: int, calls: dict,
+                    rounds: int, warm_up_rounds: int = 2) -> None:
+    """Run every entry of ``calls`` (name -> a function that makes its inputs untimed, runs one
+    call and returns the seconds that call took) in turn, round by round, so that a shared
+    machine's noise hits all of them alike. Records each one's median and fastest call in
+    extra_info["interleaved"] (bench/report.py reads targets off them); the benchmark's own timing
+    is of one round. ``rounds`` = 1 (quick mode) records no timing."""
+    times: dict = {name: [] for name in calls}
+
+    def one_round():
+        for name, call in calls.items():
+            times[name].append(call())
+
+    for _ in range(warm_up_rounds):  # compilation, lazy loading, the allocator's and the kernels' buffers
+        one_round()
+    for name in times:
+        times[name].clear()
+    benchmark.group = group
+    benchmark.extra_info.update(op=op, direction="full", B=batch, D=dim, device=device, impl="interleaved",
+                                role="fastfvae", dtype="float32")
+    if rounds == 1:
+        benchmark.disabled = True
+    benchmark.pedantic(one_round, rounds=rounds)
+    benchmark.extra_info["interleaved"] = {
+        name: {"median": statistics.median(t), "min": min(t), "calls": len(t)} for name, t in times.items()}
 
 
 def _call_once(impl: Impl, setup, target) -> float:

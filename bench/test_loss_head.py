@@ -10,7 +10,6 @@ torch.compile of reference_loss_head. The loss-head targets are read off this gr
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import pytest
@@ -101,27 +100,18 @@ def test_loss_head_interleaved(benchmark, device):
             heads[impl.name] = impl.make()
         except pytest.skip.Exception:  # a compiled form left out (FASTFVAE_BENCH_COMPILE=0)
             continue
-    times: dict = {name: [] for name in heads}
 
-    def one_round():
-        for name, head in heads.items():
+    def timed(head):
+        def call():
             inputs, grads = _make_inputs(device, batch, dim), _grad_outputs(device)
             common.synchronize(device)
             start = time.perf_counter()
             torch.autograd.backward(head(inputs), grads)
             common.synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            return time.perf_counter() - start
+        return call
 
-    for _ in range(2):  # warm-up: compilation, lazy loading, the allocator's and the kernels' buffers
-        one_round()
-    for name in times:
-        times[name].clear()
-    rounds = INTERLEAVED_ROUNDS if full else 1
-    benchmark.group = f"loss_head-interleaved-B{batch}-D{dim}-{device}"
-    benchmark.extra_info.update(op="loss_head_interleaved", direction="full", B=batch, D=dim, device=device,
-                                impl="interleaved", role="fastfvae", dtype="float32")
-    if rounds == 1:
-        benchmark.disabled = True
-    benchmark.pedantic(one_round, rounds=rounds)
-    benchmark.extra_info["interleaved"] = {
-        name: {"median": statistics.median(t), "min": min(t), "calls": len(t)} for name, t in times.items()}
+    common.run_interleaved(benchmark, op="loss_head_interleaved",
+                           group=f"loss_head-interleaved-B{batch}-D{dim}-{device}", device=device, batch=batch,
+                           dim=dim, calls={name: timed(h) for name, h in heads.items()},
+                           rounds=INTERLEAVED_ROUNDS if full else 1)

@@ -16,7 +16,6 @@ fastfvae[eager] >= 1.5x loop-1konny at B = 64; CUDA graph >= 5x loop-1konny.
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import pytest
@@ -126,26 +125,17 @@ def test_step_interleaved(benchmark, device):
     konny = _konny(device)()
     images = (torch.rand(2, batch, 1, 64, 64, device=device) < 0.15).float()
     steps["loop-1konny"] = lambda x: konny({"x1": images[0], "x2": images[1]})
-    times: dict = {name: [] for name in steps}
 
-    def one_round():
-        for name, step in steps.items():
+    def timed(step):
+        def call():
             common.synchronize(device)
             start = time.perf_counter()
             step(None)
             common.synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            return time.perf_counter() - start
+        return call
 
-    for _ in range(5 if device == "cuda" else 2):  # warm-up (the graph mode captures on its 4th call)
-        one_round()
-    for name in times:
-        times[name].clear()
-    rounds = INTERLEAVED_PAIRS if common.full_mode() and not benchmark.disabled else 1
-    benchmark.group = f"step-interleaved-B{batch}-{device}"
-    benchmark.extra_info.update(op="step_interleaved", direction="full", B=batch, D=Z_DIM, device=device,
-                                impl="interleaved", role="fastfvae", dtype="float32")
-    if rounds == 1:
-        benchmark.disabled = True
-    benchmark.pedantic(one_round, rounds=rounds)
-    benchmark.extra_info["interleaved"] = {
-        name: {"median": statistics.median(t), "min": min(t), "calls": len(t)} for name, t in times.items()}
+    common.run_interleaved(benchmark, op="step_interleaved", group=f"step-interleaved-B{batch}-{device}",
+                           device=device, batch=batch, dim=Z_DIM, calls={name: timed(s) for name, s in steps.items()},
+                           rounds=INTERLEAVED_PAIRS if common.full_mode() and not benchmark.disabled else 1,
+                           warm_up_rounds=5 if device == "cuda" else 2)  # the graph mode captures on its 4th call
