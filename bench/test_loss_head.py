@@ -6,7 +6,8 @@ permutation), permute_dims of z', discriminator loss on z (detached) and permute
 -- forward, and forward + backward of both losses ("full"). A fixed linear map D -> 2 (weights
 that require grad, fresh per round) stands in for the discriminator. Implementations come from
 bench.baselines: fastfvae_loss_head (per backend) vs konny_loss_head (1Konny-style eager) vs
-torch.compile of reference_loss_head. The loss-head targets are read off this group ("full").
+torch.compile of reference_loss_head. The loss-head targets (16384 x 64, "full") are read off
+test_loss_head_interleaved, which calls the three in turn.
 """
 from __future__ import annotations
 
