@@ -1,12 +1,15 @@
 """Eager per-call overhead of the public ops at B=64, D=10 (it must not grow).
 
-Times each op's forward alone (no gradient recorded) and forward+backward on the CPU with the
-default backend: the fastest of ``--rounds`` rounds of ``--calls`` calls (the minimum: load
-from other processes only ever adds time). ``--compare MODULE`` also times
+Times each op's forward alone (no gradient recorded), its forward with a graph recorded, and
+forward+backward on the CPU with the default backend: the fastest of ``--rounds`` rounds of
+``--calls`` calls (the minimum: load from other processes only ever adds time). Each row with a
+graph also states the Python/autograd per-call floor it is held to (docs/DESIGN.md §14): the same
+body around an empty ``autograd.Function`` (``floor_us``, and ``times_floor`` = the op's time over
+it); the first line gives the floors, a ctypes call's among them. ``--compare MODULE`` also times
 another importable copy of the package (e.g. an older tree with its package renamed) in the
 same process, alternating round by round, so machine noise hits both alike:
 
-    python bench/op_overhead.py --compare fastfvae_before
+    python -m bench.op_overhead [--compare fastfvae_before]
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import json
 import time
 
 import torch
+
+from bench.roofline import _EmptyFunction, _cpu_library
 
 
 def _cases(ops, batch: int, dim: int, dtype: torch.dtype):
@@ -55,8 +60,26 @@ def _bodies(ops, batch: int, dim: int, dtype: torch.dtype) -> dict:
     for op, make in _cases(ops, batch, dim, dtype).items():
         bodies[(op, "forward")] = make(grad=False)
         with_grad = make(grad=True)
+        bodies[(op, "forward (graph)")] = with_grad
         bodies[(op, "forward+backward")] = lambda f=with_grad: f().float().sum().backward()
     return bodies
+
+
+def _floor_bodies() -> dict:
+    """direction -> the body an op of that direction is held to: an empty autograd.Function in
+    the op's place (with a graph), and one ctypes call into the CPU library (without)."""
+    x = torch.randn(3, 2, requires_grad=True)
+    floors = {"forward (graph)": lambda: _EmptyFunction.apply(x),
+              "forward+backward": lambda: _EmptyFunction.apply(x).float().sum().backward()}
+    handle, _ = _cpu_library()
+    if handle is not None:
+        floors["forward"] = handle.ffv_abi_version
+    return floors
+
+
+def _fastest(body, calls: int, rounds: int) -> float:
+    _round(body, calls)  # warm-up
+    return min(_round(body, calls) for _ in range(rounds))
 
 
 def _round(body, calls: int) -> float:
@@ -82,6 +105,8 @@ def main() -> None:
         packages[args.compare] = importlib.import_module(args.compare)
     dtype = getattr(torch, args.dtype)
     bodies = {name: _bodies(package, args.batch, args.dim, dtype) for name, package in packages.items()}
+    floors = {direction: _fastest(body, args.calls, args.rounds) for direction, body in _floor_bodies().items()}
+    print(json.dumps({"floors_us": {direction: round(t, 2) for direction, t in floors.items()}}), flush=True)
     for key in bodies["fastfvae"]:
         times = {name: [] for name in packages}
         for name in packages:  # warm-up
@@ -93,6 +118,9 @@ def main() -> None:
         row.update({f"{name}_us": round(min(t), 2) for name, t in times.items()})
         if args.compare:
             row["ratio"] = round(row["fastfvae_us"] / row[f"{args.compare}_us"], 3)
+        if key[1] != "forward" and key[1] in floors:  # (a ctypes call is no floor for a whole op)
+            row["floor_us"] = round(floors[key[1]], 2)
+            row["times_floor"] = round(row["fastfvae_us"] / floors[key[1]], 2)
         print(json.dumps(row), flush=True)
 
 

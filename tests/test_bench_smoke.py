@@ -127,3 +127,21 @@ def test_gpu_check_stops_cleanly_without_a_gpu(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     summary = (tmp_path / "gpu_check.md").read_text()
     assert "no CUDA device" in summary and "| env | 0 |" in summary
+
+
+def test_op_overhead_states_each_op_against_its_per_call_floor():
+    """bench/op_overhead.py: a line of floors, then every op in every direction; the rows with a
+    graph carry the empty-Function floor of the same body and the op's time over it."""
+    result = _run([sys.executable, "-m", "bench.op_overhead", "--calls", "3", "--rounds", "1"], timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    floors = lines[0]["floors_us"]
+    assert set(floors) >= {"forward (graph)", "forward+backward"} and all(t > 0 for t in floors.values())
+    rows = {(r["op"], r["direction"]): r for r in lines[1:]}
+    assert {op for op, _ in rows} == {"reparameterize_kl", "permute_dims", "tc_loss", "discriminator_loss", "log_qz"}
+    for (op, direction), row in rows.items():
+        if direction == "forward":
+            assert "times_floor" not in row, row
+            continue
+        assert row["floor_us"] == round(floors[direction], 2), row
+        assert row["times_floor"] == pytest.approx(row["fastfvae_us"] / floors[direction], abs=0.01), row
