@@ -97,7 +97,8 @@ def test_report_states_ratios_slower_cases_and_targets(tmp_path):
     assert "Test CPU" in text
     # the 2x large-B loss head NOT met; the retired B=64 targets are no target rows
     assert re.search(r"loss head fwd\+bwd ≥ 3× 1Konny.*interleaved calls\) — fastfvae\[native\] \| 2\.00× "
-                     r"\(min-time ratio 2\.11×\): 10\.00 ms vs 20\.00 ms, 30 calls each \| \*\*NOT met\*\* \|", text), text
+                     r"\(min-time ratio 2\.11×\): 10\.00 ms vs 20\.00 ms, 30 calls each "
+                     r"\| \*\*NOT met\*\* \|", text), text
     assert re.search(r"loss head fwd\+bwd ≥ 5× the compiled reference.*6\.00× .*\| met \|", text), text
     assert "### loss_head_interleaved" not in text  # a target-only row: no table of its own
     targets = text.split("### Targets", 1)[1].split("###", 1)[0]
