@@ -38,7 +38,7 @@ constexpr int64_t kChunkRows = 128;       // rows of y in the buffer: 32 KB of f
 constexpr int64_t kMinSlabRows = 1024;    // rows a slab sums before its partial is kept
 constexpr int64_t kMaxSlabs = 64;         // partials kept at most (slabs grow beyond 64 x 1024 rows)
 constexpr int64_t kPartialBytes = int64_t{32} << 20;  // ... and at most 32 MB of them (wide codes)
-constexpr int kTileColumns = 8;           // Gram rows j a tile broadcasts (its accumulators: 8 x KV vectors)
+constexpr int kTileColumns = 8;           // Gram rows j a tile broadcasts (its accumulators: 8 vectors)
 
 // 32-byte vectors: 8 float32 or 4 float64 (one AVX2 register; the same speed as 64-byte ones on
 // Zen 4, whose AVX-512 runs in 256-bit halves).
@@ -57,8 +57,6 @@ constexpr int64_t kLanes = 32 / static_cast<int64_t>(sizeof(T));
 // Buffer rows are padded to a multiple of this: whole vectors and whole tiles of Gram rows.
 template <typename T>
 constexpr int64_t kRowMultiple = kLanes<T> > kTileColumns ? kLanes<T> : kTileColumns;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Per-slab sums, ld = the buffer rows' length (a multiple of kRowMultiple): Gram's upper
 // triangle [ld, ld] (row j, columns k >= j; entries below the diagonal inside a tile are
@@ -144,11 +142,11 @@ template <typename T>
 void forward(int64_t B, int64_t D, const T* mu, int64_t mu_s0, int64_t mu_s1, const T* logvar, int64_t lv_s0,
              int64_t lv_s1, double lambda_od, double lambda_d, T* distance, T* mean, T* penalty, T* variance_out) {
   // Buffer rows of ld = D rounded up to whole vectors and whole tiles of 8 Gram rows.
-  const int64_t ld = ceil_div(D, kRowMultiple<T>) * kRowMultiple<T>;
+  const int64_t ld = ffv::ceil_div(D, kRowMultiple<T>) * kRowMultiple<T>;
   // Slabs depend on B and D only, never on the thread count.
   const int64_t max_slabs = std::max<int64_t>(1, std::min(kMaxSlabs, kPartialBytes / (ld * ld * 8)));
-  const int64_t slab_rows = std::max(kMinSlabRows, ceil_div(B, max_slabs));
-  const int64_t slabs = ceil_div(B, slab_rows);
+  const int64_t slab_rows = std::max(kMinSlabRows, ffv::ceil_div(B, max_slabs));
+  const int64_t slabs = ffv::ceil_div(B, slab_rows);
   std::vector<SlabSums> partials(static_cast<size_t>(slabs));
   for (SlabSums& s : partials) {
     s.gram.assign(static_cast<size_t>(ld * ld), 0.0);

@@ -48,8 +48,6 @@ struct Scratch {
   std::vector<uint64_t> gathered;  // [block columns, B] the permuted elements
 };
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Counting-sort table size: about two buckets per key. Measured at B = 16384: half a bucket per
 // key is 15% slower (the insertion pass mispredicts), four per key no faster (longer prefix sum).
 constexpr int kExtraBucketBits = 1;
@@ -160,7 +158,7 @@ void counting_pass(const uint64_t* keys, int64_t n, int shift, uint64_t mask, ui
 
 // Leading dimension of the per-column buffers: B rounded up to 16, plus 16 (one cache line of
 // int32/float32) so that consecutive columns start in different cache sets.
-int64_t padded_rows(int64_t B) { return ceil_div(B, 16) * 16 + 16; }
+int64_t padded_rows(int64_t B) { return ffv::ceil_div(B, 16) * 16 + 16; }
 
 // One step of insertion sort: a[0..i) sorted on entry, a[0..i] on exit.
 inline void insert_at(uint64_t* a, int64_t i) {
@@ -516,10 +514,10 @@ ffv_status forward(int64_t G, int64_t B, int64_t D, const void* z_base, int64_t 
 
   // Column blocks: as wide as a cache line, narrower when that leaves threads idle.
   int64_t block = std::min(kMaxBlockColumns, D);
-  while (block > 1 && G * ceil_div(D, block) < threads) block = ceil_div(block, 2);
+  while (block > 1 && G * ffv::ceil_div(D, block) < threads) block = ffv::ceil_div(block, 2);
   // ... and narrower for very tall columns, so that the per-thread buffers stay bounded.
   block = std::max<int64_t>(1, std::min(block, kMaxBlockElements / B));
-  const int64_t blocks_per_group = ceil_div(D, block);
+  const int64_t blocks_per_group = ffv::ceil_div(D, block);
   const int64_t units = G * blocks_per_group;
 
   std::vector<Scratch>& pool = scratch_pool(threads);
@@ -610,7 +608,7 @@ ffv_status backward_blocked(int64_t G, int64_t B, int64_t D, const uint32_t* gra
                             const int32_t* index, uint32_t* grad_z) {
   const int threads = G * B * D >= ffv::kParallelCheap ? ffv::max_threads() : 1;
   std::vector<Scratch>& pool = scratch_pool(threads);
-  const int64_t words = ceil_div(16 * padded_rows(B) * 4, 8);  // one [16, ld] buffer of 4-byte elements
+  const int64_t words = ffv::ceil_div(16 * padded_rows(B) * 4, 8);  // one [16, ld] buffer of 4-byte elements
   for (int t = 0; t < threads; ++t) {
     Scratch& s = pool[static_cast<size_t>(t)];
     grow(s.columns, words);
@@ -668,7 +666,7 @@ ffv_status backward(int64_t G, int64_t B, int64_t D, const void* grad_out_base, 
   // all rows of one 64-byte column block for the column split.
   const int64_t block = column_split ? std::max<int64_t>(1, 64 / static_cast<int64_t>(sizeof(Bits))) : D;
   const int64_t row_chunk = column_split ? B : std::max<int64_t>(1, 4096 / D);
-  const int64_t column_blocks = ceil_div(D, block), row_chunks = ceil_div(B, row_chunk);
+  const int64_t column_blocks = ffv::ceil_div(D, block), row_chunks = ffv::ceil_div(B, row_chunk);
   const int64_t units_per_group = column_blocks * row_chunks;
   bool out_of_range = false;
   FFV_OMP(parallel for if(parallel) schedule(static) reduction(||: out_of_range))

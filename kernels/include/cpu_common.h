@@ -52,6 +52,9 @@ inline int thread_id() {
 constexpr int64_t kParallelCheap = int64_t{1} << 17;
 constexpr int64_t kParallelExpensive = int64_t{1} << 14;
 
+// ceil(a / b) for a >= 0, b > 0.
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // Call fn(T{}) with T the storage type of `dtype`; FFV_ERR_UNSUPPORTED_DTYPE otherwise.
 template <typename Fn>
 ffv_status with_dtype(const char* entry, ffv_dtype dtype, Fn&& fn) {
